@@ -1,0 +1,2 @@
+// Placeholder until the native addon lands.
+console.log('clipcap: native addon not part of this build yet');

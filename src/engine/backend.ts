@@ -1,0 +1,210 @@
+/**
+ * The one interface every compute backend implements (see DESIGN.md, "Engine").
+ *
+ * Model code only ever calls these methods: it never indexes activation storage, so a backend that keeps
+ * tensors resident on a device (CUDA, WebGPU) can be added without touching the models. Host data crosses
+ * the boundary only through `upload` / `download` (inputs, weights, final logits, scalar losses).
+ *
+ * Conventions:
+ * - Shapes are row-major; the last axis is contiguous. "Rows" means all leading axes flattened.
+ * - Ops return new tensors unless they say "in place". `out` + `accumulate` exist where gradients need them.
+ * - Integer tensors (`i32`) hold token ids / indices only.
+ * - Unsupported combinations throw `UnsupportedOpError`; bad shapes throw `ShapeError` before any work.
+ */
+import type { Tensor, DType } from './tensor.js';
+
+export class UnsupportedOpError extends Error {
+  constructor(backend: string, op: string, why: string) {
+    super(`${backend} backend: ${op} is not supported (${why})`);
+    this.name = 'UnsupportedOpError';
+  }
+}
+
+export class ShapeError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ShapeError';
+  }
+}
+
+export interface MatmulOptions {
+  /** Use Aᵀ: A is stored (..., K, M). */
+  transA?: boolean;
+  /** Use Bᵀ: B is stored (..., N, K) (the PyTorch nn.Linear weight layout). */
+  transB?: boolean;
+  /** Bias of shape (N), added to every output row. */
+  bias?: Tensor;
+  /** Write into this tensor (shape (..., M, N)) instead of allocating. */
+  out?: Tensor;
+  /** With `out`: out += A·B instead of out = A·B (gradient accumulation). */
+  accumulate?: boolean;
+  /** Scale of the product: out = alpha·A·B (+ bias). Default 1. */
+  alpha?: number;
+}
+
+export interface AttentionOptions {
+  /** Number of heads; q/k/v channels C = nHead · headDim, heads interleaved as GPT-2 / CLIP store them. */
+  nHead: number;
+  /**
+   * Causal: query i (absolute position pastLength + i, where pastLength = kvLength - Tq) may attend
+   * keys 0..pastLength + i. This also serves incremental decoding against a KV cache.
+   */
+  causal?: boolean;
+  /** Key padding mask (B, Tk) as f32: 1 = attend, 0 = masked. Rows with every key masked give zeros. */
+  keyMask?: Tensor;
+  /** Use only the first kvLength rows of k/v along the sequence axis (a preallocated KV cache). */
+  kvLength?: number;
+  /** Score scale; default 1/sqrt(headDim). */
+  scale?: number;
+}
+
+export interface AttentionResult {
+  /** (B, Tq, C) */
+  out: Tensor;
+  /** Softmax probabilities (B, nHead, Tq, Tk), kept for the backward pass; only when requested. */
+  probs?: Tensor;
+}
+
+export interface AttentionGrads {
+  dq: Tensor;
+  dk: Tensor;
+  dv: Tensor;
+}
+
+export interface LayerNormResult {
+  /** (rows, C) same shape as x */
+  y: Tensor;
+  /** (rows) per-row mean and 1/sqrt(var + eps), kept for backward */
+  mean: Tensor;
+  rstd: Tensor;
+}
+
+export interface CrossEntropyResult {
+  /** Mean loss over counted positions (positions whose target != ignoreIndex); NaN when none counted. */
+  loss: number;
+  /** Number of counted positions. */
+  count: number;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step number, for bias correction. */
+  step: number;
+}
+
+export interface Backend {
+  readonly name: string;
+
+  // ---- memory ----
+  /** A new zero-filled tensor. */
+  zeros(shape: readonly number[], dtype?: DType): Tensor;
+  /** Copy host data into a new tensor. data.length must equal the shape's size. */
+  upload(data: Float32Array | Int32Array, shape: readonly number[]): Tensor;
+  /** Copy a tensor's contents to the host. */
+  download(t: Tensor): Float32Array | Int32Array;
+  /** Release a tensor's storage early (optional for GC-managed backends, but always safe to call). */
+  free(t: Tensor): void;
+  /** A copy of x. */
+  clone(x: Tensor): Tensor;
+  /** Fill in place with a constant. */
+  fill(x: Tensor, value: number): void;
+
+  // ---- GEMM ----
+  /**
+   * C = alpha·op(A)·op(B) (+ bias). A: (M,K) or batched (Bt,M,K); B: (K,N), or (Bt,K,N) batched
+   * (a 2-D B is shared by every batch). Leading axes of a 2+-D A with a 2-D B are flattened into M.
+   */
+  matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor;
+
+  // ---- elementwise (b broadcasts when its shape is a suffix of a's shape) ----
+  add(a: Tensor, b: Tensor): Tensor;
+  /** a += alpha·b in place (same shapes). */
+  addInPlace(a: Tensor, b: Tensor, alpha?: number): void;
+  mul(a: Tensor, b: Tensor): Tensor;
+  scale(a: Tensor, s: number): Tensor;
+  /** Sum over rows: x (rows, C) -> (C); into `out` (accumulating when asked) for bias gradients. */
+  sumRows(x: Tensor, out?: Tensor, accumulate?: boolean): Tensor;
+
+  // ---- activations (forward, and backward from the forward's input or output) ----
+  /** GELU, tanh approximation (GPT-2 gelu_new). */
+  gelu(x: Tensor): Tensor;
+  geluBackward(dy: Tensor, x: Tensor): Tensor;
+  /** x·sigmoid(1.702x) (CLIP). */
+  quickGelu(x: Tensor): Tensor;
+  quickGeluBackward(dy: Tensor, x: Tensor): Tensor;
+  relu(x: Tensor): Tensor;
+  reluBackward(dy: Tensor, x: Tensor): Tensor;
+  tanh(x: Tensor): Tensor;
+  /** Takes the forward's output y = tanh(x). */
+  tanhBackward(dy: Tensor, y: Tensor): Tensor;
+  /** Softmax over the last axis. */
+  softmax(x: Tensor): Tensor;
+  /** Log-softmax over the last axis. */
+  logSoftmax(x: Tensor): Tensor;
+
+  // ---- normalization ----
+  layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number): LayerNormResult;
+  /** Returns dx; accumulates into dweight and dbias. */
+  layerNormBackward(
+    dy: Tensor,
+    x: Tensor,
+    weight: Tensor,
+    mean: Tensor,
+    rstd: Tensor,
+    dweight: Tensor,
+    dbias: Tensor,
+  ): Tensor;
+
+  // ---- attention: q (B,Tq,C), k/v (B,Tk,C) ----
+  attention(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    opts: AttentionOptions & { keepProbs?: boolean },
+  ): AttentionResult;
+  attentionBackward(
+    dout: Tensor,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    probs: Tensor,
+    opts: AttentionOptions,
+  ): AttentionGrads;
+
+  // ---- embeddings ----
+  /** ids (…) i32, table (V, C) -> (…, C). Out-of-range ids throw. */
+  embedding(ids: Tensor, table: Tensor): Tensor;
+  /** dtable[ids[i]] += dy[i] (scatter-add). */
+  embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void;
+
+  // ---- loss ----
+  /** logits (N, V), targets (N) i32. Mean cross-entropy over targets != ignoreIndex. */
+  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): CrossEntropyResult;
+  /**
+   * d(loss·lossScale)/dlogits for the mean loss above: (softmax - onehot) / count · lossScale on counted
+   * rows, 0 on ignored rows. (N, V).
+   */
+  crossEntropyBackward(logits: Tensor, targets: Tensor, ignoreIndex: number, lossScale?: number): Tensor;
+
+  // ---- optimizer ----
+  /** One AdamW step in place (PyTorch semantics: decoupled weight decay p -= lr·wd·p first). */
+  adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void;
+
+  // ---- dropout ----
+  /** Inverted dropout with a seeded generator; returns y and the scaled keep mask (0 or 1/(1-p)). */
+  dropout(x: Tensor, p: number, seed: number): { y: Tensor; mask: Tensor };
+
+  // ---- layout ----
+  /** Concatenate along `axis` (all other axes equal). */
+  concat(xs: readonly Tensor[], axis: number): Tensor;
+  /** x[..., start:end, ...] along `axis`, as a new tensor. */
+  slice(x: Tensor, axis: number, start: number, end: number): Tensor;
+  /** Write src into dst[..., offset:offset+len, ...] along `axis`, in place (KV caches). */
+  writeSlice(dst: Tensor, src: Tensor, axis: number, offset: number): void;
+  /** Rows of x along axis 0 picked by host indices (beam reordering). */
+  indexSelect(x: Tensor, indices: readonly number[]): Tensor;
+}
