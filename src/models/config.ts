@@ -1,0 +1,69 @@
+/** Typed configurations of every model family (Hugging Face field names where one exists). */
+
+export interface Gpt2Config {
+  vocab_size: number; // 50257
+  n_positions: number; // 1024
+  n_embd: number; // 768
+  n_layer: number; // 12
+  n_head: number; // 12
+  layer_norm_epsilon: number; // 1e-5
+  /** Dropout probabilities (resid/embd/attn), used in train mode only. */
+  resid_pdrop: number;
+  embd_pdrop: number;
+  attn_pdrop: number;
+}
+
+export interface ClipVisionConfig {
+  hidden_size: number; // 768
+  intermediate_size: number; // 3072
+  num_hidden_layers: number; // 12
+  num_attention_heads: number; // 12
+  image_size: number; // 224
+  patch_size: number; // 32
+  num_channels: number; // 3
+  layer_norm_eps: number; // 1e-5
+  hidden_act: 'quick_gelu' | 'gelu';
+  /** Output width of visual_projection (512 for ViT-B/32). */
+  projection_dim: number;
+}
+
+export interface ClipTextConfig {
+  vocab_size: number; // 49408
+  hidden_size: number; // 512
+  intermediate_size: number; // 2048
+  num_hidden_layers: number; // 12
+  num_attention_heads: number; // 8
+  max_position_embeddings: number; // 77
+  layer_norm_eps: number;
+  hidden_act: 'quick_gelu' | 'gelu';
+  eos_token_id: number; // 49407 (2 in some older configs: then the argmax id is the EOS position)
+  projection_dim: number;
+}
+
+export type MapperConfig =
+  | {
+      kind: 'mlp';
+      /** CLIP embedding width D (512 for ViT-B/32). */
+      prefix_size: number;
+      /** K prefix vectors. */
+      prefix_length: number;
+      /** Hidden widths of the MLP: [D, K*E/2, K*E] (or [D, K*E] when K > 10 as in predict.py). */
+      sizes: number[];
+    }
+  | {
+      kind: 'transformer';
+      prefix_size: number;
+      prefix_length: number;
+      /** clip_length: how many vectors the linear layer makes from the CLIP embedding. */
+      clip_length: number;
+      num_layers: number;
+      /** 8 in the official code. */
+      num_heads: number;
+    };
+
+export interface ClipCapConfig {
+  mapper: MapperConfig;
+  gpt2: Gpt2Config;
+  /** Divide the CLIP embedding by its L2 norm before the mapper (official --normalize_prefix). */
+  normalize_prefix: boolean;
+}
