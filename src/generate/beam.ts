@@ -1,0 +1,161 @@
+/**
+ * Beam search as the official `generate_beam` (CLIP_prefix_caption predict.py), step for step, with a KV cache
+ * and every input's beams batched into one model call.
+ *
+ * Official algorithm, per input (all arithmetic in float32, as torch does it):
+ * - step 0: logp = log(softmax(logits / T)) of the prefix's next token; scores, tokens = topk(logp, beam);
+ *   seq_lengths = 1; is_stopped = token == stop.
+ * - later steps: logp[is_stopped] = -inf except logp[is_stopped, 0] = 0 (a finished beam can only grow by
+ *   id 0, at no cost); scores_sum = scores[:, None] + logp; seq_lengths[~is_stopped] += 1;
+ *   avg = scores_sum / seq_lengths[:, None]; topk(avg.view(-1), beam) -> flat index f: source beam = f // V,
+ *   token = f % V; seq_lengths = seq_lengths[source]; scores = avg * seq_lengths;
+ *   is_stopped = is_stopped[source] | token == stop; stop when every beam is stopped or after maxTokens.
+ * - output: beams sorted by scores / seq_lengths, descending; each beam's text is its first
+ *   int(seq_length) tokens (the stop token included, the 0 padding of finished beams not).
+ * Ties in topk / sort are resolved by the lower index (torch leaves them unspecified).
+ */
+import type { Tensor } from '../engine/tensor.js';
+import type { CausalLM, KvCache } from './lm.js';
+import { logSoftmaxRow } from './logits.js';
+import type { ResolvedDecodeOptions } from './options.js';
+import { feedTokens, keepRows, runPrefix } from './steps.js';
+import type { GenerationResult } from './types.js';
+
+const f32 = Math.fround;
+
+/** The beams of one input. */
+interface BeamState {
+  tokens: number[][];
+  scores: Float32Array;
+  lengths: Float32Array;
+  stopped: boolean[];
+  done: boolean;
+}
+
+/**
+ * Top `k` of `count` candidates by value, descending; equal values keep the lower index first.
+ * Returns the chosen indices. `value(i)` may be -Infinity; NaN never ranks.
+ */
+class TopK {
+  readonly idx: number[] = [];
+  readonly val: number[] = [];
+  constructor(private readonly k: number) {}
+
+  /** Offer candidates in increasing index order (so ties keep the earlier index). */
+  offer(value: number, index: number): void {
+    const n = this.idx.length;
+    if (n === this.k && !(value > this.val[n - 1])) return;
+    let pos = n === this.k ? n - 1 : n;
+    // Insert after every equal value: earlier indices win ties.
+    while (pos > 0 && value > this.val[pos - 1]) pos--;
+    if (n === this.k) {
+      this.idx.pop();
+      this.val.pop();
+    }
+    this.idx.splice(pos, 0, index);
+    this.val.splice(pos, 0, value);
+  }
+
+  /** The lowest value kept so far, or -Infinity while fewer than k are kept. */
+  get floor(): number {
+    return this.idx.length === this.k ? this.val[this.k - 1] : -Infinity;
+  }
+}
+
+/** prefix: (B, K, E) -> per input, `beamSize` sequences best first, with their scores. */
+export function beamDecode(
+  lm: CausalLM,
+  prefix: Tensor,
+  opts: Pick<ResolvedDecodeOptions, 'beamSize' | 'maxTokens' | 'stopTokenId' | 'temperature'>,
+): GenerationResult[] {
+  const batch = prefix.shape[0];
+  const V = lm.vocabSize;
+  const beam = opts.beamSize;
+  if (beam > V) throw new Error(`beam size ${beam} exceeds the vocabulary (${V})`);
+  const stop = opts.stopTokenId;
+  const logp = new Float32Array(V);
+  const states: BeamState[] = [];
+
+  const run = runPrefix(lm, prefix, opts.maxTokens);
+  let cache: KvCache = run.cache;
+  try {
+    // Step 0: the top `beam` next tokens of each prefix.
+    for (let i = 0; i < batch; i++) {
+      logSoftmaxRow(run.logits, i * V, V, opts.temperature, logp);
+      const top = new TopK(beam);
+      for (let v = 0; v < V; v++) if (logp[v] > top.floor || top.idx.length < beam) top.offer(logp[v], v);
+      const stopped = top.idx.map((tok) => tok === stop);
+      states.push({
+        tokens: top.idx.map((tok) => [tok]),
+        scores: Float32Array.from(top.val),
+        lengths: new Float32Array(beam).fill(1),
+        stopped,
+        done: stopped.every(Boolean) || opts.maxTokens <= 1,
+      });
+    }
+    // Cache rows: `beam` rows per unfinished input, in input order. Step 0 expands each prefix row `beam` times.
+    let active = states.map((_, i) => i).filter((i) => !states[i].done);
+    cache = keepRows(
+      cache,
+      active.flatMap((i) => Array<number>(beam).fill(i)),
+    );
+
+    for (let step = 1; active.length > 0; step++) {
+      const logits = feedTokens(
+        lm,
+        cache,
+        active.flatMap((i) => states[i].tokens.map((seq) => seq[seq.length - 1])),
+      );
+      const sourceRows: number[] = [];
+      const stillActive: number[] = [];
+      active.forEach((i, a) => {
+        const s = states[i];
+        // seq_lengths[~is_stopped] += 1, before the average as in the official code.
+        const lengths = s.lengths.map((len, b) => (s.stopped[b] ? len : len + 1));
+        const top = new TopK(beam);
+        for (let b = 0; b < beam; b++) {
+          const score = s.scores[b];
+          const len = lengths[b];
+          if (s.stopped[b]) {
+            // Only token 0 is finite, at log-prob 0: avg = (score + 0) / len.
+            top.offer(f32(score / len), b * V);
+            continue;
+          }
+          logSoftmaxRow(logits, (a * beam + b) * V, V, opts.temperature, logp);
+          // avg decreases with logp (len > 0): skip rows' tail cheaply by comparing against the floor.
+          for (let v = 0; v < V; v++) {
+            const avg = f32(f32(score + logp[v]) / len);
+            if (avg > top.floor || top.idx.length < beam) top.offer(avg, b * V + v);
+          }
+        }
+        const sources = top.idx.map((f) => Math.floor(f / V));
+        const nextTokens = top.idx.map((f) => f % V);
+        const newLengths = Float32Array.from(sources, (src) => lengths[src]);
+        s.tokens = sources.map((src, j) => [...s.tokens[src], nextTokens[j]]);
+        s.scores = Float32Array.from(top.val, (avg, j) => f32(avg * newLengths[j]));
+        s.lengths = newLengths;
+        s.stopped = sources.map((src, j) => s.stopped[src] || nextTokens[j] === stop);
+        s.done = s.stopped.every(Boolean) || step + 1 >= opts.maxTokens;
+        if (!s.done) {
+          stillActive.push(i);
+          for (const src of sources) sourceRows.push(a * beam + src);
+        }
+      });
+      active = stillActive;
+      if (active.length > 0) cache = keepRows(cache, sourceRows);
+    }
+  } finally {
+    cache.dispose();
+  }
+
+  return states.map((s) => {
+    const final = s.tokens.map((seq, b) => ({
+      tokens: seq.slice(0, Math.trunc(s.lengths[b])),
+      score: f32(s.scores[b] / s.lengths[b]),
+      beam: b,
+    }));
+    // order = scores.argsort(descending=True); stable so equal scores keep beam order.
+    final.sort((x, y) => y.score - x.score || x.beam - y.beam);
+    return { sequences: final.map(({ tokens, score }) => ({ tokens, score })) };
+  });
+}
