@@ -1,0 +1,14 @@
+/** Weights: file formats (safetensors, torch checkpoints, pickles), per-family key maps, the hub cache. */
+export type { FileDType, HostTensor, StateDict } from './host.js';
+export { DTYPE_BYTES, checkedNumel, decodeElements, halfToFloat } from './dtype.js';
+export {
+  MAX_HEADER_SIZE,
+  loadSafetensors,
+  readSafetensors,
+  parseSafetensors,
+  parseSafetensorsHeader,
+  saveSafetensors,
+  serializeSafetensors,
+  safetensorsHeader,
+} from './safetensors.js';
+export type { SafetensorsFile, SafetensorsInfo, TensorToSave, TensorsToSave } from './safetensors.js';
