@@ -11,7 +11,24 @@ export interface Gpt2Config {
   resid_pdrop: number;
   embd_pdrop: number;
   attn_pdrop: number;
+  /** MLP width; null/absent means 4 * n_embd (as Hugging Face). */
+  n_inner?: number | null;
+  /** Hugging Face activation name; absent means gelu_new (the only one GPT-2 checkpoints use). */
+  activation_function?: string;
 }
+
+/** GPT-2 small (openai-community/gpt2). */
+export const GPT2_SMALL: Gpt2Config = {
+  vocab_size: 50257,
+  n_positions: 1024,
+  n_embd: 768,
+  n_layer: 12,
+  n_head: 12,
+  layer_norm_epsilon: 1e-5,
+  resid_pdrop: 0.1,
+  embd_pdrop: 0.1,
+  attn_pdrop: 0.1,
+};
 
 export interface ClipVisionConfig {
   hidden_size: number; // 768

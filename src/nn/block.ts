@@ -1,0 +1,72 @@
+/**
+ * The pre-LayerNorm transformer block shared by GPT-2, both CLIP towers and the ClipCap transformer mapper:
+ *   x1 = x + drop(attn(ln1(x)));  y = x1 + drop(mlp(ln2(x1)))
+ * (dropout only in GPT-2's train mode: resid_pdrop after each residual branch, as Hugging Face applies it).
+ */
+import type { Tensor } from '../engine/tensor.js';
+import { SelfAttention, type AttentionContext } from './attention.js';
+import { Dropout } from './dropout.js';
+import type { LayerNorm } from './layernorm.js';
+import type { FeedForward } from './mlp.js';
+import type { SeedSequence } from './random.js';
+
+export interface BlockRun {
+  /** Keep what backward needs. */
+  record?: boolean;
+  /** Train-mode dropout seeds; null/undefined = eval mode. */
+  seeds?: SeedSequence | null;
+}
+
+export class PreLnBlock {
+  readonly dropAttn: Dropout;
+  readonly dropMlp: Dropout;
+
+  constructor(
+    readonly ln1: LayerNorm,
+    readonly attn: SelfAttention,
+    readonly ln2: LayerNorm,
+    readonly mlp: FeedForward,
+    residDropout = 0,
+  ) {
+    this.dropAttn = new Dropout(residDropout);
+    this.dropMlp = new Dropout(residDropout);
+  }
+
+  /** x: (B, T, C) -> (B, T, C). x itself is left alive (the caller owns it). */
+  forward(x: Tensor, ctx: AttentionContext, run: BlockRun = {}): Tensor {
+    const b = x.backend;
+    const record = run.record ?? false;
+    const seeds = run.seeds ?? null;
+    const h = this.ln1.forward(x, record);
+    const a = this.attn.forward(h, ctx, record);
+    const ad = this.dropAttn.forward(a, seeds, record);
+    const x1 = b.add(x, ad);
+    const h2 = this.ln2.forward(x1, record);
+    const m = this.mlp.forward(h2, record);
+    const md = this.dropMlp.forward(m, seeds, record);
+    const y = b.add(x1, md);
+    if (!record) {
+      for (const t of new Set([h, a, ad, x1, h2, m, md])) b.free(t);
+    }
+    return y;
+  }
+
+  /** dy: (B, T, C) -> dx */
+  backward(dy: Tensor): Tensor {
+    const b = dy.backend;
+    const dm = this.dropMlp.backward(dy);
+    const dh2 = this.mlp.backward(dm);
+    if (dm !== dy) b.free(dm);
+    const dx1 = this.ln2.backward(dh2);
+    b.free(dh2);
+    b.addInPlace(dx1, dy);
+    const da = this.dropAttn.backward(dx1);
+    const dh = this.attn.backward(da);
+    if (da !== dx1) b.free(da);
+    const dx = this.ln1.backward(dh);
+    b.free(dh);
+    b.addInPlace(dx, dx1);
+    b.free(dx1);
+    return dx;
+  }
+}

@@ -1,0 +1,69 @@
+import { describe, it, expect, beforeAll } from 'vitest';
+import { availableBackends } from '../../src/engine/index.js';
+import type { Backend } from '../../src/engine/backend.js';
+import { ClipTextModel, ClipVisionModel } from '../../src/models/clip.js';
+import type { StateDict } from '../../src/weights/host.js';
+import { expectClose, f32, get, i32, loadGoldens } from './helpers.js';
+import { tinyClip } from './tmp-loaders.js';
+
+const MEAN = [0.48145466, 0.4578275, 0.40821073];
+const STD = [0.26862954, 0.26130258, 0.27577711];
+
+/** clip.preprocessed_uint8 (N, S, S, 3) -> normalized pixel_values (N, 3, S, S), as ToTensor + Normalize. */
+export function normalizeCrops(u8: Uint8Array, n: number, s: number): Float32Array {
+  const out = new Float32Array(n * 3 * s * s);
+  for (let i = 0; i < n; i++)
+    for (let c = 0; c < 3; c++)
+      for (let p = 0; p < s * s; p++)
+        out[(i * 3 + c) * s * s + p] = (u8[(i * s * s + p) * 3 + c] / 255 - MEAN[c]) / STD[c];
+  return out;
+}
+
+describe.each(availableBackends().map((b) => [b.name, b] as const))(
+  'CLIP tiny on %s',
+  (_n, backend: Backend) => {
+    let g: StateDict;
+    let vision: ClipVisionModel;
+    let text: ClipTextModel;
+    beforeAll(async () => {
+      g = await loadGoldens();
+      const m = await tinyClip();
+      vision = ClipVisionModel.fromWeights(backend, m.vision.config, m.vision.weights, 'clip_tiny');
+      text = ClipTextModel.fromWeights(backend, m.text.config, m.text.weights, 'clip_tiny');
+    });
+
+    it('vision last hidden state and embeddings of clip.pixel_values_0', () => {
+      const r = vision.forward(f32(g, 'clip.pixel_values_0'));
+      expect(r.lastHidden.shape).toEqual([2, 50, 32]);
+      expectClose(
+        `${backend.name} clip.vision_last_hidden_0`,
+        r.lastHidden.toArray(),
+        f32(g, 'clip.vision_last_hidden_0'),
+      );
+      expectClose(
+        `${backend.name} clip.image_embeds[0:2] from pixel_values_0`,
+        r.embeds.toArray(),
+        f32(g, 'clip.image_embeds').subarray(0, 2 * 24),
+      );
+    });
+
+    it('the golden crops normalized by CLIP mean/std agree with clip.pixel_values_0', () => {
+      const px = normalizeCrops(get(g, 'clip.preprocessed_uint8').data as Uint8Array, 2, 224);
+      expectClose('normalized crops vs clip.pixel_values_0', px, f32(g, 'clip.pixel_values_0'), 1e-6);
+    });
+
+    it('image embeddings of all 12 golden crops match clip.image_embeds (batched)', () => {
+      const px = normalizeCrops(get(g, 'clip.preprocessed_uint8').data as Uint8Array, 12, 224);
+      const e = vision.encodeImages(px);
+      expect(e.shape).toEqual([12, 24]);
+      expectClose(`${backend.name} clip.image_embeds (12 images)`, e.toArray(), f32(g, 'clip.image_embeds'));
+    });
+
+    it('text embeddings match clip.text_embeds', () => {
+      const ids = i32(g, 'clip.text_input_ids');
+      const shape = get(g, 'clip.text_input_ids').shape as [number, number];
+      const e = text.encodeText(ids, shape, i32(g, 'clip.text_attention_mask'));
+      expectClose(`${backend.name} clip.text_embeds`, e.toArray(), f32(g, 'clip.text_embeds'));
+    });
+  },
+);

@@ -1,0 +1,130 @@
+import { describe, it, expect, beforeAll } from 'vitest';
+import { availableBackends } from '../../src/engine/index.js';
+import type { Backend } from '../../src/engine/backend.js';
+import type { Tensor } from '../../src/engine/tensor.js';
+import { Gpt2Model } from '../../src/models/gpt2.js';
+import type { StateDict } from '../../src/weights/host.js';
+import { expectClose, expectLogits, f32, get, i32, loadGoldens, upload } from './helpers.js';
+import { tinyGpt2 } from './tmp-loaders.js';
+
+describe.each(availableBackends().map((b) => [b.name, b] as const))(
+  'GPT-2 tiny on %s',
+  (_name, backend: Backend) => {
+    let g: StateDict;
+    let model: Gpt2Model;
+    beforeAll(async () => {
+      g = await loadGoldens();
+      const { config, weights } = await tinyGpt2();
+      model = Gpt2Model.fromWeights(backend, config, weights, 'gpt2_tiny');
+    });
+
+    const V = 50257;
+
+    it('logits from input_ids match gpt2.logits', () => {
+      const ids = upload(backend, g, 'gpt2.input_ids');
+      const { logits } = model.forward({ ids });
+      expectLogits(`${backend.name} gpt2.logits`, logits!.toArray() as Float32Array, V, g, 'gpt2.logits');
+    });
+
+    it('logits with an attention mask match gpt2.logits_masked', () => {
+      const ids = upload(backend, g, 'gpt2.input_ids');
+      const m = get(g, 'gpt2.attention_mask');
+      const mask = backend.upload(Float32Array.from(m.data as Int32Array), m.shape);
+      const { logits } = model.forward({ ids, attentionMask: mask });
+      expectLogits(
+        `${backend.name} gpt2.logits_masked`,
+        logits!.toArray() as Float32Array,
+        V,
+        g,
+        'gpt2.logits_masked',
+      );
+    });
+
+    it('logits from inputs_embeds match gpt2.logits_from_embeds', () => {
+      const embeds = upload(backend, g, 'gpt2.inputs_embeds');
+      const { logits } = model.forward({ embeds });
+      expectLogits(
+        `${backend.name} gpt2.logits_from_embeds`,
+        logits!.toArray() as Float32Array,
+        V,
+        g,
+        'gpt2.logits_from_embeds',
+      );
+    });
+
+    it('last-position logits and a KV cache (chunked, then one token at a time) equal the full forward', () => {
+      const idsHost = i32(g, 'gpt2.input_ids');
+      const [B, T] = get(g, 'gpt2.input_ids').shape;
+      const full = model.forward({ ids: backend.upload(idsHost, [B, T]) }).logits!.toArray() as Float32Array;
+      const rowOf = (t: number): Float32Array => {
+        const out = new Float32Array(B * V);
+        for (let b = 0; b < B; b++) out.set(full.subarray((b * T + t) * V, (b * T + t + 1) * V), b * V);
+        return out;
+      };
+      const last = model.forward({ ids: backend.upload(idsHost, [B, T]), logits: 'last' }).logits!;
+      expect(last.shape).toEqual([B, V]);
+      let worst = expectClose(`${backend.name} logits 'last'`, last.toArray(), rowOf(T - 1));
+      const cache = model.createCache(B, 16);
+      const chunk = (t0: number, t1: number): Tensor => {
+        const ids = new Int32Array(B * (t1 - t0));
+        for (let b = 0; b < B; b++) ids.set(idsHost.subarray(b * T + t0, b * T + t1), b * (t1 - t0));
+        return model.embed(backend.upload(ids, [B, t1 - t0]));
+      };
+      let logits = model.step(chunk(0, 3), cache);
+      worst = Math.max(worst, expectClose(`${backend.name} cache step 0..3`, logits.toArray(), rowOf(2)));
+      for (let t = 3; t < T; t++) {
+        logits = model.step(chunk(t, t + 1), cache);
+        worst = Math.max(worst, expectClose(`${backend.name} cache step ${t}`, logits.toArray(), rowOf(t)));
+      }
+      expect(cache.length).toBe(T);
+      // select: reversed rows continue as the reversed batch would.
+      const sel = cache.select([1, 0]);
+      const next = new Int32Array([11, 7]);
+      const a = model.step(model.embed(backend.upload(next, [2, 1])), sel).toArray();
+      const ref = new Int32Array(B * (T + 1));
+      for (let b = 0; b < B; b++) {
+        ref.set(idsHost.subarray((1 - b) * T, (2 - b) * T), b * (T + 1));
+        ref[b * (T + 1) + T] = next[b];
+      }
+      const r = model.forward({ ids: backend.upload(ref, [B, T + 1]), logits: 'last' }).logits!.toArray();
+      worst = Math.max(worst, expectClose(`${backend.name} cache select`, a, r));
+      console.log(`${backend.name} KV cache worst relative difference ${worst.toExponential(2)}`);
+      sel.dispose();
+    });
+
+    it('inputs_embeds gradient agrees with a finite difference of the logits', () => {
+      // d/dε of sum(logits · R) along a random direction of the embeddings, by central differences.
+      const e0 = f32(g, 'gpt2.inputs_embeds');
+      const shape = get(g, 'gpt2.inputs_embeds').shape;
+      const rng = (seed: number) => () =>
+        (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5;
+      const r1 = rng(1);
+      const R = new Float32Array(shape[0] * shape[1] * V).map(() => r1());
+      const r2 = rng(2);
+      const dir = new Float32Array(e0.length).map(() => r2());
+      const objective = (e: Float32Array): number => {
+        const l = model.forward({ embeds: backend.upload(e, shape) }).logits!.toArray();
+        let s = 0;
+        for (let i = 0; i < l.length; i++) s += l[i] * R[i];
+        return s;
+      };
+      const out = model.forward({ embeds: backend.upload(e0, shape), record: true });
+      const dlogits = backend.upload(R, out.logits!.shape);
+      const dh = model.lmHeadBackward(dlogits, out.hidden);
+      const de = model.backward(dh).toArray();
+      let analytic = 0;
+      for (let i = 0; i < de.length; i++) analytic += de[i] * dir[i];
+      const eps = 1e-2;
+      const plus = objective(e0.map((v, i) => v + eps * dir[i]));
+      const minus = objective(e0.map((v, i) => v - eps * dir[i]));
+      const numeric = (plus - minus) / (2 * eps);
+      const rel = Math.abs(analytic - numeric) / Math.abs(numeric);
+      console.log(
+        `${backend.name} GPT-2 embeds gradient vs finite difference: ${analytic} vs ${numeric} (rel ${rel.toExponential(2)})`,
+      );
+      // Central differences in float32 carry ~1e-3 noise here; the exact check is the clipcap gradient parity.
+      expect(rel).toBeLessThan(1e-2);
+      for (const p of model.parameters()) p.zeroGrad();
+    });
+  },
+);
