@@ -1,0 +1,286 @@
+/**
+ * Image file -> 8-bit RGB pixels the way the reference does it: `PIL.Image.open(f).convert("RGB")`.
+ *
+ * sharp (libvips) decodes; the channel conversion is ours, so that it follows Pillow rather than libvips:
+ * - alpha is dropped, not composited onto a background (Pillow's RGBA -> RGB conversion just discards it);
+ * - grayscale is replicated into R, G and B;
+ * - 16-bit: RGB(A) and gray+alpha PNGs keep the high byte (Pillow unpacks them with `RGB;16B` / `LA;16B`), while a
+ *   plain 16-bit gray PNG opens in Pillow as mode `I;16`, whose conversion to RGB clips values above 255;
+ * - CMYK uses Pillow's `cmyk2rgb` formula, not an ICC transform; embedded ICC profiles are ignored (Pillow does
+ *   not apply them either);
+ * - palette images come out as their palette colours (libvips expands them; a palette's transparency becomes an
+ *   alpha channel, which is dropped);
+ * - GIF and other multi-frame formats: the first frame; a GIF's transparent pixels get the colour of the
+ *   transparent palette index, as in Pillow (see gif.ts);
+ * - EXIF orientation is ignored unless `applyExif` is set, as `Image.open` ignores it (CLIP never calls
+ *   `ImageOps.exif_transpose`).
+ * Bad input fails with a one-line UserError that names the file and says what to do.
+ */
+import { readFile } from 'node:fs/promises';
+import sharp from 'sharp';
+import { UserError } from '../util/errors.js';
+import { fillTransparent, gifTransparentColour } from './gif.js';
+
+/** 8-bit RGB pixels: data is (height, width, 3), row-major, interleaved. */
+export interface RgbImage {
+  data: Uint8Array;
+  width: number;
+  height: number;
+}
+
+/** A file path, the encoded bytes of an image file, or pixels already decoded to RGB. */
+export type ImageInput = string | Uint8Array | RgbImage;
+
+export interface DecodeOptions {
+  /**
+   * Refuse images with more pixels than this (width x height), which protects against decompression bombs
+   * (a small file that expands to gigabytes). Default 100 million.
+   */
+  limitInputPixels?: number;
+  /** Rotate/flip as the EXIF Orientation tag says. Default false, as Pillow's `Image.open` (and CLIP). */
+  applyExif?: boolean;
+  /** How errors name an input given as bytes or pixels (a path names itself). */
+  name?: string;
+}
+
+export const DEFAULT_PIXEL_LIMIT = 100_000_000;
+
+/** sharp's format ids we accept ('heif' covers AVIF). */
+const RASTER_FORMATS: ReadonlySet<string> = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
+
+const ADVICE = 'check that it is a valid JPEG, PNG, WebP, GIF, TIFF or AVIF image';
+
+function describeInput(input: ImageInput, opts: DecodeOptions): string {
+  if (typeof input === 'string') return input;
+  return opts.name ?? (input instanceof Uint8Array ? 'image data' : 'RGB pixel input');
+}
+
+function pixelLimit(opts: DecodeOptions): number {
+  const limit = opts.limitInputPixels ?? DEFAULT_PIXEL_LIMIT;
+  if (!Number.isInteger(limit) || limit < 1) {
+    throw new UserError(`limitInputPixels must be a positive integer, got ${limit}`);
+  }
+  return limit;
+}
+
+function overLimit(name: string, width: number, height: number, limit: number): UserError {
+  return new UserError(
+    `${name}: ${width}x${height} = ${width * height} pixels is over the limit of ${limit}; ` +
+      'raise the pixel limit (limitInputPixels) if you trust this file',
+  );
+}
+
+async function readImageFile(path: string): Promise<Buffer> {
+  try {
+    return await readFile(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT') throw new UserError(`${path}: no such file; check the path`, { cause: e });
+    if (code === 'EISDIR') {
+      throw new UserError(`${path}: is a directory, not an image file; pass the image files in it`, {
+        cause: e,
+      });
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
+      throw new UserError(`${path}: permission denied; make the file readable`, { cause: e });
+    }
+    throw new UserError(`${path}: cannot read the file (${code ?? (e as Error).message})`, { cause: e });
+  }
+}
+
+/** Turn a sharp/libvips error into a one-line UserError naming the input. */
+function decodeError(name: string, e: unknown, limit: number): UserError {
+  const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0].trim();
+  if (/unsupported image format/i.test(msg)) {
+    return new UserError(`${name}: not an image in a supported format; ${ADVICE}`, { cause: e });
+  }
+  if (/exceeds pixel limit/i.test(msg)) {
+    return new UserError(
+      `${name}: the image has more than ${limit} pixels; raise the pixel limit (limitInputPixels) if you trust this file`,
+      { cause: e },
+    );
+  }
+  if (/premature end|truncated|unexpected end|corrupt|invalid|read error|bad /i.test(msg)) {
+    return new UserError(
+      `${name}: the image data is corrupt or truncated (${msg}); re-download or re-export it`,
+      {
+        cause: e,
+      },
+    );
+  }
+  return new UserError(`${name}: cannot decode the image (${msg}); ${ADVICE}`, { cause: e });
+}
+
+/** Pillow's `cmyk2rgb`: R = (255 - K) - C * (255 - K) / 255 with its rounded integer division. */
+function cmykToRgb(src: Uint8Array, channels: number, pixels: number): Uint8Array {
+  const out = new Uint8Array(pixels * 3);
+  for (let i = 0, p = 0, o = 0; i < pixels; i++, p += channels, o += 3) {
+    const nk = 255 - src[p + 3];
+    for (let c = 0; c < 3; c++) {
+      // MULDIV255(a, b) = ((t >> 8) + t) >> 8 with t = a * b + 128: a * b / 255 rounded.
+      const t = src[p + c] * nk + 128;
+      const v = nk - (((t >> 8) + t) >> 8);
+      out[o + c] = v < 0 ? 0 : v > 255 ? 255 : v;
+    }
+  }
+  return out;
+}
+
+/** Keep the first three channels of each pixel (drops alpha, not composited). */
+function firstThree(src: Uint8Array, channels: number, pixels: number): Uint8Array {
+  if (channels === 3) return src;
+  const out = new Uint8Array(pixels * 3);
+  for (let i = 0, p = 0, o = 0; i < pixels; i++, p += channels, o += 3) {
+    out[o] = src[p];
+    out[o + 1] = src[p + 1];
+    out[o + 2] = src[p + 2];
+  }
+  return out;
+}
+
+/** Replicate the first channel (gray) into R, G, B. */
+function grayToRgb(src: Uint8Array, channels: number, pixels: number): Uint8Array {
+  const out = new Uint8Array(pixels * 3);
+  for (let i = 0, p = 0, o = 0; i < pixels; i++, p += channels, o += 3) {
+    const v = src[p];
+    out[o] = v;
+    out[o + 1] = v;
+    out[o + 2] = v;
+  }
+  return out;
+}
+
+/**
+ * 16-bit samples to 8-bit RGB. `gray`: the first channel replicated; `clip`: values above 255 become 255 (Pillow's
+ * I;16 -> RGB), otherwise the high byte is kept (Pillow's `;16B` unpackers).
+ */
+function sixteenToRgb(
+  src: Uint16Array,
+  channels: number,
+  pixels: number,
+  gray: boolean,
+  clip: boolean,
+): Uint8Array {
+  const out = new Uint8Array(pixels * 3);
+  for (let i = 0, p = 0, o = 0; i < pixels; i++, p += channels, o += 3) {
+    for (let c = 0; c < 3; c++) {
+      const v = src[p + (gray ? 0 : c)];
+      out[o + c] = clip ? (v > 255 ? 255 : v) : v >> 8;
+    }
+  }
+  return out;
+}
+
+function checkRaw(input: RgbImage, name: string, limit: number): RgbImage {
+  const { data, width, height } = input;
+  if (!(data instanceof Uint8Array))
+    throw new UserError(`${name}: pixel data must be a Uint8Array of RGB bytes`);
+  if (!Number.isInteger(width) || !Number.isInteger(height) || width < 1 || height < 1) {
+    throw new UserError(`${name}: width and height must be positive integers, got ${width}x${height}`);
+  }
+  if (width * height > limit) throw overLimit(name, width, height, limit);
+  if (data.length !== width * height * 3) {
+    throw new UserError(
+      `${name}: ${width}x${height} RGB needs ${width * height * 3} bytes, got ${data.length}; pass interleaved 8-bit RGB`,
+    );
+  }
+  return { data, width, height };
+}
+
+/**
+ * Decode an image to 8-bit RGB as `PIL.Image.open(input).convert("RGB")` does (see the file comment).
+ * Raw RGB input is validated and returned as is (not copied).
+ */
+export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): Promise<RgbImage> {
+  const name = describeInput(input, opts);
+  const limit = pixelLimit(opts);
+  if (typeof input !== 'string' && !(input instanceof Uint8Array)) return checkRaw(input, name, limit);
+
+  const bytes = typeof input === 'string' ? await readImageFile(input) : input;
+  if (bytes.length === 0) {
+    throw new UserError(`${name}: the file is empty (0 bytes); re-download or re-export the image`);
+  }
+  const sharpOptions: sharp.SharpOptions = {
+    limitInputPixels: limit,
+    ignoreIcc: true,
+    autoOrient: opts.applyExif ?? false,
+    // Pillow refuses truncated files but decodes through libjpeg's warnings; 'error' is the closest level.
+    failOn: 'error',
+  };
+  try {
+    // metadata() only reads the header, so it runs without the limit; we check the size ourselves to give a
+    // message with the numbers (libvips would only say "exceeds pixel limit"), and decode with the limit on.
+    const meta = await sharp(bytes, { ...sharpOptions, limitInputPixels: false }).metadata();
+    // Raster formats that Pillow also reads. sharp would render SVG too, at a size of its choosing; refuse it.
+    if (meta.format === undefined || !RASTER_FORMATS.has(meta.format)) {
+      throw new UserError(
+        `${name}: ${meta.format ?? 'unknown'} images are not supported; convert it to JPEG or PNG`,
+      );
+    }
+    if (meta.width === undefined || meta.height === undefined) {
+      throw new UserError(`${name}: the image has no size; ${ADVICE}`);
+    }
+    const frameHeight = meta.pageHeight ?? meta.height;
+    if (meta.width * frameHeight > limit) throw overLimit(name, meta.width, frameHeight, limit);
+
+    let pipeline = sharp(bytes, sharpOptions);
+    const space = meta.space ?? 'srgb';
+    const sixteen = meta.depth === 'ushort' || space === 'rgb16' || space === 'grey16';
+    const bands = meta.channels ?? 3;
+    if (space === 'cmyk') {
+      // Keep the decoded CMYK samples (libvips, like Pillow, undoes Adobe's inverted CMYK) and convert below.
+      pipeline = pipeline.pipelineColourspace('cmyk').toColourspace('cmyk');
+      const { data, info } = await pipeline.raw().toBuffer({ resolveWithObject: true });
+      return {
+        data: cmykToRgb(data, info.channels, info.width * info.height),
+        width: info.width,
+        height: info.height,
+      };
+    }
+    if (sixteen) {
+      const gray = bands <= 2;
+      pipeline = pipeline.toColourspace(gray ? 'grey16' : 'rgb16');
+      const { data, info } = await pipeline.raw({ depth: 'ushort' }).toBuffer({ resolveWithObject: true });
+      // Native-endian 16-bit samples; copy first if the buffer is not 2-byte aligned.
+      const aligned = data.byteOffset % 2 === 0 ? data : new Uint8Array(data);
+      const samples = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2);
+      const clip = gray && info.channels === 1;
+      return {
+        data: sixteenToRgb(samples, info.channels, info.width * info.height, gray, clip),
+        width: info.width,
+        height: info.height,
+      };
+    }
+    if (space === 'b-w') {
+      // sharp's raw output of a b-w image is its first band (gray, without alpha).
+      const { data, info } = await pipeline.toColourspace('b-w').raw().toBuffer({ resolveWithObject: true });
+      return {
+        data: grayToRgb(data, info.channels, info.width * info.height),
+        width: info.width,
+        height: info.height,
+      };
+    }
+    const { data, info } = await pipeline.toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
+    const pixels = info.width * info.height;
+    if (meta.format === 'gif' && info.channels === 4) {
+      const colour = gifTransparentColour(bytes);
+      if (colour)
+        return { data: fillTransparent(data, pixels, colour), width: info.width, height: info.height };
+    }
+    if (info.channels < 3) {
+      return {
+        data: grayToRgb(data, info.channels, info.width * info.height),
+        width: info.width,
+        height: info.height,
+      };
+    }
+    return {
+      data: firstThree(data, info.channels, info.width * info.height),
+      width: info.width,
+      height: info.height,
+    };
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw decodeError(name, e, limit);
+  }
+}
