@@ -1,0 +1,271 @@
+// The GEMM driver: packing and blocking around the micro-kernel.
+//
+// Loop structure (per batch item; see Goto & van de Geijn, "Anatomy of high-performance matrix
+// multiplication"):
+//   1. op(A) is packed once, whole, into MR-row panels per KC-deep block (in parallel over panels).
+//   2. The output is split into tasks = (row chunk) x (NT-column tile), handed to the thread pool. A task
+//      walks K in KC blocks: it packs its KC x NT slice of op(B) into a thread-local buffer (L2), then for
+//      each MC-row block of its chunk (L2-resident packed A) runs the micro-kernel over 16-column panels
+//      (L1-resident) and 6-row panels.
+// Packing B per task costs NT·KC per MC·NT·KC of work and lets every task run without synchronisation;
+// small-M products (decoding, the LM head) become a pure stream over B.
+#include "gemm.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <new>
+
+#include "threadpool.h"
+
+namespace clipcap {
+
+namespace {
+
+constexpr int64_t kKC = 256;  // depth of a packed block: KC x NR of B is 16 KiB (half of L1)
+constexpr int64_t kMC = 120;  // rows of A per L2 block: MC x KC is 120 KiB
+constexpr int64_t kNT = 192;  // columns per task: KC x NT of packed B is 192 KiB (L2)
+static_assert(kMC % kMR == 0 && kNT % kNR == 0, "blocks must hold whole panels");
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// A grow-only 64-byte aligned scratch buffer. thread_local instances never shrink, so steady-state calls
+// allocate nothing.
+class Scratch {
+ public:
+  float* get(size_t floats) {
+    if (floats > capacity_) {
+      void* p = nullptr;
+      const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+      if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+      data_.reset(static_cast<float*>(p));
+      capacity_ = floats;
+    }
+    return data_.get();
+  }
+
+ private:
+  std::unique_ptr<float, FreeDeleter> data_;
+  size_t capacity_ = 0;
+};
+
+thread_local Scratch t_packed_a;
+thread_local Scratch t_packed_b;
+
+GemmKernel detect_kernel() {
+  const char* portable = std::getenv("CLIPCAP_GEMM_PORTABLE");
+  if (portable != nullptr && std::strcmp(portable, "1") == 0) return GemmKernel::kPortable;
+  return cpu_has_avx2_fma() ? GemmKernel::kAvx2 : GemmKernel::kPortable;
+}
+
+GemmKernel g_kernel = detect_kernel();
+
+MicroKernel kernel_fn() {
+#if defined(__x86_64__) || defined(__i386__)
+  if (g_kernel == GemmKernel::kAvx2) return micro_kernel_avx2;
+#endif
+  return micro_kernel_portable;
+}
+
+// Packs rows [i0, i0 + MR) x depth [p0, p0 + kc) of op(A) as kc columns of MR values (zero past M).
+void pack_a_panel(const GemmArgs& g, const float* A, int64_t i0, int64_t p0, int64_t kc, float* dst) {
+  const int64_t rows = std::min<int64_t>(kMR, g.M - i0);
+  if (!g.transA) {
+    // A is (M, K): each panel row is contiguous along k.
+    for (int64_t r = 0; r < kMR; ++r) {
+      if (r < rows) {
+        const float* src = A + (i0 + r) * g.lda + p0;
+        for (int64_t p = 0; p < kc; ++p) dst[p * kMR + r] = src[p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) dst[p * kMR + r] = 0.0f;
+      }
+    }
+  } else {
+    // A is (K, M): the MR values of one k are contiguous.
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = A + (p0 + p) * g.lda + i0;
+      float* d = dst + p * kMR;
+      int64_t r = 0;
+      for (; r < rows; ++r) d[r] = src[r];
+      for (; r < kMR; ++r) d[r] = 0.0f;
+    }
+  }
+}
+
+// Packs depth [p0, p0 + kc) x columns [j0, j0 + nt) of op(B) as NR-column panels, each kc rows of NR
+// values (zero past N).
+void pack_b_tile(const GemmArgs& g, const float* B, int64_t p0, int64_t kc, int64_t j0, int64_t nt, float* dst) {
+  for (int64_t jp = 0; jp < nt; jp += kNR) {
+    const int64_t cols = std::min<int64_t>(kNR, nt - jp);
+    float* panel = dst + jp * kc;
+    if (!g.transB) {
+      // B is (K, N): NR contiguous values per k.
+      for (int64_t p = 0; p < kc; ++p) {
+        const float* src = B + (p0 + p) * g.ldb + j0 + jp;
+        float* d = panel + p * kNR;
+        if (cols == kNR) {
+          std::memcpy(d, src, sizeof(float) * kNR);
+        } else {
+          int64_t j = 0;
+          for (; j < cols; ++j) d[j] = src[j];
+          for (; j < kNR; ++j) d[j] = 0.0f;
+        }
+      }
+    } else {
+      // B is (N, K): each column of op(B) is a contiguous row of B. Transpose 4 k at a time so the writes
+      // fill whole NR-wide rows.
+      for (int64_t j = 0; j < kNR; ++j) {
+        if (j < cols) {
+          const float* src = B + (j0 + jp + j) * g.ldb + p0;
+          for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = src[p];
+        } else {
+          for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = 0.0f;
+        }
+      }
+    }
+  }
+}
+
+// C = (accumulate ? C : 0) + bias for an empty product (K = 0); alpha scales nothing.
+void gemm_k0(const GemmArgs& g) {
+  for (int64_t b = 0; b < g.batch; ++b) {
+    float* C = g.C + b * g.strideC;
+    for (int64_t i = 0; i < g.M; ++i) {
+      float* row = C + i * g.ldc;
+      for (int64_t j = 0; j < g.N; ++j) {
+        const float base = g.accumulate ? row[j] : 0.0f;
+        row[j] = base + (g.bias != nullptr ? g.bias[j] : 0.0f);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool cpu_has_avx2_fma() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#else
+  return false;
+#endif
+}
+
+GemmKernel gemm_kernel() { return g_kernel; }
+
+bool set_gemm_kernel(GemmKernel kernel) {
+  if (kernel == GemmKernel::kAvx2 && !cpu_has_avx2_fma()) return false;
+  g_kernel = kernel;
+  return true;
+}
+
+void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                           bool load_c, const float* bias, int mr, int nr) {
+  // Plain loops the compiler vectorizes for the baseline ISA (SSE2 on x86-64, NEON on arm64).
+  float acc[kMR][kNR] = {};
+  for (int64_t p = 0; p < kc; ++p) {
+    const float* bp = b + p * kNR;
+    const float* ap = a + p * kMR;
+    for (int r = 0; r < kMR; ++r) {
+      const float av = ap[r];
+      for (int j = 0; j < kNR; ++j) acc[r][j] += av * bp[j];
+    }
+  }
+  for (int r = 0; r < mr; ++r) {
+    float* row = c + r * ldc;
+    for (int j = 0; j < nr; ++j) {
+      float v = alpha * acc[r][j];
+      if (load_c) v += row[j];
+      if (bias != nullptr) v += bias[j];
+      row[j] = v;
+    }
+  }
+}
+
+void gemm(const GemmArgs& g) {
+  if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  if (g.K <= 0) {
+    gemm_k0(g);
+    return;
+  }
+  const MicroKernel kernel = kernel_fn();
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const int64_t panelsM = (M + kMR - 1) / kMR;
+  const int64_t Mpad = panelsM * kMR;
+  const int64_t blocksK = (K + kKC - 1) / kKC;
+  const double flops = 2.0 * static_cast<double>(M) * N * K * g.batch;
+  // Below ~1 MFLOP the pool's wake-up costs more than it saves.
+  const bool parallel = flops >= 1e6 && num_threads() > 1 && !in_parallel_region();
+
+  // 1. Pack op(A) for every batch item: item b, block kb (depth p0), panel ip lives at
+  //    b·Mpad·K + Mpad·p0 + ip·MR·kc.
+  const int64_t packedPerItem = Mpad * K;
+  float* packedA = t_packed_a.get(static_cast<size_t>(packedPerItem * g.batch));
+  const int64_t aTasks = g.batch * blocksK * panelsM;
+  auto packA = [&](int64_t t) {
+    const int64_t ip = t % panelsM;
+    const int64_t kb = (t / panelsM) % blocksK;
+    const int64_t b = t / (panelsM * blocksK);
+    const int64_t p0 = kb * kKC;
+    const int64_t kc = std::min(kKC, K - p0);
+    pack_a_panel(g, g.A + b * g.strideA, ip * kMR, p0, kc, packedA + b * packedPerItem + Mpad * p0 + ip * kMR * kc);
+  };
+  // 2. Output tasks: (batch item, row chunk, column tile). Row chunks are whole MC blocks, split further
+  //    only when there are too few column tiles to keep every thread busy.
+  const int64_t tilesN = (N + kNT - 1) / kNT;
+  const int64_t blocksM = (M + kMC - 1) / kMC;
+  int64_t chunksM = 1;
+  if (parallel) {
+    const int64_t want = 3 * static_cast<int64_t>(num_threads());
+    const int64_t have = g.batch * tilesN;
+    if (have < want) chunksM = std::min(blocksM, (want + have - 1) / have);
+  }
+  const int64_t blocksPerChunk = (blocksM + chunksM - 1) / chunksM;
+  chunksM = (blocksM + blocksPerChunk - 1) / blocksPerChunk;
+  const int64_t cTasks = g.batch * chunksM * tilesN;
+  auto compute = [&](int64_t t) {
+    const int64_t tile = t % tilesN;
+    const int64_t chunk = (t / tilesN) % chunksM;
+    const int64_t b = t / (tilesN * chunksM);
+    const int64_t j0 = tile * kNT;
+    const int64_t nt = std::min(kNT, N - j0);
+    const int64_t m0 = chunk * blocksPerChunk * kMC;
+    const int64_t m1 = std::min(M, m0 + blocksPerChunk * kMC);
+    const float* B = g.B + b * g.strideB;
+    float* C = g.C + b * g.strideC;
+    const float* itemA = packedA + b * packedPerItem;
+    float* packedB = t_packed_b.get(static_cast<size_t>(kKC * kNT));
+    for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+      const int64_t kc = std::min(kKC, K - p0);
+      pack_b_tile(g, B, p0, kc, j0, nt, packedB);
+      // The first depth block writes (or adds to the caller's C) and adds the bias; later ones add.
+      const bool first = p0 == 0;
+      const bool loadC = !first || g.accumulate;
+      for (int64_t i0 = m0; i0 < m1; i0 += kMC) {
+        const int64_t i1 = std::min(m1, i0 + kMC);
+        for (int64_t jp = 0; jp < nt; jp += kNR) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, nt - jp));
+          const float* bp = packedB + jp * kc;
+          const float* bias = first && g.bias != nullptr ? g.bias + j0 + jp : nullptr;
+          for (int64_t i = i0; i < i1; i += kMR) {
+            const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i));
+            const float* ap = itemA + Mpad * p0 + (i / kMR) * kMR * kc;
+            kernel(kc, ap, bp, C + i * g.ldc + j0 + jp, g.ldc, g.alpha, loadC, bias, mr, nr);
+          }
+        }
+      }
+    }
+  };
+  if (parallel) {
+    pool().run(aTasks, packA);
+    pool().run(cTasks, compute);
+  } else {
+    for (int64_t t = 0; t < aTasks; ++t) packA(t);
+    for (int64_t t = 0; t < cTasks; ++t) compute(t);
+  }
+}
+
+}  // namespace clipcap

@@ -1,0 +1,57 @@
+// Single-precision GEMM: C = alpha·op(A)·op(B) (+ bias) (+ C when accumulating), optionally over a strided
+// batch. Packed and cache-blocked (BLIS/GotoBLAS structure) with a 6x16 register-blocked micro-kernel: AVX2 +
+// FMA when the CPU has them (checked at run time), otherwise a portable C++ kernel.
+#pragma once
+
+#include <cstdint>
+
+namespace clipcap {
+
+struct GemmArgs {
+  int64_t M = 0, N = 0, K = 0;
+  // op(A) is (M, K): A is stored (M, K) with row stride lda, or (K, M) when transA.
+  const float* A = nullptr;
+  int64_t lda = 0;
+  bool transA = false;
+  // op(B) is (K, N): B is stored (K, N) with row stride ldb, or (N, K) when transB.
+  const float* B = nullptr;
+  int64_t ldb = 0;
+  bool transB = false;
+  // C is (M, N) with row stride ldc; it must not overlap A or B.
+  float* C = nullptr;
+  int64_t ldc = 0;
+  // Optional (N) bias, added once (not scaled by alpha).
+  const float* bias = nullptr;
+  float alpha = 1.0f;
+  // C += result instead of C = result.
+  bool accumulate = false;
+  // Batch: `batch` products, operands advanced by these element strides (0 = shared by every batch).
+  int64_t batch = 1;
+  int64_t strideA = 0, strideB = 0, strideC = 0;
+};
+
+void gemm(const GemmArgs& args);
+
+enum class GemmKernel { kPortable, kAvx2 };
+// The kernel in use: AVX2 when the CPU supports AVX2 and FMA unless CLIPCAP_GEMM_PORTABLE=1.
+GemmKernel gemm_kernel();
+// Forces a kernel (tests cover both); returns false when the CPU cannot run it.
+bool set_gemm_kernel(GemmKernel kernel);
+bool cpu_has_avx2_fma();
+
+// The micro-kernel contract, shared by the portable and the AVX2 versions. a: kc x MR packed (column of
+// MR values per k), b: kc x NR packed (row of NR values per k). Writes the top-left mr x nr corner of the
+// MR x NR tile at c: c = alpha·(a·b) + (load_c ? c : 0) + (bias ? bias[j] : 0).
+constexpr int kMR = 6;
+constexpr int kNR = 16;
+using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                             bool load_c, const float* bias, int mr, int nr);
+
+void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                           bool load_c, const float* bias, int mr, int nr);
+#if defined(__x86_64__) || defined(__i386__)
+void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
+                       bool load_c, const float* bias, int mr, int nr);
+#endif
+
+}  // namespace clipcap

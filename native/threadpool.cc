@@ -1,0 +1,148 @@
+#include "threadpool.h"
+
+#include <cstdlib>
+#include <memory>
+
+namespace clipcap {
+
+namespace {
+thread_local bool t_in_parallel = false;
+
+int threads_from_env() {
+  const char* s = std::getenv("CLIPCAP_THREADS");
+  if (s != nullptr && *s != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    if (end != s && *end == '\0' && v >= 1 && v <= 1024) return static_cast<int>(v);
+  }
+  const unsigned hw = std::thread::hardware_concurrency();
+  return hw == 0 ? 1 : static_cast<int>(hw);
+}
+
+std::unique_ptr<ThreadPool>& pool_slot() {
+  // Leaked on purpose at exit: joining threads from a static destructor can deadlock when the process
+  // exits from inside a Node callback.
+  static std::unique_ptr<ThreadPool>* slot = new std::unique_ptr<ThreadPool>();
+  return *slot;
+}
+}  // namespace
+
+ThreadPool::ThreadPool(int threads) {
+  for (int i = 1; i < threads; ++i) workers_.emplace_back([this, i] { worker_main(i); });
+}
+
+ThreadPool::~ThreadPool() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stop_ = true;
+  }
+  wake_.notify_all();
+  for (auto& t : workers_) t.join();
+}
+
+void ThreadPool::work() {
+  for (;;) {
+    const int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
+    if (task >= ntasks_) break;
+    try {
+      thunk_(ctx_, task);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (!error_) error_ = std::current_exception();
+    }
+  }
+}
+
+void ThreadPool::worker_main(int index) {
+  t_in_parallel = true;
+  uint64_t seen = 0;
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      wake_.wait(lock, [&] { return stop_ || generation_ != seen; });
+      if (stop_) return;
+      seen = generation_;
+    }
+    (void)index;
+    work();
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--busy_workers_ == 0) done_.notify_one();
+    }
+  }
+}
+
+void ThreadPool::dispatch(int64_t ntasks, void* ctx, Thunk thunk) {
+  if (ntasks <= 0) return;
+  // Nested calls, single tasks and a pool of one run here.
+  if (t_in_parallel || ntasks == 1 || workers_.empty()) {
+    const bool was = t_in_parallel;
+    t_in_parallel = true;
+    try {
+      for (int64_t i = 0; i < ntasks; ++i) thunk(ctx, i);
+    } catch (...) {
+      t_in_parallel = was;
+      throw;
+    }
+    t_in_parallel = was;
+    return;
+  }
+  // A second JS thread (worker_threads) waits for the current job to finish.
+  std::lock_guard<std::mutex> run_lock(run_mutex_);
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    ctx_ = ctx;
+    thunk_ = thunk;
+    ntasks_ = ntasks;
+    next_.store(0, std::memory_order_relaxed);
+    busy_workers_ = static_cast<int>(workers_.size());
+    error_ = nullptr;
+    ++generation_;
+  }
+  wake_.notify_all();
+  t_in_parallel = true;
+  work();
+  t_in_parallel = false;
+  std::exception_ptr error;
+  {
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_.wait(lock, [&] { return busy_workers_ == 0; });
+    error = error_;
+    error_ = nullptr;
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+ThreadPool& pool() {
+  auto& slot = pool_slot();
+  if (!slot) slot = std::make_unique<ThreadPool>(threads_from_env());
+  return *slot;
+}
+
+int num_threads() { return pool().size(); }
+
+void set_num_threads(int threads) {
+  if (threads < 1) threads = 1;
+  auto& slot = pool_slot();
+  slot.reset();
+  slot = std::make_unique<ThreadPool>(threads);
+}
+
+bool in_parallel_region() { return t_in_parallel; }
+
+Split plan_split(int64_t n, double cost_per_item) {
+  Split s;
+  s.per = n > 0 ? n : 0;
+  if (n <= 1 || in_parallel_region()) return s;
+  const int threads = num_threads();
+  // ~0.2 M flops/bytes is a few tens of microseconds of work: about what a wake-up round trip costs.
+  if (threads <= 1 || static_cast<double>(n) * cost_per_item < 2e5) return s;
+  // A few chunks per thread balance uneven rows (and cores shared with other processes).
+  int64_t chunks = static_cast<int64_t>(threads) * 4;
+  if (chunks > n) chunks = n;
+  s.per = (n + chunks - 1) / chunks;
+  s.chunks = (n + s.per - 1) / s.per;
+  return s;
+}
+
+}  // namespace clipcap
