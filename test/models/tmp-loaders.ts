@@ -37,3 +37,34 @@ export async function tinyClip(): Promise<{
     },
   };
 }
+
+import { loadTorchCheckpoint } from '../../src/weights/torch.js';
+import type { MapperConfig } from '../../src/models/config.js';
+
+export async function tinyClipcap(kind: 'mlp' | 'transformer'): Promise<{
+  mapper: MapperConfig;
+  mapperWeights: StateDict;
+  gpt2: { config: Gpt2Config; weights: StateDict };
+}> {
+  const sd = await loadTorchCheckpoint(fixture(`clipcap_${kind}_tiny.pt`));
+  const mapperWeights: StateDict = new Map();
+  const gw: StateDict = new Map();
+  for (const [k, v] of sd) {
+    if (k.startsWith('clip_project.')) mapperWeights.set(k, v);
+    else if (k.startsWith('gpt.transformer.')) gw.set(k.slice('gpt.transformer.'.length), v);
+    else if (k.startsWith('gpt.')) gw.set(k.slice('gpt.'.length), v);
+  }
+  const { config } = await tinyGpt2();
+  const mapper: MapperConfig =
+    kind === 'mlp'
+      ? { kind: 'mlp', prefix_size: 24, prefix_length: 10, sizes: [24, 160, 320] }
+      : {
+          kind: 'transformer',
+          prefix_size: 24,
+          prefix_length: 10,
+          clip_length: 10,
+          num_layers: 2,
+          num_heads: 8,
+        };
+  return { mapper, mapperWeights, gpt2: { config, weights: gw } };
+}
