@@ -69,9 +69,9 @@ function aligned(bytes: Uint8Array): ArrayBuffer {
 }
 
 /**
- * Convert `count` elements of `dtype` stored little-endian in `bytes` into the host representation. May
- * return a view sharing `bytes`' memory when no conversion is needed and `bytes` owns its whole buffer
- * (the caller hands over a fresh buffer in that case).
+ * Convert `count` elements of `dtype` stored little-endian in `bytes` into the host representation. When no
+ * conversion is needed and `bytes` spans its whole ArrayBuffer, the result shares that memory (callers pass
+ * a buffer they own in that case); otherwise the result owns a copy and never pins a larger buffer.
  */
 export function decodeElements(bytes: Uint8Array, dtype: FileDType, count: number): HostTensor['data'] {
   const need = count * DTYPE_BYTES[dtype];
@@ -121,7 +121,7 @@ export function decodeElements(bytes: Uint8Array, dtype: FileDType, count: numbe
       return Int32Array.from(new Int8Array(bytes.buffer, bytes.byteOffset, count));
     case 'u8':
     case 'bool':
-      return bytes;
+      return new Uint8Array(aligned(bytes), 0, count);
   }
 }
 

@@ -12,3 +12,5 @@ export {
   safetensorsHeader,
 } from './safetensors.js';
 export type { SafetensorsFile, SafetensorsInfo, TensorToSave, TensorsToSave } from './safetensors.js';
+export { loadPickle, loadTorchCheckpoint, stateDictFrom, isHostTensor } from './torch.js';
+export type { PickleValue, PickleObject } from './torch.js';
