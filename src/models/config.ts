@@ -44,6 +44,20 @@ export interface ClipVisionConfig {
   projection_dim: number;
 }
 
+/** CLIP ViT-B/32's vision tower (openai/clip-vit-base-patch32). */
+export const CLIP_VIT_B32_VISION: ClipVisionConfig = {
+  hidden_size: 768,
+  intermediate_size: 3072,
+  num_hidden_layers: 12,
+  num_attention_heads: 12,
+  image_size: 224,
+  patch_size: 32,
+  num_channels: 3,
+  layer_norm_eps: 1e-5,
+  hidden_act: 'quick_gelu',
+  projection_dim: 512,
+};
+
 export interface ClipTextConfig {
   vocab_size: number; // 49408
   hidden_size: number; // 512

@@ -3,21 +3,11 @@ import { availableBackends } from '../../src/engine/index.js';
 import type { Backend } from '../../src/engine/backend.js';
 import { ClipTextModel, ClipVisionModel } from '../../src/models/clip.js';
 import type { StateDict } from '../../src/weights/host.js';
-import { expectClose, f32, get, i32, loadGoldens } from './helpers.js';
+import { expectClose, f32, fixture, get, i32, loadGoldens } from './helpers.js';
+import { normalizeCrops } from './pixels.js';
 import { tinyClip } from './tmp-loaders.js';
-
-const MEAN = [0.48145466, 0.4578275, 0.40821073];
-const STD = [0.26862954, 0.26130258, 0.27577711];
-
-/** clip.preprocessed_uint8 (N, S, S, 3) -> normalized pixel_values (N, 3, S, S), as ToTensor + Normalize. */
-export function normalizeCrops(u8: Uint8Array, n: number, s: number): Float32Array {
-  const out = new Float32Array(n * 3 * s * s);
-  for (let i = 0; i < n; i++)
-    for (let c = 0; c < 3; c++)
-      for (let p = 0; p < s * s; p++)
-        out[(i * 3 + c) * s * s + p] = (u8[(i * s * s + p) * 3 + c] / 255 - MEAN[c]) / STD[c];
-  return out;
-}
+import { preprocessImage } from '../../src/image/index.js';
+import { readdir } from 'node:fs/promises';
 
 describe.each(availableBackends().map((b) => [b.name, b] as const))(
   'CLIP tiny on %s',
@@ -57,6 +47,20 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       const e = vision.encodeImages(px);
       expect(e.shape).toEqual([12, 24]);
       expectClose(`${backend.name} clip.image_embeds (12 images)`, e.toArray(), f32(g, 'clip.image_embeds'));
+    });
+
+    it('image embeddings from our own preprocessing of images/ match clip.image_embeds', async () => {
+      const files = (await readdir(fixture('images'))).filter((f) => f.endsWith('.jpg')).sort();
+      expect(files.length).toBe(12);
+      const px = new Float32Array(12 * 3 * 224 * 224);
+      for (const [i, f] of files.entries())
+        px.set((await preprocessImage(fixture('images', f))).pixelValues, i * 3 * 224 * 224);
+      const e = vision.encodeImages(px);
+      expectClose(
+        `${backend.name} clip.image_embeds from images/ (own preprocessing)`,
+        e.toArray(),
+        f32(g, 'clip.image_embeds'),
+      );
     });
 
     it('text embeddings match clip.text_embeds', () => {
