@@ -64,7 +64,7 @@ GemmKernel detect_kernel() {
 GemmKernel g_kernel = detect_kernel();
 
 MicroKernel kernel_fn() {
-#if defined(__x86_64__) || defined(__i386__)
+#if CLIPCAP_X86_KERNELS
   if (g_kernel == GemmKernel::kAvx2) return micro_kernel_avx2;
 #endif
   return micro_kernel_portable;
@@ -146,7 +146,7 @@ void gemm_k0(const GemmArgs& g) {
 }  // namespace
 
 bool cpu_has_avx2_fma() {
-#if defined(__x86_64__) || defined(__i386__)
+#if CLIPCAP_X86_KERNELS
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
 #else
@@ -185,10 +185,117 @@ void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c,
   }
 }
 
+namespace {
+void store_row_portable(const float* acc, int64_t w, float* c, float alpha, bool load_c, const float* bias) {
+  for (int64_t j = 0; j < w; ++j) {
+    float v = alpha * acc[j];
+    if (load_c) v += c[j];
+    if (bias != nullptr) v += bias[j];
+    c[j] = v;
+  }
+}
+}  // namespace
+
+void skinny_nn_portable(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
+  const int64_t M = s.M, W = j1 - j0;
+  for (int64_t i = 0; i < M * W; ++i) acc[i] = 0.0f;
+  for (int64_t p = 0; p < s.K; ++p) {
+    const float* brow = s.B + p * s.ldb + j0;
+    for (int64_t m = 0; m < M; ++m) {
+      const float av = s.A[p * M + m];
+      float* cm = acc + m * W;
+      for (int64_t j = 0; j < W; ++j) cm[j] += av * brow[j];
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    store_row_portable(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+}
+
+void skinny_nt_portable(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
+  const int64_t M = s.M, K = s.K, W = j1 - j0;
+  for (int64_t j = j0; j < j1; ++j) {
+    const float* brow = s.B + j * s.ldb;
+    for (int64_t m = 0; m < M; ++m) {
+      const float* arow = s.A + m * K;
+      // Eight partial sums: vectorizable without reassociating one chain.
+      float part[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t p = 0;
+      for (; p + 8 <= K; p += 8)
+        for (int l = 0; l < 8; ++l) part[l] += arow[p + l] * brow[p + l];
+      float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+      for (; p < K; ++p) sum += arow[p] * brow[p];
+      acc[m * W + (j - j0)] = sum;
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    store_row_portable(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+}
+
+namespace {
+// M <= kSkinnyM: tasks are (batch item, block of output columns), computed from unpacked B.
+void gemm_skinny(const GemmArgs& g) {
+  const int64_t M = g.M, N = g.N, K = g.K;
+  // nn wants op(A) as (K, M), nt as (M, K); copy A only when it is stored the other way round (M·K floats).
+  const bool nt = g.transB;
+  const bool copyA = nt == g.transA;
+  float* At = copyA ? t_packed_a.get(static_cast<size_t>(g.batch * M * K)) : nullptr;
+  if (copyA) {
+    for (int64_t b = 0; b < g.batch; ++b) {
+      const float* A = g.A + b * g.strideA;
+      float* dst = At + b * M * K;
+      for (int64_t m = 0; m < M; ++m)
+        for (int64_t p = 0; p < K; ++p) {
+          // transposes (M, K) -> (K, M) for nn, or (K, M) -> (M, K) for nt
+          if (nt) dst[m * K + p] = A[p * g.lda + m];
+          else dst[p * M + m] = A[m * g.lda + p];
+        }
+    }
+  }
+  const int threads = num_threads();
+  const bool parallel = 2.0 * M * N * K * g.batch >= 1e6 && threads > 1 && !in_parallel_region();
+  // Column blocks: long enough for B's rows to stream (nn), a few per thread for balance.
+  int64_t W = parallel ? (N + 4 * threads - 1) / (4 * threads) : N;
+  W = std::max<int64_t>(64, std::min<int64_t>(512, (W + 15) / 16 * 16));
+  const int64_t blocks = (N + W - 1) / W;
+#if CLIPCAP_X86_KERNELS
+  const bool avx2 = g_kernel == GemmKernel::kAvx2;
+  const SkinnyKernel kernel = nt ? (avx2 ? skinny_nt_avx2 : skinny_nt_portable) : (avx2 ? skinny_nn_avx2 : skinny_nn_portable);
+#else
+  const SkinnyKernel kernel = nt ? skinny_nt_portable : skinny_nn_portable;
+#endif
+  auto task = [&](int64_t t) {
+    const int64_t b = t / blocks;
+    const int64_t j0 = (t % blocks) * W;
+    const int64_t j1 = std::min(N, j0 + W);
+    SkinnyArgs s;
+    s.M = M;
+    s.K = K;
+    s.A = copyA ? At + b * M * K : g.A + b * g.strideA;
+    s.B = g.B + b * g.strideB;
+    s.ldb = g.ldb;
+    s.C = g.C + b * g.strideC;
+    s.ldc = g.ldc;
+    s.alpha = g.alpha;
+    s.load_c = g.accumulate;
+    s.bias = g.bias;
+    kernel(s, j0, j1, t_packed_b.get(static_cast<size_t>(M * W)));
+  };
+  if (parallel) {
+    pool().run(g.batch * blocks, task);
+  } else {
+    for (int64_t t = 0; t < g.batch * blocks; ++t) task(t);
+  }
+}
+}  // namespace
+
 void gemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
   if (g.K <= 0) {
     gemm_k0(g);
+    return;
+  }
+  if (g.M <= kSkinnyM) {
+    gemm_skinny(g);
     return;
   }
   const MicroKernel kernel = kernel_fn();

@@ -5,6 +5,14 @@
 
 #include <cstdint>
 
+// The AVX2 kernels need GCC/Clang's target attribute and __builtin_cpu_supports (x86 only); elsewhere
+// the portable kernels are the only ones.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+#define CLIPCAP_X86_KERNELS 1
+#else
+#define CLIPCAP_X86_KERNELS 0
+#endif
+
 namespace clipcap {
 
 struct GemmArgs {
@@ -47,9 +55,35 @@ constexpr int kNR = 16;
 using MicroKernel = void (*)(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                              bool load_c, const float* bias, int mr, int nr);
 
+// Skinny products (M <= kSkinnyM rows: decoding, the LM head), computed for output columns [j0, j1)
+// straight from unpacked B, which each output row reads once anyway:
+// - skinny_nn: B stored (K, N) (row stride ldb); At is op(A) transposed, (K, M) contiguous. Walks B a few
+//   rows at a time, each a contiguous run of columns, so the hardware streams it from memory.
+// - skinny_nt: B stored (N, K) (row stride ldb); A is op(A), (M, K) contiguous: dot products of rows.
+// `acc` is scratch of M * (j1 - j0) floats. Same epilogue as the micro-kernel.
+constexpr int64_t kSkinnyM = 8;
+struct SkinnyArgs {
+  int64_t M, K;
+  const float* A;  // At (K, M) for nn, A (M, K) for nt
+  const float* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+  float alpha;
+  bool load_c;
+  const float* bias;
+};
+using SkinnyKernel = void (*)(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
+void skinny_nn_portable(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
+void skinny_nt_portable(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
+#if CLIPCAP_X86_KERNELS
+void skinny_nn_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
+void skinny_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
+#endif
+
 void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                            bool load_c, const float* bias, int mr, int nr);
-#if defined(__x86_64__) || defined(__i386__)
+#if CLIPCAP_X86_KERNELS
 void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                        bool load_c, const float* bias, int mr, int nr);
 #endif

@@ -2,7 +2,9 @@
 // still loads on CPUs without it; gemm.cc picks this kernel at run time after checking the CPU.
 #include "gemm.h"
 
-#if defined(__x86_64__) || defined(__i386__)
+#include <cstdint>
+
+#if CLIPCAP_X86_KERNELS
 #include <immintrin.h>
 
 namespace clipcap {
@@ -79,6 +81,128 @@ __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const flo
       row[j] = v;
     }
   }
+}
+
+namespace {
+// c[j] = alpha·acc[j] (+ c[j]) (+ bias[j]) for j < w.
+__attribute__((target("avx2,fma"))) void store_row(const float* acc, int64_t w, float* c, float alpha, bool load_c,
+                                                   const float* bias) {
+  const __m256 va = _mm256_set1_ps(alpha);
+  int64_t j = 0;
+  for (; j + 8 <= w; j += 8) {
+    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(acc + j), va);
+    if (load_c) r = _mm256_add_ps(r, _mm256_loadu_ps(c + j));
+    if (bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + j));
+    _mm256_storeu_ps(c + j, r);
+  }
+  for (; j < w; ++j) {
+    float v = alpha * acc[j];
+    if (load_c) v += c[j];
+    if (bias != nullptr) v += bias[j];
+    c[j] = v;
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+}  // namespace
+
+__attribute__((target("avx2,fma"))) void skinny_nn_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
+  const int64_t M = s.M, K = s.K, W = j1 - j0, Wv = W & ~int64_t{7};
+  for (int64_t i = 0; i < M * W; ++i) acc[i] = 0.0f;
+  // Rows of B this far ahead are prefetched: each row's run of columns is only W floats, too short for
+  // the hardware prefetcher to get ahead of the demand misses on its own.
+  constexpr int64_t kAhead = 12;
+  int64_t p = 0;
+  for (; p + 4 <= K; p += 4) {
+    const float* b0 = s.B + p * s.ldb + j0;
+    const float* b1 = b0 + s.ldb;
+    const float* b2 = b1 + s.ldb;
+    const float* b3 = b2 + s.ldb;
+    if (p + kAhead + 4 <= K) {
+      for (int64_t r = 0; r < 4; ++r) {
+        const char* ahead = reinterpret_cast<const char*>(b0 + (kAhead + r) * s.ldb);
+        for (int64_t off = 0; off < W * 4; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+      }
+    }
+    for (int64_t m = 0; m < M; ++m) {
+      const float* a = s.A + p * M + m;  // At[p·M + m] = op(A)[m, p]
+      const __m256 a0 = _mm256_broadcast_ss(a), a1 = _mm256_broadcast_ss(a + M);
+      const __m256 a2 = _mm256_broadcast_ss(a + 2 * M), a3 = _mm256_broadcast_ss(a + 3 * M);
+      float* cm = acc + m * W;
+      int64_t j = 0;
+      for (; j < Wv; j += 8) {
+        __m256 c = _mm256_loadu_ps(cm + j);
+        c = _mm256_fmadd_ps(a0, _mm256_loadu_ps(b0 + j), c);
+        c = _mm256_fmadd_ps(a1, _mm256_loadu_ps(b1 + j), c);
+        c = _mm256_fmadd_ps(a2, _mm256_loadu_ps(b2 + j), c);
+        c = _mm256_fmadd_ps(a3, _mm256_loadu_ps(b3 + j), c);
+        _mm256_storeu_ps(cm + j, c);
+      }
+      for (; j < W; ++j) cm[j] += a[0] * b0[j] + a[M] * b1[j] + a[2 * M] * b2[j] + a[3 * M] * b3[j];
+    }
+  }
+  for (; p < K; ++p) {
+    const float* b0 = s.B + p * s.ldb + j0;
+    for (int64_t m = 0; m < M; ++m) {
+      const float av = s.A[p * M + m];
+      const __m256 a0 = _mm256_set1_ps(av);
+      float* cm = acc + m * W;
+      int64_t j = 0;
+      for (; j < Wv; j += 8) _mm256_storeu_ps(cm + j, _mm256_fmadd_ps(a0, _mm256_loadu_ps(b0 + j), _mm256_loadu_ps(cm + j)));
+      for (; j < W; ++j) cm[j] += av * b0[j];
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    store_row(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+}
+
+__attribute__((target("avx2,fma"))) void skinny_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
+  // acc[m·W + (j - j0)] = A[m, :] · B[j, :]: four rows of B at a time against two rows of A (8 accumulators).
+  const int64_t M = s.M, K = s.K, W = j1 - j0, Kv = K & ~int64_t{7};
+  int64_t j = j0;
+  for (; j < j1; j += 4) {
+    const int64_t nj = j1 - j < 4 ? j1 - j : 4;
+    const float* b[4];
+    for (int64_t t = 0; t < 4; ++t) b[t] = s.B + (j + (t < nj ? t : 0)) * s.ldb;
+    for (int64_t m = 0; m < M; m += 2) {
+      const float* a0 = s.A + m * K;
+      const float* a1 = m + 1 < M ? a0 + K : a0;
+      __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps(), c02 = _mm256_setzero_ps(), c03 = _mm256_setzero_ps();
+      __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps(), c12 = _mm256_setzero_ps(), c13 = _mm256_setzero_ps();
+      for (int64_t p = 0; p < Kv; p += 8) {
+        const __m256 x0 = _mm256_loadu_ps(a0 + p), x1 = _mm256_loadu_ps(a1 + p);
+        __m256 y = _mm256_loadu_ps(b[0] + p);
+        c00 = _mm256_fmadd_ps(x0, y, c00);
+        c10 = _mm256_fmadd_ps(x1, y, c10);
+        y = _mm256_loadu_ps(b[1] + p);
+        c01 = _mm256_fmadd_ps(x0, y, c01);
+        c11 = _mm256_fmadd_ps(x1, y, c11);
+        y = _mm256_loadu_ps(b[2] + p);
+        c02 = _mm256_fmadd_ps(x0, y, c02);
+        c12 = _mm256_fmadd_ps(x1, y, c12);
+        y = _mm256_loadu_ps(b[3] + p);
+        c03 = _mm256_fmadd_ps(x0, y, c03);
+        c13 = _mm256_fmadd_ps(x1, y, c13);
+      }
+      float r[2][4] = {{hsum(c00), hsum(c01), hsum(c02), hsum(c03)}, {hsum(c10), hsum(c11), hsum(c12), hsum(c13)}};
+      for (int64_t p = Kv; p < K; ++p)
+        for (int64_t t = 0; t < 4; ++t) {
+          r[0][t] += a0[p] * b[t][p];
+          r[1][t] += a1[p] * b[t][p];
+        }
+      for (int64_t t = 0; t < nj; ++t) {
+        acc[m * W + (j - j0) + t] = r[0][t];
+        if (m + 1 < M) acc[(m + 1) * W + (j - j0) + t] = r[1][t];
+      }
+    }
+  }
+  for (int64_t m = 0; m < M; ++m)
+    store_row(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
 }
 
 }  // namespace clipcap
