@@ -22,6 +22,7 @@ import { resolveDecodeOptions, type ResolvedDecodeOptions } from '../generate/op
 import type { GenerationResult } from '../generate/types.js';
 import { preprocessImage, type RgbImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
+import { loadCaptionerParts, PRETRAINED, type ClipCapLoadOptions, type PretrainedName } from './load.js';
 import type {
   CaptionCandidate,
   CaptionInput,
@@ -36,8 +37,8 @@ export interface ImageEncoder {
   readonly projectionDim: number;
   /** Side of the square input (224 for ViT-B/32). */
   readonly imageSize: number;
-  /** pixelValues (N, 3, S, S) -> projected, unnormalized embeddings (N, D). */
-  encodeImages(pixelValues: Tensor): Tensor;
+  /** pixelValues (N, 3, S, S) as host data -> projected, unnormalized embeddings (N, D) on the backend. */
+  encodeImages(pixelValues: Float32Array): Tensor;
   dispose(): void;
 }
 
@@ -55,15 +56,17 @@ export interface TokenDecoder {
 }
 
 /** What a ClipCap instance is assembled from (see ClipCap.load for building one from files). */
-export interface ClipCapParts {
+export interface CaptionerParts {
   backend: Backend;
-  lm: CausalLM & { dispose(): void };
-  mapper: PrefixModel & { dispose?(): void };
+  lm: CausalLM;
+  mapper: PrefixModel;
   tokenizer: TokenDecoder;
   /** Loads CLIP on first use (null when the model can only caption embeddings). */
   loadClip: (() => Promise<ImageEncoder>) | null;
   /** Where the weights came from, for messages (e.g. "coco_weights.pt"). */
   description: string;
+  /** Release the LM's and mapper's weights. */
+  dispose(): void;
 }
 
 const DEFAULT_BATCH_SIZE = 8;
@@ -96,7 +99,38 @@ export class ClipCap {
   private disposed = false;
 
   /** Use ClipCap.load / fromPretrained; this assembles already-loaded parts. */
-  constructor(readonly parts: ClipCapParts) {}
+  constructor(readonly parts: CaptionerParts) {}
+
+  /**
+   * Load a captioner from files or hub repos (see ClipCapLoadOptions). CLIP is loaded on the first image.
+   *
+   * @example
+   * ```ts
+   * const model = await ClipCap.load({ clipcap: 'coco_weights.pt', clip: 'openai/clip-vit-base-patch32' });
+   * ```
+   */
+  static async load(options: ClipCapLoadOptions = {}): Promise<ClipCap> {
+    return new ClipCap(await loadCaptionerParts(options));
+  }
+
+  /**
+   * One of the published checkpoints (COCO or Conceptual Captions MLP + fine-tuned GPT-2), with CLIP
+   * ViT-B/32, through the Hugging Face cache (downloaded on first use unless `offline`).
+   *
+   * @example
+   * ```ts
+   * const model = await ClipCap.fromPretrained('coco');
+   * const [r] = await model.caption(['photo.jpg']);
+   * ```
+   */
+  static async fromPretrained(
+    name: PretrainedName,
+    options: Omit<ClipCapLoadOptions, 'model' | 'clipcap'> = {},
+  ): Promise<ClipCap> {
+    if (!(name in PRETRAINED))
+      throw new UserError(`unknown pretrained model "${String(name)}": use coco or conceptual`);
+    return ClipCap.load({ ...options, model: name });
+  }
 
   get backend(): Backend {
     return this.parts.backend;
@@ -262,10 +296,9 @@ export class ClipCap {
       const plane = 3 * S * S;
       const pix = new Float32Array(images.length * plane);
       images.forEach((p, i) => pix.set(p.pixels as Float32Array, i * plane));
-      const pixT = b.upload(pix, [images.length, 3, S, S]);
       let e: Tensor | undefined;
       try {
-        e = enc.encodeImages(pixT); // (n, D)
+        e = enc.encodeImages(pix); // (n, D)
         if (images.length === ok.length) return e;
         const data = e.toArray() as Float32Array;
         let i = 0;
@@ -273,7 +306,6 @@ export class ClipCap {
           if (p.pixels) host.set(data.subarray(i * D, ++i * D), j * D);
         });
       } finally {
-        b.free(pixT);
         if (e && images.length !== ok.length) b.free(e);
       }
     }
@@ -304,8 +336,7 @@ export class ClipCap {
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    this.parts.lm.dispose();
-    this.parts.mapper.dispose?.();
+    this.parts.dispose();
     const clip = this.clip;
     this.clip = null;
     clip?.then(

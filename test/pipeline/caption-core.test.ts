@@ -26,10 +26,9 @@ class FakeClip implements ImageEncoder {
   readonly imageSize = 224;
   calls: number[] = [];
   constructor(readonly lm: FakeLM) {}
-  encodeImages(pixels: Tensor): Tensor {
-    const [n] = pixels.shape;
+  encodeImages(x: Float32Array): Tensor {
+    const n = x.length / (3 * 224 * 224);
     this.calls.push(n);
-    const x = pixels.toArray() as Float32Array;
     const per = x.length / n;
     const out = new Float32Array(n * D);
     for (let i = 0; i < n; i++)
@@ -64,7 +63,8 @@ async function makeModel(
   let loads = 0;
   const model = new ClipCap({
     backend: lm.backend,
-    lm: Object.assign(lm, { dispose: () => undefined }),
+    lm,
+    dispose: () => undefined,
     mapper: new FakeMapper(lm),
     tokenizer: await Gpt2Tokenizer.load(),
     loadClip: withClip
@@ -172,7 +172,8 @@ describe('ClipCap pipeline', () => {
     const lm = new FakeLM();
     const broken = new ClipCap({
       backend: lm.backend,
-      lm: Object.assign(lm, { dispose: () => undefined }),
+      lm,
+      dispose: () => undefined,
       mapper: new FakeMapper(lm),
       tokenizer: await Gpt2Tokenizer.load(),
       loadClip: async () => ({

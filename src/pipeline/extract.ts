@@ -1,0 +1,288 @@
+/**
+ * Feature extraction (`clipcap extract`): CLIP image embeddings of many images into one safetensors file,
+ * `clip_embedding` [N, D] f32 in input order, with `__metadata__` and an optional captions sidecar in the
+ * layout of the official parse_coco.py (`{image_id, caption, embedding: row}`), ready for training.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { preprocessImage } from '../image/index.js';
+import { UserError } from '../util/errors.js';
+import { writeFileAtomic } from '../util/atomic.js';
+import { saveSafetensors } from '../weights/safetensors.js';
+import type { ImageEncoder } from './caption.js';
+import { EMBEDDING_TENSOR } from './embeddings.js';
+
+export interface ExtractOptions {
+  /** Images per CLIP batch. Default 16. */
+  batchSize?: number;
+  limitInputPixels?: number;
+  applyExif?: boolean;
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface ExtractedRow {
+  /** Position among the inputs. */
+  index: number;
+  image: string;
+  /** (D) projected, unnormalized CLIP embedding; absent when the image failed. */
+  embedding?: Float32Array;
+  error?: string;
+}
+
+/**
+ * CLIP embeddings of image files, batch by batch, in input order; a bad image yields its error and the
+ * rest continue. The next batch is decoded while CLIP runs on the current one.
+ */
+export async function* extractEmbeddings(
+  encoder: ImageEncoder,
+  images: readonly string[],
+  options: ExtractOptions = {},
+): AsyncGenerator<ExtractedRow> {
+  const batchSize = options.batchSize ?? 16;
+  if (!Number.isInteger(batchSize) || batchSize < 1)
+    throw new UserError(`batch size must be a positive integer, got ${batchSize}`);
+  const D = encoder.projectionDim;
+  const S = encoder.imageSize;
+  type Pending = ExtractedRow & { pixels?: Float32Array };
+  const prepare = (start: number): Promise<Pending[]> =>
+    Promise.all(
+      images.slice(start, start + batchSize).map(async (image, j): Promise<Pending> => {
+        const index = start + j;
+        try {
+          const p = await preprocessImage(image, {
+            size: S,
+            limitInputPixels: options.limitInputPixels,
+            applyExif: options.applyExif,
+          });
+          return { index, image, pixels: p.pixelValues };
+        } catch (e) {
+          if (!(e instanceof UserError)) throw e;
+          return { index, image, error: e.message };
+        }
+      }),
+    );
+  let next = images.length > 0 ? prepare(0) : null;
+  for (let start = 0; next; start += batchSize) {
+    const batch = await next;
+    next = start + batchSize < images.length ? prepare(start + batchSize) : null;
+    next?.catch(() => undefined);
+    const ok = batch.filter((r) => r.pixels);
+    if (ok.length > 0) {
+      const pix = new Float32Array(ok.length * 3 * S * S);
+      ok.forEach((r, i) => pix.set(r.pixels as Float32Array, i * 3 * S * S));
+      const t = encoder.encodeImages(pix); // (n, D)
+      const host = t.toArray() as Float32Array;
+      t.dispose();
+      ok.forEach((r, i) => (r.embedding = host.slice(i * D, (i + 1) * D)));
+    }
+    for (const r of batch) yield { index: r.index, image: r.image, embedding: r.embedding, error: r.error };
+    options.onProgress?.(Math.min(start + batchSize, images.length), images.length);
+  }
+}
+
+// ---- sharding ----
+
+export interface Shard {
+  index: number;
+  count: number;
+}
+
+/** "i/N" (0-based i) -> a shard; UserError otherwise. */
+export function parseShard(s: string): Shard {
+  const m = /^(\d+)\/(\d+)$/.exec(s.trim());
+  const index = m ? Number(m[1]) : NaN;
+  const count = m ? Number(m[2]) : NaN;
+  if (!m || count < 1 || index >= count)
+    throw new UserError(`--shard must be i/N with 0 <= i < N (e.g. 0/4 for the first of four), got "${s}"`);
+  return { index, count };
+}
+
+/** The contiguous slice [start, end) of `n` inputs that shard i of N takes (shards concatenate in order). */
+export function shardRange(n: number, shard: Shard): [number, number] {
+  return [Math.floor((shard.index * n) / shard.count), Math.floor(((shard.index + 1) * n) / shard.count)];
+}
+
+// ---- captions ----
+
+export interface CaptionRecord {
+  image_id: number | string;
+  caption: string;
+}
+
+/** A captions file entry before matching: an image id, and/or a file name. */
+interface RawCaption {
+  image_id?: number | string;
+  file?: string;
+  caption: string;
+}
+
+function asRecord(x: unknown, file: string, where: string): RawCaption {
+  if (typeof x !== 'object' || x === null) throw new UserError(`${file}: ${where} is not an object`);
+  const o = x as Record<string, unknown>;
+  if (typeof o.caption !== 'string') throw new UserError(`${file}: ${where} has no "caption" string`);
+  const id = o.image_id;
+  const f = o.image ?? o.file_name ?? o.file;
+  if (id === undefined && f === undefined)
+    throw new UserError(`${file}: ${where} needs "image_id" or "image" (a file name) to match an image`);
+  if (id !== undefined && typeof id !== 'number' && typeof id !== 'string')
+    throw new UserError(`${file}: ${where}: "image_id" must be a number or string`);
+  if (f !== undefined && typeof f !== 'string')
+    throw new UserError(`${file}: ${where}: "image" must be a string`);
+  return { image_id: id as number | string | undefined, file: f as string | undefined, caption: o.caption };
+}
+
+/**
+ * Read captions: COCO annotations (`{images: [{id, file_name}], annotations: [{image_id, caption}]}`), the
+ * official train_caption.json (`[{image_id, caption}]`), or JSON Lines of `{image_id | image, caption}`.
+ */
+export async function readCaptions(file: string): Promise<RawCaption[]> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (e) {
+    throw new UserError(
+      `cannot read captions file ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
+    );
+  }
+  let doc: unknown;
+  try {
+    doc = JSON.parse(text);
+  } catch {
+    // JSON Lines
+    return text
+      .split('\n')
+      .map((l, i) => [l.trim(), i] as const)
+      .filter(([l]) => l !== '')
+      .map(([l, i]) => {
+        try {
+          return asRecord(JSON.parse(l), file, `line ${i + 1}`);
+        } catch (e) {
+          if (e instanceof UserError) throw e;
+          throw new UserError(
+            `${file}: line ${i + 1} is not valid JSON; give COCO annotations, a JSON list or JSON Lines`,
+          );
+        }
+      });
+  }
+  if (Array.isArray(doc)) return doc.map((x, i) => asRecord(x, file, `entry ${i}`));
+  if (
+    typeof doc === 'object' &&
+    doc !== null &&
+    Array.isArray((doc as { annotations?: unknown }).annotations)
+  ) {
+    const coco = doc as { images?: unknown; annotations: unknown[] };
+    const names = new Map<string, string>();
+    if (Array.isArray(coco.images))
+      for (const im of coco.images as Array<{ id?: unknown; file_name?: unknown }>)
+        if (
+          im &&
+          (typeof im.id === 'number' || typeof im.id === 'string') &&
+          typeof im.file_name === 'string'
+        )
+          names.set(String(im.id), im.file_name);
+    return coco.annotations.map((a, i) => {
+      const r = asRecord(a, file, `annotation ${i}`);
+      const f = r.image_id !== undefined ? names.get(String(r.image_id)) : undefined;
+      return { ...r, file: r.file ?? f };
+    });
+  }
+  throw new UserError(`${file}: expected COCO annotations, a JSON list of {image_id, caption} or JSON Lines`);
+}
+
+/** The COCO-style numeric id in a file name (COCO_val2014_000000060623.jpg -> 60623), if any. */
+export function imageIdFromName(p: string): number | undefined {
+  const m = /(\d+)(?!.*\d)/.exec(path.basename(p, path.extname(p)));
+  return m ? Number(m[1]) : undefined;
+}
+
+/**
+ * Sidecar records for the extracted rows: each caption whose image is among `rows` (matched by file name,
+ * else by image_id against the file's stem or its numeric id) with that row's index. Returns the records
+ * (in caption-file order) and how many captions matched no image.
+ */
+export function matchCaptions(
+  captions: readonly RawCaption[],
+  rows: readonly string[],
+): { records: Array<CaptionRecord & { embedding: number }>; unmatched: number } {
+  const byName = new Map<string, number>();
+  const byStem = new Map<string, number>();
+  const byNumber = new Map<number, number>();
+  rows.forEach((p, i) => {
+    const base = path.basename(p);
+    if (!byName.has(base)) byName.set(base, i);
+    const stem = path.basename(p, path.extname(p));
+    if (!byStem.has(stem)) byStem.set(stem, i);
+    const n = imageIdFromName(p);
+    if (n !== undefined && !byNumber.has(n)) byNumber.set(n, i);
+  });
+  const records: Array<CaptionRecord & { embedding: number }> = [];
+  let unmatched = 0;
+  for (const c of captions) {
+    let row: number | undefined;
+    if (c.file !== undefined) row = byName.get(path.basename(c.file));
+    if (row === undefined && c.image_id !== undefined) {
+      row = byStem.get(String(c.image_id));
+      if (row === undefined && /^\d+$/.test(String(c.image_id))) row = byNumber.get(Number(c.image_id));
+    }
+    if (row === undefined) {
+      unmatched++;
+      continue;
+    }
+    const imageId = c.image_id ?? path.basename(rows[row], path.extname(rows[row]));
+    records.push({ image_id: imageId, caption: c.caption, embedding: row });
+  }
+  return { records, unmatched };
+}
+
+// ---- writing ----
+
+export interface EmbeddingsMetadata {
+  /** The CLIP model (hub id or directory). */
+  model: string;
+  /** Image paths of the rows, in order. */
+  inputs: readonly string[];
+  shard?: Shard;
+  /** Index of this file's first row among all shards' inputs. */
+  rowOffset?: number;
+}
+
+export const PREPROCESSING_DESCRIPTION =
+  'RGB; resize short side to {size} (PIL bicubic, antialiased); center crop {size}; ' +
+  'normalize mean (0.48145466, 0.4578275, 0.40821073) std (0.26862954, 0.26130258, 0.27577711); ' +
+  'embedding = visual_projection(pooled), unnormalized';
+
+/** Write `clip_embedding` [N, D] with metadata atomically (temp file + rename). */
+export async function writeEmbeddings(
+  out: string,
+  rows: Float32Array,
+  dim: number,
+  meta: EmbeddingsMetadata,
+  imageSize = 224,
+): Promise<void> {
+  const n = dim === 0 ? 0 : rows.length / dim;
+  const metadata: Record<string, string> = {
+    format: 'clipcap-embeddings/1',
+    model: meta.model,
+    preprocessing: PREPROCESSING_DESCRIPTION.replaceAll('{size}', String(imageSize)),
+    inputs: JSON.stringify(meta.inputs),
+    rows: String(n),
+    dim: String(dim),
+  };
+  if (meta.shard) metadata.shard = `${meta.shard.index}/${meta.shard.count}`;
+  if (meta.rowOffset !== undefined) metadata.row_offset = String(meta.rowOffset);
+  await saveSafetensors(out, { [EMBEDDING_TENSOR]: { shape: [n, dim], data: rows } }, metadata);
+}
+
+/** The sidecar path: FILE.safetensors -> FILE.captions.jsonl. */
+export function captionsSidecarPath(out: string): string {
+  return out.replace(/\.safetensors$/i, '') + '.captions.jsonl';
+}
+
+export async function writeCaptionsSidecar(
+  out: string,
+  records: ReadonlyArray<CaptionRecord & { embedding: number }>,
+): Promise<string> {
+  const p = captionsSidecarPath(out);
+  await writeFileAtomic(p, records.map((r) => JSON.stringify(r)).join('\n') + (records.length ? '\n' : ''));
+  return p;
+}
