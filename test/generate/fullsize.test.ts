@@ -1,0 +1,54 @@
+/**
+ * Full size (GPT-2 small + the 512 -> 3840 -> 7680 MLP mapper, weights by the fixture rule): the greedy
+ * decoder, called through the library API with the two golden CLIP embeddings as inputs, must give the ten
+ * reference tokens of `clipcap.greedy10` for each (stop token off, 10 tokens). Runs on the native backend when
+ * it loads, else on the reference backend (slower).
+ */
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { describe, expect, it } from 'vitest';
+import { availableBackends } from '../../src/engine/index.js';
+import { ClipCapModel } from '../../src/models/clipcap.js';
+import { GPT2_SMALL } from '../../src/models/config.js';
+import { syntheticGpt2, syntheticMapper } from '../../src/models/synthetic.js';
+import { ClipCap } from '../../src/pipeline/caption.js';
+import type { CaptionSuccess } from '../../src/pipeline/types.js';
+import { Gpt2Tokenizer } from '../../src/text/gpt2-tokenizer.js';
+import { loadSafetensors } from '../../src/weights/safetensors.js';
+
+const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
+
+describe('full-size greedy decoding', () => {
+  const backends = availableBackends();
+  const backend = backends.find((b) => b.name === 'native') ?? backends[0];
+
+  it(`reproduces clipcap.greedy10 through ClipCap.caption on ${backend.name}`, async () => {
+    const f = await loadSafetensors(path.join(FIX, 'fullsize_goldens.safetensors'));
+    const embeds = (await f.tensor('clip.image_embeds')).data as Float32Array; // (2, 512)
+    const greedy10 = (await f.tensor('clipcap.greedy10')).data as Int32Array; // (2, 10)
+    await f.close();
+    const g = syntheticGpt2(GPT2_SMALL);
+    const m = syntheticMapper();
+    const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g });
+    const captioner = new ClipCap({
+      backend,
+      lm: model.gpt2,
+      mapper: model,
+      tokenizer: await Gpt2Tokenizer.load(),
+      loadClip: null,
+      description: 'synthetic full-size ClipCap',
+      dispose: () => model.dispose(),
+    });
+    try {
+      const res = await captioner.caption(
+        [0, 1].map((i) => ({ embedding: embeds.subarray(i * 512, (i + 1) * 512) })),
+        { method: 'greedy', maxTokens: 10, stop: 'none' },
+      );
+      const tokens = res.map((r) => (r as CaptionSuccess).tokens);
+      console.log(`${backend.name} full-size greedy10 via ClipCap.caption: ${JSON.stringify(tokens)}`);
+      expect(tokens.flat()).toEqual([...greedy10]);
+    } finally {
+      captioner.dispose();
+    }
+  }, 600_000);
+});
