@@ -5,7 +5,7 @@ import { ClipCapModel } from '../../src/models/clipcap.js';
 import { AdamW } from '../../src/nn/adamw.js';
 import { linearWarmupSchedule } from '../../src/train/schedule.js';
 import type { StateDict } from '../../src/weights/host.js';
-import { expectClose, expectLogits, f32, get, i32, loadGoldens } from './helpers.js';
+import { expectClose, expectLogits, f32, get, i32, loadGoldens, relDiff } from './helpers.js';
 import { tinyClipcap } from './tmp-loaders.js';
 
 const V = 50257;
@@ -122,6 +122,31 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
       );
     }
     console.log(`${label}: after AdamW, worst relative difference ${worst.toExponential(2)}`);
+    if (kind === 'transformer') {
+      // Frozen GPT-2: no gradients were computed for it and its weights did not move.
+      const fresh = (await tinyClipcap(kind)).gpt2.weights;
+      for (const p of m.gpt2.parameters()) {
+        expect(p.grad, p.name).toBeNull();
+        expect(relDiff(p.value.toArray(), fresh.get(p.name)!.data as Float32Array), p.name).toBe(0);
+      }
+    }
     m.dispose();
+  });
+
+  it("mask-based loss counts real '!' tokens that the official ignore_index=0 loss drops", () => {
+    const base = batch();
+    const official = model.loss(base);
+    const masked = model.loss(base, { lossMode: 'mask' });
+    const real = base.tokens.filter((t) => t !== 0).length;
+    expect([official.count, masked.count]).toEqual([real, real]);
+    expectClose(`${label} mask-based loss without '!'`, [masked.loss], [official.loss], 1e-6);
+    // Make the first caption's first token a real "!" (id 0): the official loss stops counting it.
+    const tokens = Int32Array.from(base.tokens);
+    tokens[0] = 0;
+    const b2 = { ...base, tokens };
+    expect(model.loss(b2).count).toBe(real - 1);
+    const m2 = model.loss(b2, { lossMode: 'mask' });
+    expect(m2.count).toBe(real);
+    expect(Number.isFinite(m2.loss)).toBe(true);
   });
 });
