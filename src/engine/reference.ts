@@ -183,28 +183,27 @@ export class ReferenceBackend implements Backend {
     const C = this.data(op, 'out', out, 'f32');
     const accumulate = opts.accumulate ?? false;
 
-    // Element (i, k) of op(A) in batch `aOff`.
-    const aAt = transA
-      ? (aOff: number, i: number, k: number) => A[aOff + k * M + i]
-      : (aOff: number, i: number, k: number) => A[aOff + i * K + k];
-    const row = new Float64Array(N); // one output row, accumulated in float64
+    const aRow = new Float64Array(K); // row i of op(A)
+    const row = new Float64Array(N); // row i of the product, accumulated in float64
     for (let bt = 0; bt < batches; bt++) {
       const aOff = bt * M * K;
       const bOff = bt * bStride;
       const cOff = bt * M * N;
       for (let i = 0; i < M; i++) {
-        row.fill(0);
+        for (let k = 0; k < K; k++) aRow[k] = transA ? A[aOff + k * M + i] : A[aOff + i * K + k];
         if (transB) {
-          // B stored (N, K): each output is a dot product of two contiguous rows.
+          // B stored (N, K): each output is the dot product of two contiguous rows.
           for (let j = 0; j < N; j++) {
+            const bRow = bOff + j * K;
             let s = 0;
-            for (let k = 0; k < K; k++) s += aAt(aOff, i, k) * B[bOff + j * K + k];
+            for (let k = 0; k < K; k++) s += aRow[k] * B[bRow + k];
             row[j] = s;
           }
         } else {
           // B stored (K, N): i-k-j order walks B's rows contiguously.
+          row.fill(0);
           for (let k = 0; k < K; k++) {
-            const aik = aAt(aOff, i, k);
+            const aik = aRow[k];
             const bRow = bOff + k * N;
             for (let j = 0; j < N; j++) row[j] += aik * B[bRow + j];
           }

@@ -1,0 +1,1027 @@
+/**
+ * One kernel suite for every backend that loads here (reference always; native when its addon builds):
+ * each kernel is compared with the naive float64 definition in naive.ts on odd shapes (1, 7, 33, 769: not
+ * multiples of 8, so vector tails are exercised) and on real GPT-2 / CLIP shapes, and every backward kernel
+ * also with central finite differences of the naive forward.
+ *
+ * Tolerances, as max|actual - expected| / max|expected| (relative to the tensor's scale):
+ * - FWD_TOL 1e-5 for forward and analytic-backward comparisons: inputs are float32, the naive side is
+ *   float64, so a correct float32 kernel differs by rounding (~1e-7) plus float32 accumulation over up to
+ *   a few thousand terms (~1e-6); a wrong formula differs by far more.
+ * - FD_TOL: see the finite-difference section.
+ * The worst difference of every comparison is in its assertion message and in a table printed at the end.
+ */
+import { afterAll, describe, expect, it } from 'vitest';
+import { availableBackends } from '../../src/engine/index.js';
+import type { Backend } from '../../src/engine/backend.js';
+import { ShapeError } from '../../src/engine/backend.js';
+import { Tensor } from '../../src/engine/tensor.js';
+import * as naive from './naive.js';
+
+const FWD_TOL = 1e-5;
+
+for (const be of availableBackends()) {
+  describe(`${be.name} backend kernels`, () => {
+    // kernel name (a comparison label's first word) -> its worst difference over every comparison
+    const worst = new Map<string, { worst: number; tolerance: number; comparisons: number; at: string }>();
+    afterAll(() => {
+      console.log(`${be.name} backend: worst relative difference per kernel`);
+      const rows = [...worst].map(([k, w]) => [k, { ...w, worst: w.worst.toExponential(2) }]);
+      console.table(Object.fromEntries(rows));
+    });
+
+    /** Compares and records; the assertion message carries the worst difference. */
+    function check(
+      label: string,
+      actual: Tensor | ArrayLike<number>,
+      expected: ArrayLike<number>,
+      tol = FWD_TOL,
+    ) {
+      const a = actual instanceof Tensor ? be.download(actual) : actual;
+      const d = naive.maxRelDiff(a, expected);
+      const kernel = label
+        .split(' ')
+        .slice(0, label.startsWith('FD ') ? 2 : 1)
+        .join(' ');
+      const w = worst.get(kernel) ?? { worst: 0, tolerance: tol, comparisons: 0, at: label };
+      w.comparisons++;
+      if (!(d <= w.worst)) Object.assign(w, { worst: d, tolerance: tol, at: label });
+      worst.set(kernel, w);
+      expect(d, `${label}: worst relative difference ${d.toExponential(2)} > ${tol}`).toBeLessThanOrEqual(
+        tol,
+      );
+    }
+
+    const up = (data: Float32Array | Int32Array, shape: readonly number[]) => be.upload(data, shape);
+    const rand = (shape: readonly number[], seed: number, lo = -1, hi = 1) =>
+      up(naive.randomF32(size(shape), seed, lo, hi), shape);
+
+    describe('memory', () => memoryTests(be));
+    describe('matmul', () => matmulTests(be, check, rand));
+    describe('elementwise', () => elementwiseTests(be, check, rand));
+    describe('activations', () => activationTests(be, check, rand));
+    describe('layerNorm', () => layerNormTests(be, check, rand));
+    describe('attention', () => attentionTests(be, check, rand));
+    describe('embedding', () => embeddingTests(be, check, rand));
+    describe('cross-entropy', () => crossEntropyTests(be, check, rand));
+    describe('adamw', () => adamwTests(be, check));
+    describe('dropout', () => dropoutTests(be, rand));
+    describe('layout', () => layoutTests(be, check, rand));
+    describe('backward kernels vs finite differences', () => finiteDifferenceTests(be, check, rand));
+  });
+}
+
+type Check = (
+  label: string,
+  actual: Tensor | ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol?: number,
+) => void;
+type Rand = (shape: readonly number[], seed: number, lo?: number, hi?: number) => Tensor;
+
+function size(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+// ==================================================================================== memory
+
+function memoryTests(be: Backend): void {
+  it('upload and download copy, zeros/fill/clone keep dtypes', () => {
+    const src = new Float32Array([1, 2, 3, 4, 5, 6]);
+    const t = be.upload(src, [2, 3]);
+    src[0] = 99; // the tensor must not alias the host array
+    const host = be.download(t);
+    expect(Array.from(host)).toEqual([1, 2, 3, 4, 5, 6]);
+    host[1] = 99; // nor the downloaded copy
+    expect(be.download(t)[1]).toBe(2);
+    expect(t.shape).toEqual([2, 3]);
+    expect(t.dtype).toBe('f32');
+
+    const ids = be.upload(new Int32Array([7, -3, 2147483647]), [3]);
+    expect(ids.dtype).toBe('i32');
+    expect(be.download(ids)).toBeInstanceOf(Int32Array);
+    expect(Array.from(be.download(ids))).toEqual([7, -3, 2147483647]);
+
+    const z = be.zeros([2, 0, 3]);
+    expect(z.size).toBe(0);
+    const zi = be.zeros([4], 'i32');
+    expect(zi.dtype).toBe('i32');
+    be.fill(zi, 5);
+    expect(Array.from(be.download(zi))).toEqual([5, 5, 5, 5]);
+
+    const c = be.clone(t);
+    be.fill(c, -1.5);
+    expect(Array.from(be.download(c))).toEqual([-1.5, -1.5, -1.5, -1.5, -1.5, -1.5]);
+    expect(be.download(t)[0]).toBe(1);
+    // a reshape is a view: it reads the same storage
+    expect(Array.from(be.download(t.reshape([3, 2])))).toEqual([1, 2, 3, 4, 5, 6]);
+
+    be.free(c);
+    be.free(c); // freeing twice is safe
+    expect(() => be.upload(new Float32Array(5), [2, 3])).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== matmul
+
+interface GemmCase {
+  lead: number[]; // A's leading (batch) axes
+  m: number;
+  k: number;
+  n: number;
+  bBatched: boolean;
+}
+
+function matmulTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: GemmCase[] = [
+    { lead: [], m: 1, k: 1, n: 1, bBatched: false },
+    { lead: [], m: 7, k: 33, n: 5, bBatched: false },
+    { lead: [], m: 33, k: 769, n: 7, bBatched: false },
+    { lead: [], m: 65, k: 17, n: 130, bBatched: false },
+    { lead: [3], m: 7, k: 9, n: 5, bBatched: true },
+    { lead: [3], m: 7, k: 9, n: 5, bBatched: false }, // one B shared by every batch
+    { lead: [2, 3], m: 5, k: 7, n: 3, bBatched: false }, // leading axes of A flattened against a 2-D B
+    { lead: [2, 3], m: 5, k: 7, n: 3, bBatched: true },
+  ];
+  let seed = 100;
+  for (const c of cases) {
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        const id = `[${[...c.lead, c.m, c.k].join(',')}]${transA ? 'ᵀ' : ''}·[${c.bBatched ? [...c.lead, ''].join(',') : ''}${c.k},${c.n}]${transB ? 'ᵀ' : ''}`;
+        it(`${id} matches the naive product`, () => {
+          const aShape = [...c.lead, ...(transA ? [c.k, c.m] : [c.m, c.k])];
+          const bShape = [...(c.bBatched ? c.lead : []), ...(transB ? [c.n, c.k] : [c.k, c.n])];
+          const a = rand(aShape, seed++);
+          const b = rand(bShape, seed++);
+          const y = be.matmul(a, b, { transA, transB });
+          expect(y.shape).toEqual([...c.lead, c.m, c.n]);
+          const mc = { batch: size(c.lead), m: c.m, k: c.k, n: c.n, transA, transB, bBatched: c.bBatched };
+          check(`matmul ${id}`, y, naive.matmulNaive(be.download(a), be.download(b), mc));
+        });
+      }
+    }
+  }
+
+  it('bias and alpha: alpha·A·B + bias', () => {
+    const a = rand([7, 33], 1);
+    const b = rand([5, 33], 2);
+    const bias = rand([5], 3);
+    const y = be.matmul(a, b, { transB: true, bias, alpha: 0.37 });
+    const mc = { batch: 1, m: 7, k: 33, n: 5, transB: true };
+    check(
+      'matmul bias+alpha',
+      y,
+      naive.matmulNaive(be.download(a), be.download(b), mc, be.download(bias), 0.37),
+    );
+  });
+
+  it('out overwrites, out + accumulate adds (with bias and alpha)', () => {
+    const a = rand([2, 9, 7], 4); // batched (2, 7, 9) stored transposed
+    const b = rand([2, 9, 13], 5);
+    const bias = rand([13], 6);
+    const mc = { batch: 2, m: 7, k: 9, n: 13, transA: true, bBatched: true };
+    const product = naive.matmulNaive(be.download(a), be.download(b), mc, be.download(bias), -2);
+
+    const out = rand([2, 7, 13], 7);
+    const before = be.download(out);
+    const returned = be.matmul(a, b, { transA: true, bias, alpha: -2, out, accumulate: true });
+    expect(returned).toBe(out);
+    check(
+      'matmul out+accumulate',
+      out,
+      product.map((v, i) => v + before[i]),
+    );
+
+    be.matmul(a, b, { transA: true, bias, alpha: -2, out });
+    check('matmul out (overwrite)', out, product);
+  });
+
+  it('GPT-2 MLP shape (50,768)·(768,3072) + bias, and its weight gradient xᵀ·dy', () => {
+    const x = rand([50, 768], 8);
+    const w = rand([768, 3072], 9, -0.05, 0.05); // Conv1D layout (in, out)
+    const bias = rand([3072], 10);
+    const y = be.matmul(x, w, { bias });
+    check(
+      'matmul (50,768)·(768,3072)+b',
+      y,
+      naive.matmulNaive(
+        be.download(x),
+        be.download(w),
+        { batch: 1, m: 50, k: 768, n: 3072 },
+        be.download(bias),
+      ),
+    );
+    // dW (768, 3072) = xᵀ (768, 50) · dy (50, 3072): K = 50
+    const dy = rand([50, 3072], 11);
+    const dw = be.matmul(x, dy, { transA: true });
+    check(
+      'matmul xᵀ(768,50)·dy(50,3072)',
+      dw,
+      naive.matmulNaive(be.download(x), be.download(dy), { batch: 1, m: 768, k: 50, n: 3072, transA: true }),
+    );
+  });
+
+  it('CLIP attention-projection shape (2·50,768)·(768,768)ᵀ batched over (2,50)', () => {
+    const x = rand([2, 50, 768], 12);
+    const w = rand([768, 768], 13, -0.05, 0.05); // nn.Linear layout (out, in)
+    const bias = rand([768], 14);
+    const y = be.matmul(x, w, { transB: true, bias });
+    expect(y.shape).toEqual([2, 50, 768]);
+    const mc = { batch: 1, m: 100, k: 768, n: 768, transB: true };
+    check(
+      'matmul (2,50,768)·(768,768)ᵀ+b',
+      y,
+      naive.matmulNaive(be.download(x), be.download(w), mc, be.download(bias)),
+    );
+  });
+
+  it('rejects mismatched shapes with ShapeError', () => {
+    expect(() => be.matmul(rand([3, 4], 1), rand([5, 6], 2))).toThrow(ShapeError);
+    expect(() => be.matmul(rand([3, 4], 1), rand([6, 4], 2))).toThrow(ShapeError); // needs transB
+    expect(() => be.matmul(rand([2, 3, 4], 1), rand([3, 4, 5], 2))).toThrow(ShapeError); // batch 2 vs 3
+    expect(() => be.matmul(rand([3, 4], 1), rand([4, 5], 2), { bias: rand([4], 3) })).toThrow(ShapeError);
+    expect(() => be.matmul(rand([3, 4], 1), rand([4, 5], 2), { out: rand([5, 3], 3) })).toThrow(ShapeError);
+    expect(() => be.matmul(rand([4], 1), rand([4, 5], 2))).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== elementwise
+
+function elementwiseTests(be: Backend, check: Check, rand: Rand): void {
+  const pairs: [number[], number[]][] = [
+    [
+      [7, 33],
+      [7, 33],
+    ],
+    [[7, 33], [33]],
+    [
+      [2, 3, 769],
+      [3, 769],
+    ],
+    [[1], [1]],
+    [[5, 4], []],
+  ];
+  for (const [sa, sb] of pairs) {
+    it(`add / mul broadcast [${sb}] over [${sa}]`, () => {
+      const a = rand(sa, 20);
+      const b = rand(sb, 21);
+      const A = be.download(a);
+      const B = be.download(b);
+      check(
+        `add [${sa}]+[${sb}]`,
+        be.add(a, b),
+        Array.from(A, (v, i) => v + B[i % B.length]),
+      );
+      check(
+        `mul [${sa}]*[${sb}]`,
+        be.mul(a, b),
+        Array.from(A, (v, i) => v * B[i % B.length]),
+      );
+    });
+  }
+
+  it('add rejects shapes that are not a suffix', () => {
+    expect(() => be.add(rand([7, 33], 1), rand([7], 2))).toThrow(ShapeError);
+    expect(() => be.mul(rand([33], 1), rand([7, 33], 2))).toThrow(ShapeError);
+  });
+
+  it('addInPlace with alpha, and scale', () => {
+    const a = rand([7, 33], 22);
+    const b = rand([7, 33], 23);
+    const A = be.download(a);
+    const B = be.download(b);
+    be.addInPlace(a, b, -0.75);
+    check(
+      'addInPlace alpha',
+      a,
+      Array.from(A, (v, i) => v - 0.75 * B[i]),
+    );
+    be.addInPlace(a, b);
+    check(
+      'addInPlace',
+      a,
+      Array.from(A, (v, i) => v + 0.25 * B[i]),
+    );
+    check(
+      'scale',
+      be.scale(b, 3.5),
+      Array.from(B, (v) => 3.5 * v),
+    );
+    expect(() => be.addInPlace(a, rand([33, 7], 1))).toThrow(ShapeError);
+  });
+
+  it('sumRows into a new tensor, into out, and accumulating', () => {
+    const x = rand([2, 17, 769], 24);
+    const X = be.download(x);
+    const expected = new Float64Array(769);
+    for (let r = 0; r < 34; r++) for (let c = 0; c < 769; c++) expected[c] += X[r * 769 + c];
+    const s = be.sumRows(x);
+    expect(s.shape).toEqual([769]);
+    check('sumRows', s, expected);
+    const out = rand([769], 25);
+    const before = be.download(out);
+    be.sumRows(x, out, true);
+    check(
+      'sumRows accumulate',
+      out,
+      expected.map((v, i) => v + before[i]),
+    );
+    be.sumRows(x, out);
+    check('sumRows out', out, expected);
+    expect(() => be.sumRows(x, rand([768], 1))).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== activations
+
+function activationTests(be: Backend, check: Check, rand: Rand): void {
+  type Act = 'gelu' | 'quickGelu' | 'relu' | 'tanh';
+  const forward: Record<Act, (x: Tensor) => Tensor> = {
+    gelu: (x) => be.gelu(x),
+    quickGelu: (x) => be.quickGelu(x),
+    relu: (x) => be.relu(x),
+    tanh: (x) => be.tanh(x),
+  };
+  // backward from the forward's input (tanh: from its output)
+  const backward: Record<Act, (dy: Tensor, x: Tensor) => Tensor> = {
+    gelu: (dy, x) => be.geluBackward(dy, x),
+    quickGelu: (dy, x) => be.quickGeluBackward(dy, x),
+    relu: (dy, x) => be.reluBackward(dy, x),
+    tanh: (dy, x) => be.tanhBackward(dy, be.tanh(x)),
+  };
+  const shapes = [[1], [7, 33], [3, 769], [50, 3072]];
+  for (const act of Object.keys(forward) as Act[]) {
+    for (const shape of shapes) {
+      it(`${act} [${shape}] forward and backward`, () => {
+        const x = rand(shape, 30, -8, 8); // covers saturation of tanh / sigmoid
+        const dy = rand(shape, 31);
+        const X = be.download(x);
+        const DY = be.download(dy);
+        const { f, df } = naive.activations[act];
+        check(`${act} [${shape}]`, forward[act](x), naive.mapNaive(X, f));
+        // tanh's backward is defined from the float32 output y: dy·(1 - y²). Where tanh saturates, 1 - y²
+        // is small and y's rounding dominates, so the reference for it is computed from float32 y too.
+        const slope = act === 'tanh' ? (v: number) => 1 - Math.fround(Math.tanh(v)) ** 2 : df;
+        check(
+          `${act}Backward [${shape}]`,
+          backward[act](dy, x),
+          Array.from(X, (v, i) => DY[i] * slope(v)),
+        );
+      });
+    }
+  }
+
+  it('reluBackward is 0 at x = 0 (as PyTorch)', () => {
+    const x = be.upload(new Float32Array([0, -0, 1e-30, -1e-30]), [4]);
+    const dy = be.upload(new Float32Array([1, 1, 1, 1]), [4]);
+    expect(Array.from(be.download(be.reluBackward(dy, x)))).toEqual([0, 0, 1, 0]);
+  });
+
+  const softShapes: [number[], number][] = [
+    [[1, 1], 1],
+    [[7, 33], 5],
+    [[3, 769], 40], // large logits: needs the max subtraction
+    [[2, 12, 50, 50], 3], // attention-score shape
+    [[2, 50257], 10], // GPT-2 vocabulary
+  ];
+  for (const [shape, range] of softShapes) {
+    it(`softmax and logSoftmax over the last axis of [${shape}]`, () => {
+      const x = rand(shape, 32, -range, range);
+      const X = be.download(x);
+      const cols = shape[shape.length - 1];
+      check(`softmax [${shape}]`, be.softmax(x), naive.softmaxNaive(X, cols));
+      check(`logSoftmax [${shape}]`, be.logSoftmax(x), naive.logSoftmaxNaive(X, cols));
+    });
+  }
+
+  it('softmax does not overflow on logits near 1e4', () => {
+    const x = be.upload(new Float32Array([10000, 10001, 9999, -10000]), [1, 4]);
+    check('softmax 1e4', be.softmax(x), naive.softmaxNaive(be.download(x), 4));
+    check('logSoftmax 1e4', be.logSoftmax(x), naive.logSoftmaxNaive(be.download(x), 4));
+  });
+}
+
+// ==================================================================================== layer norm
+
+function layerNormTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: [number[], number, number][] = [
+    // shape, eps, offset added to x (a large mean tests the two-pass variance)
+    [[1, 1], 1e-5, 0],
+    [[7, 33], 1e-5, 0],
+    [[2, 5, 769], 1e-5, 30],
+    [[50, 768], 1e-5, 0], // GPT-2 / CLIP width
+    [[3, 32], 1e-12, 0],
+  ];
+  for (const [shape, eps, offset] of cases) {
+    it(`[${shape}] eps ${eps}: y, mean, rstd and the backward`, () => {
+      const C = shape[shape.length - 1];
+      const x = rand(shape, 40, offset - 2, offset + 2);
+      const w = rand([C], 41, 0.5, 1.5);
+      const b = rand([C], 42);
+      const X = be.download(x);
+      const W = be.download(w);
+      const ref = naive.layerNormNaive(X, W, be.download(b), C, eps);
+      const { y, mean, rstd } = be.layerNorm(x, w, b, eps);
+      expect(y.shape).toEqual(shape);
+      expect(mean.shape).toEqual([size(shape) / C]);
+      expect(rstd.shape).toEqual([size(shape) / C]);
+      check(`layerNorm y [${shape}]`, y, ref.y);
+      check(`layerNorm mean [${shape}]`, mean, ref.mean);
+      check(`layerNorm rstd [${shape}]`, rstd, ref.rstd);
+
+      // backward accumulates into dweight / dbias
+      const dy = rand(shape, 43);
+      const dw = rand([C], 44);
+      const db = rand([C], 45);
+      const dw0 = be.download(dw);
+      const db0 = be.download(db);
+      const g = naive.layerNormBackwardNaive(be.download(dy), X, W, C, eps);
+      const dx = be.layerNormBackward(dy, x, w, mean, rstd, dw, db);
+      check(`layerNormBackward dx [${shape}]`, dx, g.dx);
+      check(
+        `layerNormBackward dweight [${shape}]`,
+        dw,
+        g.dw.map((v, i) => v + dw0[i]),
+      );
+      check(
+        `layerNormBackward dbias [${shape}]`,
+        db,
+        g.db.map((v, i) => v + db0[i]),
+      );
+    });
+  }
+
+  it('rejects a weight of the wrong width', () => {
+    expect(() => be.layerNorm(rand([3, 8], 1), rand([7], 2), rand([8], 3), 1e-5)).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== attention
+
+interface AttnSetup {
+  c: naive.AttentionCase;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  mask?: Tensor;
+}
+
+function attnSetup(be: Backend, rand: Rand, c: naive.AttentionCase, seed: number, spread = 2): AttnSetup {
+  const q = rand([c.batch, c.tq, c.channels], seed, -spread, spread);
+  const k = rand([c.batch, c.tk, c.channels], seed + 1, -spread, spread);
+  const v = rand([c.batch, c.tk, c.channels], seed + 2);
+  const mask = c.keyMask ? be.upload(Float32Array.from(c.keyMask), [c.batch, c.tk]) : undefined;
+  return { c, q, k, v, mask };
+}
+
+function attnOpts(s: AttnSetup) {
+  return {
+    nHead: s.c.nHead,
+    causal: s.c.causal,
+    keyMask: s.mask,
+    kvLength: s.c.kvLength,
+    scale: s.c.scale,
+  };
+}
+
+/** (batch, tk) mask: 1 except where `masked(b, j)`. */
+function keyMask(batch: number, tk: number, masked: (b: number, j: number) => boolean): number[] {
+  return Array.from({ length: batch * tk }, (_, i) => (masked(Math.floor(i / tk), i % tk) ? 0 : 1));
+}
+
+function attentionTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: [string, naive.AttentionCase][] = [
+    ['1 query, 1 key, 1 head', { batch: 1, tq: 1, tk: 1, channels: 1, nHead: 1 }],
+    ['self-attention', { batch: 2, tq: 7, tk: 7, channels: 12, nHead: 3 }],
+    ['causal', { batch: 2, tq: 7, tk: 7, channels: 12, nHead: 3, causal: true }],
+    [
+      'cross-attention with a key mask',
+      { batch: 3, tq: 5, tk: 9, channels: 10, nHead: 2, keyMask: keyMask(3, 9, (b, j) => j >= 9 - 2 * b) },
+    ],
+    [
+      'causal + key mask + kvLength (KV cache with unused rows)',
+      {
+        batch: 2,
+        tq: 3,
+        tk: 11,
+        channels: 8,
+        nHead: 2,
+        causal: true,
+        kvLength: 8,
+        keyMask: keyMask(2, 11, (b, j) => b === 1 && j < 2),
+      },
+    ],
+    [
+      'a batch row with every key masked gives zeros',
+      { batch: 2, tq: 4, tk: 6, channels: 6, nHead: 3, keyMask: keyMask(2, 6, (b) => b === 1) },
+    ],
+    ['custom scale, head dim 33', { batch: 1, tq: 5, tk: 7, channels: 66, nHead: 2, scale: 0.3 }],
+    ['ClipCap mapper: 8 heads of 4', { batch: 3, tq: 20, tk: 20, channels: 32, nHead: 8 }],
+    [
+      'GPT-2: B=2, T=50, C=768, 12 heads, causal + padding',
+      {
+        batch: 2,
+        tq: 50,
+        tk: 50,
+        channels: 768,
+        nHead: 12,
+        causal: true,
+        keyMask: keyMask(2, 50, (b, j) => b === 1 && j >= 41),
+      },
+    ],
+    ['CLIP ViT-B/32: B=2, T=50, C=768, 12 heads', { batch: 2, tq: 50, tk: 50, channels: 768, nHead: 12 }],
+  ];
+  let seed = 300;
+  for (const [name, c] of cases) {
+    const s0 = (seed += 10);
+    it(`${name}: out, probs and the backward`, () => {
+      const s = attnSetup(be, rand, c, s0);
+      const Q = be.download(s.q);
+      const K = be.download(s.k);
+      const V = be.download(s.v);
+      const ref = naive.attentionNaive(Q, K, V, c);
+      const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
+      expect(out.shape).toEqual([c.batch, c.tq, c.channels]);
+      expect(probs?.shape).toEqual([c.batch, c.nHead, c.tq, c.tk]);
+      check(`attention out: ${name}`, out, ref.out);
+      check(`attention probs: ${name}`, probs as Tensor, ref.probs);
+      // without keepProbs: the same output
+      check(`attention out (no probs): ${name}`, be.attention(s.q, s.k, s.v, attnOpts(s)).out, ref.out);
+
+      const dout = rand([c.batch, c.tq, c.channels], s0 + 5);
+      const g = naive.attentionBackwardNaive(be.download(dout), Q, K, V, c);
+      const grads = be.attentionBackward(dout, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
+      expect(grads.dk.shape).toEqual(s.k.shape);
+      expect(grads.dv.shape).toEqual(s.v.shape);
+      check(`attentionBackward dq: ${name}`, grads.dq, g.dq);
+      check(`attentionBackward dk: ${name}`, grads.dk, g.dk);
+      check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
+    });
+  }
+
+  it('fully masked rows are exactly zero', () => {
+    const c = { batch: 2, tq: 3, tk: 4, channels: 4, nHead: 2, keyMask: keyMask(2, 4, (b) => b === 0) };
+    const s = attnSetup(be, rand, c, 390);
+    const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
+    const O = be.download(out);
+    const P = be.download(probs as Tensor);
+    expect(Array.from(O.subarray(0, 12)).every((x) => x === 0)).toBe(true);
+    expect(Array.from(P.subarray(0, 24)).every((x) => x === 0)).toBe(true);
+  });
+
+  it('incremental decoding against a growing KV cache equals the full causal forward', () => {
+    // batch row 1 is left-padded (keys 0, 1 masked); the cache has spare capacity past T
+    const B = 2;
+    const T = 9;
+    const C = 12;
+    const H = 3;
+    const cap = 16;
+    const mask = keyMask(B, T, (b, j) => b === 1 && j < 2);
+    const s = attnSetup(
+      be,
+      rand,
+      { batch: B, tq: T, tk: T, channels: C, nHead: H, causal: true, keyMask: mask },
+      400,
+    );
+    const full = be.attention(s.q, s.k, s.v, attnOpts(s)).out;
+    check(
+      'attention full causal + mask',
+      full,
+      naive.attentionNaive(be.download(s.q), be.download(s.k), be.download(s.v), s.c).out,
+    );
+
+    const capMask = be.upload(Float32Array.from(keyMask(B, cap, (b, j) => b === 1 && j < 2)), [B, cap]);
+    const kCache = be.zeros([B, cap, C]);
+    const vCache = be.zeros([B, cap, C]);
+    const pieces: Tensor[] = [];
+    // a 4-token prompt at once, then one token at a time
+    const chunks = [[0, 4], ...Array.from({ length: T - 4 }, (_, i) => [4 + i, 5 + i])];
+    for (const [start, end] of chunks) {
+      be.writeSlice(kCache, be.slice(s.k, 1, start, end), 1, start);
+      be.writeSlice(vCache, be.slice(s.v, 1, start, end), 1, start);
+      const q = be.slice(s.q, 1, start, end);
+      pieces.push(
+        be.attention(q, kCache, vCache, { nHead: H, causal: true, keyMask: capMask, kvLength: end }).out,
+      );
+    }
+    check('attention incremental vs full', be.concat(pieces, 1), be.download(full));
+  });
+
+  it('rejects bad shapes', () => {
+    const q = rand([2, 3, 8], 1);
+    const k = rand([2, 5, 8], 2);
+    expect(() => be.attention(q, k, k, { nHead: 3 })).toThrow(ShapeError); // 8 channels, 3 heads
+    expect(() => be.attention(q, k, rand([2, 4, 8], 3), { nHead: 2 })).toThrow(ShapeError); // v != k
+    expect(() => be.attention(q, k, k, { nHead: 2, kvLength: 6 })).toThrow(ShapeError); // past capacity
+    expect(() => be.attention(q, k, k, { nHead: 2, causal: true, kvLength: 2 })).toThrow(ShapeError); // < Tq
+    expect(() => be.attention(q, k, k, { nHead: 2, keyMask: rand([2, 4], 4) })).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== embedding
+
+function embeddingTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: [string, number, number, number[], number][] = [
+    // name, vocab, C, ids shape, seed
+    ['tiny', 11, 7, [2, 3], 500],
+    ['single id', 1, 1, [1], 501],
+    ['GPT-2 wpe (1024, 768)', 1024, 768, [2, 50], 502],
+    ['GPT-2 vocabulary (50257, 33)', 50257, 33, [3, 41], 503],
+  ];
+  for (const [name, vocab, C, idShape, seed] of cases) {
+    it(`${name}: gather and scatter-add backward`, () => {
+      const table = rand([vocab, C], seed);
+      const idData = naive.randomInts(size(idShape), seed + 1, vocab);
+      idData[0] = vocab - 1; // the last row
+      if (idData.length > 2) idData[2] = idData[1]; // a repeated id accumulates twice
+      const ids = be.upload(idData, idShape);
+      const y = be.embedding(ids, table);
+      expect(y.shape).toEqual([...idShape, C]);
+      check(`embedding ${name}`, y, naive.embeddingNaive(idData, be.download(table), C));
+
+      const dy = rand([...idShape, C], seed + 2);
+      const dtable = rand([vocab, C], seed + 3);
+      const before = be.download(dtable);
+      be.embeddingBackward(dy, ids, dtable);
+      const expected = naive
+        .embeddingBackwardNaive(be.download(dy), idData, vocab, C)
+        .map((v, i) => v + before[i]);
+      check(`embeddingBackward ${name}`, dtable, expected);
+    });
+  }
+
+  it('out-of-range ids throw an Error naming the id', () => {
+    const table = rand([11, 4], 1);
+    expect(() => be.embedding(be.upload(new Int32Array([0, 11]), [2]), table)).toThrow(/11/);
+    expect(() => be.embedding(be.upload(new Int32Array([-1]), [1]), table)).toThrow(/-1/);
+    expect(() => be.embeddingBackward(rand([1, 4], 2), be.upload(new Int32Array([12]), [1]), table)).toThrow(
+      /12/,
+    );
+    expect(() => be.embedding(rand([2], 3), table)).toThrow(ShapeError); // f32 ids
+  });
+}
+
+// ==================================================================================== cross-entropy
+
+function crossEntropyTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: [string, number, number, number, number][] = [
+    // name, N, V, ignoreIndex, logit range
+    ['tiny, ignore 0', 7, 33, 0, 3],
+    ['ignore -100 (PyTorch default)', 5, 769, -100, 10],
+    ['one row, one class', 1, 1, -100, 1],
+    ['GPT-2 vocabulary, ignore 0 (ClipCap padding)', 20, 50257, 0, 8],
+  ];
+  let seed = 600;
+  for (const [name, N, V, ignore, range] of cases) {
+    const s = (seed += 10);
+    it(`${name}: loss, count and the backward`, () => {
+      const logits = rand([N, V], s, -range, range);
+      const t = naive.randomInts(N, s + 1, V);
+      if (N > 3) {
+        t[1] = ignore; // ignored rows
+        t[3] = ignore;
+        t[2] = V - 1;
+      }
+      const targets = be.upload(t, [N]);
+      const L = be.download(logits);
+      const ref = naive.crossEntropyNaive(L, t, V, ignore);
+      const r = be.crossEntropy(logits, targets, ignore);
+      expect(r.count).toBe(ref.count);
+      check(`crossEntropy loss: ${name}`, [r.loss], [ref.loss]);
+      for (const lossScale of [1, 0.25]) {
+        check(
+          `crossEntropyBackward ×${lossScale}: ${name}`,
+          be.crossEntropyBackward(logits, targets, ignore, lossScale),
+          naive.crossEntropyBackwardNaive(L, t, V, ignore, lossScale),
+        );
+      }
+    });
+  }
+
+  it('every row ignored: loss NaN, count 0, zero gradient', () => {
+    const logits = rand([3, 5], 1);
+    const targets = be.upload(new Int32Array([0, 0, 0]), [3]);
+    const r = be.crossEntropy(logits, targets, 0);
+    expect(r.count).toBe(0);
+    expect(r.loss).toBeNaN();
+    const d = be.download(be.crossEntropyBackward(logits, targets, 0));
+    expect(Array.from(d).every((x) => x === 0)).toBe(true);
+  });
+
+  it('a target outside the vocabulary throws', () => {
+    const logits = rand([2, 5], 1);
+    expect(() => be.crossEntropy(logits, be.upload(new Int32Array([1, 5]), [2]), -100)).toThrow(/5/);
+    expect(() => be.crossEntropy(logits, be.upload(new Int32Array([1, 2, 3]), [3]), -100)).toThrow(
+      ShapeError,
+    );
+  });
+}
+
+// ==================================================================================== adamw
+
+function adamwTests(be: Backend, check: Check): void {
+  const configs = [
+    {
+      name: 'ClipCap (lr 2e-5, eps 1e-6, wd 0)',
+      lr: 2e-5,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-6,
+      weightDecay: 0,
+    },
+    {
+      name: 'PyTorch defaults (lr 1e-3, eps 1e-8, wd 0.01)',
+      lr: 1e-3,
+      beta1: 0.9,
+      beta2: 0.999,
+      eps: 1e-8,
+      weightDecay: 0.01,
+    },
+    {
+      name: 'large lr and decay, beta2 0.95',
+      lr: 0.05,
+      beta1: 0.8,
+      beta2: 0.95,
+      eps: 1e-6,
+      weightDecay: 0.1,
+    },
+  ];
+  for (const { name, ...o } of configs) {
+    it(`6 steps match torch.optim.AdamW: ${name}`, () => {
+      const n = 777;
+      // parameters of scale 1e-3, so that float32 rounding of p (~6e-11) is far below an update (~lr)
+      const p0 = naive.randomF32(n, 700, -1e-3, 1e-3);
+      const param = be.upload(p0, [7, 111]);
+      const m = be.zeros([7, 111]);
+      const v = be.zeros([7, 111]);
+      const state = { p: naive.f64(p0), m: new Float64Array(n), v: new Float64Array(n) };
+      for (let step = 1; step <= 6; step++) {
+        // gradients of growing scale, with exact zeros; step 1 has lr 0 as ClipCap's warmup does
+        const g = naive.randomF32(n, 700 + step, -(10 ** (step - 4)), 10 ** (step - 4));
+        for (let i = 0; i < n; i += 13) g[i] = 0;
+        const lr = step === 1 ? 0 : o.lr;
+        // this step alone, from the backend's own state: its update must match to FWD_TOL of its scale
+        const before = [param, m, v].map((t) => naive.f64(be.download(t)));
+        const one = { p: before[0], m: before[1], v: before[2] };
+        naive.adamwNaive(one, g, { ...o, lr, step });
+        be.adamw(param, be.upload(g, [7, 111]), m, v, { ...o, lr, step });
+        const P = naive.f64(be.download(param));
+        check(
+          `adamw update step ${step}: ${name}`,
+          P.map((x, i) => x - before[0][i]),
+          one.p.map((x, i) => x - before[0][i]),
+        );
+        // and the run as a whole
+        naive.adamwNaive(state, g, { ...o, lr, step });
+        check(`adamw p step ${step}: ${name}`, P, state.p);
+        check(`adamw m step ${step}: ${name}`, m, state.m);
+        check(`adamw v step ${step}: ${name}`, v, state.v);
+      }
+    });
+  }
+}
+
+// ==================================================================================== dropout
+
+function dropoutTests(be: Backend, rand: Rand): void {
+  it('keeps about 1-p of the elements, scales them by 1/(1-p), and is seeded', () => {
+    const n = 100_003;
+    const x = rand([n], 800, 0.5, 1.5);
+    const X = be.download(x);
+    for (const p of [0.1, 0.5]) {
+      const { y, mask } = be.dropout(x, p, 1234);
+      const M = be.download(mask);
+      const Y = be.download(y);
+      const scaleKept = Math.fround(1 / (1 - p));
+      let kept = 0;
+      for (let i = 0; i < n; i++) {
+        if (M[i] !== 0 && M[i] !== scaleKept) throw new Error(`mask[${i}] = ${M[i]}`);
+        if (M[i] !== 0) kept++;
+        if (Y[i] !== Math.fround(X[i] * M[i])) throw new Error(`y[${i}] = ${Y[i]} != x·mask`);
+      }
+      // 6 standard deviations of a binomial(n, 1-p) fraction
+      const sd = Math.sqrt((p * (1 - p)) / n);
+      console.log(
+        `dropout p=${p}: kept fraction ${(kept / n).toFixed(5)} (expected ${1 - p}, sd ${sd.toExponential(1)})`,
+      );
+      expect(Math.abs(kept / n - (1 - p))).toBeLessThan(6 * sd);
+      // the dropped positions are not clustered: consecutive pairs are independent
+      let bothKept = 0;
+      for (let i = 1; i < n; i++) if (M[i] !== 0 && M[i - 1] !== 0) bothKept++;
+      expect(Math.abs(bothKept / (n - 1) - (1 - p) ** 2)).toBeLessThan(0.01);
+
+      // the contract: element i is kept iff draw i+1 of mulberry32(seed) >= p
+      const agree = (a: ArrayLike<number>, b: ArrayLike<number>) => {
+        let same = 0;
+        for (let i = 0; i < n; i++) if (a[i] === b[i]) same++;
+        return same;
+      };
+      expect(agree(M, naive.dropoutMaskNaive(n, p, 1234).map(Math.fround))).toBe(n);
+      // same seed, same mask; another seed, another mask
+      expect(agree(M, be.download(be.dropout(x, p, 1234).mask))).toBe(n);
+      const other = be.download(be.dropout(x, p, 1235).mask);
+      expect(agree(M, other) / n).toBeLessThan(1 - p * (1 - p)); // independent masks agree on p²+(1-p)²
+    }
+  });
+
+  it('p = 0 is the identity, p = 1 drops everything', () => {
+    const x = rand([7, 33], 801);
+    const id = be.dropout(x, 0, 5);
+    expect(Array.from(be.download(id.y))).toEqual(Array.from(be.download(x)));
+    expect(Array.from(be.download(id.mask)).every((v) => v === 1)).toBe(true);
+    const all = be.dropout(x, 1, 5);
+    expect(Array.from(be.download(all.y)).every((v) => v === 0)).toBe(true);
+    expect(() => be.dropout(x, 1.5, 5)).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== layout
+
+function layoutTests(be: Backend, check: Check, rand: Rand): void {
+  for (const axis of [0, 1, 2, -1]) {
+    it(`concat, slice and writeSlice on axis ${axis}`, () => {
+      const ax = axis < 0 ? axis + 3 : axis;
+      const base = [2, 3, 5];
+      const shapes = [1, 4, 7].map((len) => base.map((d, i) => (i === ax ? len : d)));
+      const xs = shapes.map((sh, i) => rand(sh, 900 + i));
+      const cat = be.concat(xs, axis);
+      const catShape = base.map((d, i) => (i === ax ? 12 : d));
+      expect(cat.shape).toEqual(catShape);
+      const expectedCat = naive.concatNaive(
+        xs.map((x) => be.download(x)),
+        shapes,
+        ax,
+      );
+      check(`concat axis ${axis}`, cat, expectedCat);
+
+      const sl = be.slice(cat, axis, 3, 10);
+      expect(sl.shape).toEqual(base.map((d, i) => (i === ax ? 7 : d)));
+      check(`slice axis ${axis}`, sl, naive.sliceNaive(expectedCat, catShape, ax, 3, 10));
+      expect(be.slice(cat, axis, 4, 4).size).toBe(0);
+
+      const src = rand(shapes[1], 910);
+      be.writeSlice(cat, src, axis, 8);
+      check(
+        `writeSlice axis ${axis}`,
+        cat,
+        naive.writeSliceNaive(expectedCat, catShape, be.download(src), shapes[1], ax, 8),
+      );
+      expect(() => be.writeSlice(cat, src, axis, 9)).toThrow(ShapeError); // 9 + 4 > 12
+      expect(() => be.slice(cat, axis, 5, 13)).toThrow(ShapeError);
+    });
+  }
+
+  it('i32 tensors: concat, slice, writeSlice, indexSelect', () => {
+    const a = be.upload(new Int32Array([1, 2, 3, 4, 5, 6]), [2, 3]);
+    const b = be.upload(new Int32Array([7, 8]), [2, 1]);
+    const cat = be.concat([a, b], 1);
+    expect(cat.dtype).toBe('i32');
+    expect(Array.from(be.download(cat))).toEqual([1, 2, 3, 7, 4, 5, 6, 8]);
+    expect(Array.from(be.download(be.slice(cat, 1, 2, 4)))).toEqual([3, 7, 6, 8]);
+    be.writeSlice(cat, be.upload(new Int32Array([-1, -2]), [2, 1]), 1, 2);
+    expect(Array.from(be.download(cat))).toEqual([1, 2, -1, 7, 4, 5, -2, 8]);
+    expect(Array.from(be.download(be.indexSelect(cat, [1, 0, 1])))).toEqual([
+      4, 5, -2, 8, 1, 2, -1, 7, 4, 5, -2, 8,
+    ]);
+    expect(() => be.concat([a, rand([2, 1], 1)], 1)).toThrow(ShapeError); // mixed dtypes
+  });
+
+  it('indexSelect reorders rows (beam search) with repeats, and rejects bad indices', () => {
+    const x = rand([5, 2, 7], 920);
+    const X = be.download(x);
+    const idx = [4, 0, 0, 2];
+    const y = be.indexSelect(x, idx);
+    expect(y.shape).toEqual([4, 2, 7]);
+    check(
+      'indexSelect',
+      y,
+      idx.flatMap((r) => Array.from(X.subarray(r * 14, (r + 1) * 14))),
+    );
+    expect(be.indexSelect(x, []).shape).toEqual([0, 2, 7]);
+    expect(() => be.indexSelect(x, [5])).toThrow(ShapeError);
+    expect(() => be.indexSelect(x, [-1])).toThrow(ShapeError);
+  });
+
+  it('concat rejects mismatched shapes', () => {
+    expect(() => be.concat([rand([2, 3], 1), rand([3, 3], 2)], 1)).toThrow(ShapeError);
+    expect(() => be.concat([rand([2, 3], 1)], 2)).toThrow(ShapeError);
+  });
+}
+
+// ==================================================================================== finite differences
+
+/**
+ * Each backward kernel against central differences of the naive float64 forward, on small shapes, for the
+ * scalar L = Σ r ⊙ forward(inputs) with a fixed random r (so dL/doutput = r is the upstream gradient).
+ * FD_TOL 1e-5: with h = 1e-3 on O(1) inputs, the central difference's truncation error h²·f'''/6 is
+ * ~1e-7 and its float64 rounding ~1e-12; the backend's gradient carries float32 rounding (~1e-7 relative
+ * to its scale) and float32 accumulation over at most a few dozen terms here. A wrong or missing term
+ * (e.g. layer norm's mean-of-g correction) gives differences of 1e-2 or more.
+ */
+const FD_TOL = 1e-5;
+const H = 1e-3;
+
+function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
+  const fd = (label: string, actual: Tensor, f: (x: Float64Array) => number, at: ArrayLike<number>) =>
+    check(`FD ${label}`, actual, naive.numericGrad(f, at, H), FD_TOL);
+
+  it('gelu, quickGelu, relu, tanh', () => {
+    const shape = [7, 5];
+    // |x| >= 0.05 keeps relu's kink away from x ± h
+    const xData = naive.randomAwayFromZero(35, 1000, 0.05).map((v) => 2.5 * v);
+    const x = be.upload(xData, shape);
+    const r = rand(shape, 1001);
+    const R = be.download(r);
+    for (const act of ['gelu', 'quickGelu', 'relu', 'tanh'] as const) {
+      const { f } = naive.activations[act];
+      const loss = (xs: Float64Array) => naive.dot(R, naive.mapNaive(xs, f));
+      const grad =
+        act === 'gelu'
+          ? be.geluBackward(r, x)
+          : act === 'quickGelu'
+            ? be.quickGeluBackward(r, x)
+            : act === 'relu'
+              ? be.reluBackward(r, x)
+              : be.tanhBackward(r, be.tanh(x));
+      fd(`${act}Backward`, grad, loss, xData);
+    }
+  });
+
+  it('layerNormBackward: dx, dweight, dbias', () => {
+    const C = 7;
+    const x = rand([3, C], 1010, -2, 2);
+    const w = rand([C], 1011, 0.5, 1.5);
+    const b = rand([C], 1012);
+    const r = rand([3, C], 1013);
+    const [X, W, Bv, R] = [x, w, b, r].map((t) => naive.f64(be.download(t)));
+    const eps = 1e-5;
+    const { mean, rstd } = be.layerNorm(x, w, b, eps);
+    const dw = be.zeros([C]);
+    const db = be.zeros([C]);
+    const dx = be.layerNormBackward(r, x, w, mean, rstd, dw, db);
+    fd('layerNorm dx', dx, (xs) => naive.dot(R, naive.layerNormNaive(xs, W, Bv, C, eps).y), X);
+    fd('layerNorm dweight', dw, (ws) => naive.dot(R, naive.layerNormNaive(X, ws, Bv, C, eps).y), W);
+    fd('layerNorm dbias', db, (bs) => naive.dot(R, naive.layerNormNaive(X, W, bs, C, eps).y), Bv);
+  });
+
+  it('attentionBackward with causal + key mask + kvLength: dq, dk, dv', () => {
+    const c: naive.AttentionCase = {
+      batch: 2,
+      tq: 3,
+      tk: 7,
+      channels: 6,
+      nHead: 2,
+      causal: true,
+      kvLength: 5,
+      keyMask: keyMask(2, 7, (b, j) => b === 1 && j === 0),
+    };
+    const s = attnSetup(be, rand, c, 1020);
+    const r = rand([2, 3, 6], 1024);
+    const [Q, K, V, R] = [s.q, s.k, s.v, r].map((t) => naive.f64(be.download(t)));
+    const { probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
+    const g = be.attentionBackward(r, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
+    fd('attention dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
+    fd('attention dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
+    fd('attention dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
+  });
+
+  it('embeddingBackward', () => {
+    const ids = new Int32Array([3, 0, 3, 4, 1]);
+    const table = rand([6, 4], 1030);
+    const r = rand([5, 4], 1031);
+    const R = be.download(r);
+    const dtable = be.zeros([6, 4]);
+    be.embeddingBackward(r, be.upload(ids, [5]), dtable);
+    fd(
+      'embedding dtable',
+      dtable,
+      (ts) => naive.dot(R, naive.embeddingNaive(ids, ts, 4)),
+      be.download(table),
+    );
+  });
+
+  it('crossEntropyBackward with ignored rows and a loss scale', () => {
+    const N = 6;
+    const V = 9;
+    const logits = rand([N, V], 1040, -3, 3);
+    const t = new Int32Array([2, -100, 8, 0, -100, 5]);
+    const dl = be.crossEntropyBackward(logits, be.upload(t, [N]), -100, 0.5);
+    const loss = (ls: Float64Array) => 0.5 * naive.crossEntropyNaive(ls, t, V, -100).loss;
+    fd('crossEntropy dlogits', dl, loss, be.download(logits));
+  });
+
+  it('linear layer gradients from matmul transposes and sumRows', () => {
+    // y (M, N) = x (M, K) · Wᵀ + b with W (N, K): dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy
+    const [M, K, N] = [5, 7, 3];
+    const x = rand([M, K], 1050);
+    const w = rand([N, K], 1051);
+    const b = rand([N], 1052);
+    const r = rand([M, N], 1053);
+    const [X, W, Bv, R] = [x, w, b, r].map((t) => naive.f64(be.download(t)));
+    const lin = (xs: ArrayLike<number>, ws: ArrayLike<number>, bs: ArrayLike<number>) =>
+      naive.dot(R, naive.matmulNaive(xs, ws, { batch: 1, m: M, k: K, n: N, transB: true }, bs));
+    fd('linear dx', be.matmul(r, w), (xs) => lin(xs, W, Bv), X);
+    fd('linear dW', be.matmul(r, x, { transA: true }), (ws) => lin(X, ws, Bv), W);
+    fd('linear db', be.sumRows(r), (bs) => lin(X, W, bs), Bv);
+  });
+}
