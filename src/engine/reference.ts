@@ -532,6 +532,7 @@ export class ReferenceBackend implements Backend {
     const probs = opts.keepProbs ? this.newF32([batch, nHead, tq, tk]) : undefined;
     const P = probs ? this.data(op, 'probs', probs, 'f32') : null;
     const p = new Float64Array(kvLen); // one row of probabilities
+    const acc = new Float64Array(hd); // one head's output row
 
     for (let b = 0; b < batch; b++) {
       for (let h = 0; h < nHead; h++) {
@@ -558,12 +559,13 @@ export class ReferenceBackend implements Backend {
             sum += p[j];
           }
           for (let j = 0; j < kvLen; j++) p[j] = sum > 0 ? p[j] / sum : 0;
-          // out = Σ_j p_j v_j
-          for (let c = 0; c < hd; c++) {
-            let s = 0;
-            for (let j = 0; j < kvLen; j++) s += p[j] * V[(b * tk + j) * C + h * hd + c];
-            O[qOff + c] = s;
+          // out = Σ_j p_j v_j (j outer, so each v_j is read contiguously)
+          acc.fill(0);
+          for (let j = 0; j < kvLen; j++) {
+            const vOff = (b * tk + j) * C + h * hd;
+            for (let c = 0; c < hd; c++) acc[c] += p[j] * V[vOff + c];
           }
+          for (let c = 0; c < hd; c++) O[qOff + c] = acc[c];
           if (P) {
             const pOff = ((b * nHead + h) * tq + i) * tk;
             for (let j = 0; j < kvLen; j++) P[pOff + j] = p[j];
