@@ -1,0 +1,145 @@
+/**
+ * What every `clipcap bench WHAT` produces (DESIGN.md, "Contracts"), and the helpers the benches share:
+ * timing (median of N runs), the machine description, and the text table.
+ *
+ * JSON: { "bench": WHAT, "machine": {...}, "results": [ { "case", "backend", "metric", "value", "runs" } ] },
+ * each value the median of `runs` timed runs.
+ */
+import os from 'node:os';
+import { readFileSync } from 'node:fs';
+
+export type BenchBackend = 'native' | 'reference' | 'pytorch';
+
+export interface BenchResult {
+  case: string;
+  backend: BenchBackend;
+  metric: string;
+  value: number;
+  runs: number;
+  peak_rss_mb?: number;
+}
+
+export interface MachineInfo {
+  /** CPU model name. */
+  cpu: string;
+  /** Logical CPUs available to this process. */
+  cores: number;
+  /** Threads the benchmark's kernels ran with. */
+  threads: number;
+  node: string;
+  /** Whether the CPU has AVX2 + FMA (the native GEMM's fast micro-kernel). */
+  avx2: boolean;
+  [extra: string]: string | number | boolean;
+}
+
+export interface BenchReport {
+  bench: string;
+  machine: MachineInfo;
+  results: BenchResult[];
+}
+
+/** Options every bench receives from the CLI (bench-specific ones arrive in `extra`). */
+export interface BenchRunOptions {
+  /** Timed runs per case (each value is their median); undefined = the bench's default. */
+  runs?: number;
+  /** Kernel threads; undefined = CLIPCAP_THREADS or every core. */
+  threads?: number;
+  /** Progress lines, for stderr. */
+  log: (line: string) => void;
+  /** Bench-specific options by camelCase name, as commander parsed them. */
+  extra: Record<string, string | boolean | undefined>;
+}
+
+export function median(xs: readonly number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  const mid = s.length >> 1;
+  return s.length % 2 === 1 ? s[mid] : (s[mid - 1] + s[mid]) / 2;
+}
+
+/** Seconds taken by each of `runs` calls of fn, after `warmup` untimed calls. */
+export function timeRuns(fn: () => void, runs: number, warmup = 1): number[] {
+  for (let i = 0; i < warmup; i++) fn();
+  const times: number[] = [];
+  for (let i = 0; i < runs; i++) {
+    const t0 = process.hrtime.bigint();
+    fn();
+    times.push(Number(process.hrtime.bigint() - t0) / 1e9);
+  }
+  return times;
+}
+
+/** AVX2 + FMA from /proc/cpuinfo (Linux), for machines where the native addon is not loaded. */
+export function cpuHasAvx2(): boolean {
+  try {
+    const flags = /^flags\s*:(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? '';
+    const set = new Set(flags.trim().split(/\s+/));
+    return set.has('avx2') && set.has('fma');
+  } catch {
+    return false;
+  }
+}
+
+export function machineInfo(
+  threads: number,
+  avx2: boolean,
+  extra: Record<string, string | number | boolean> = {},
+): MachineInfo {
+  const cpus = os.cpus();
+  return {
+    cpu: cpus[0]?.model.trim() ?? 'unknown',
+    cores: os.availableParallelism(),
+    threads,
+    node: process.version,
+    avx2,
+    ...extra,
+  };
+}
+
+/**
+ * The text format: one row per case, one column per backend (values in the results' metric), plus
+ * native/pytorch and native/reference ratios when both were measured. Columns are aligned.
+ */
+export function formatTable(report: BenchReport): string {
+  const backends = (['native', 'reference', 'pytorch'] as const).filter((b) =>
+    report.results.some((r) => r.backend === b),
+  );
+  const cases = [...new Set(report.results.map((r) => r.case))];
+  const metrics = [...new Set(report.results.map((r) => r.metric))];
+  const value = (c: string, b: BenchBackend) =>
+    report.results.find((r) => r.case === c && r.backend === b)?.value;
+  const ratios = (['pytorch', 'reference'] as const).filter(
+    (b) => backends.includes('native') && backends.includes(b),
+  );
+  const header = [
+    'case',
+    ...backends.map((b) => `${b} (${metrics.join('/')})`),
+    ...ratios.map((b) => `native/${b}`),
+  ];
+  const fmt = (v: number | undefined) =>
+    v === undefined ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
+  const rows = cases.map((c) => [
+    c,
+    ...backends.map((b) => fmt(value(c, b))),
+    ...ratios.map((b) => {
+      const n = value(c, 'native');
+      const o = value(c, b);
+      return n === undefined || o === undefined ? '-' : `${(n / o).toFixed(2)}x`;
+    }),
+  ]);
+  const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));
+  const line = (cells: string[]) =>
+    cells.map((cell, i) => (i === 0 ? cell.padEnd(widths[i]) : cell.padStart(widths[i]))).join('  ');
+  const m = report.machine;
+  const title = `clipcap bench ${report.bench}: ${m.cpu}, ${m.threads} thread(s) of ${m.cores}, node ${m.node}, avx2 ${m.avx2 ? 'yes' : 'no'}`;
+  const runs = [...new Set(report.results.map((r) => r.runs))].join('/');
+  return (
+    [
+      title,
+      line(header),
+      line(widths.map((w) => '-'.repeat(w))),
+      ...rows.map(line),
+      `(median of ${runs} runs)`,
+    ].join('\n') + '\n'
+  );
+}
