@@ -16,6 +16,7 @@
 import type { Backend } from '../engine/backend.js';
 import { ShapeError } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
+import { crossEntropyLoss } from '../nn/losses.js';
 import type { Parameter } from '../nn/parameter.js';
 import type { StateDict } from '../weights/host.js';
 import type { Gpt2Config, MapperConfig } from './config.js';
@@ -259,11 +260,10 @@ export class ClipCapModel {
     const logits = gpt.lmHead(hs).reshape([n * t, gpt.vocabSize]);
     const { targets, ignore } = this.targets(batch, n, opts.lossMode ?? 'official');
     const targetT = b.upload(targets, [n * t]);
-    const ce = b.crossEntropy(logits, targetT, ignore);
-    if (grad) {
+    const ce = crossEntropyLoss(logits, targetT, ignore, grad);
+    if (ce.dlogits) {
       const e = gpt.width;
-      const dlogits =
-        ce.count > 0 ? b.crossEntropyBackward(logits, targetT, ignore) : b.zeros([n * t, gpt.vocabSize]);
+      const dlogits = ce.dlogits;
       const dhs = gpt.lmHeadBackward(dlogits, hs.reshape([n * t, e])).reshape([n, t, e]);
       b.free(dlogits);
       const dHidden = b.zeros([n, k + t, e]);

@@ -1,0 +1,40 @@
+/** Model families: typed configs, GPT-2, CLIP towers, ClipCap mappers and the ClipCap model. */
+export * from './config.js';
+export {
+  Gpt2Model,
+  Gpt2KvCache,
+  gpt2WeightSpec,
+  isGpt2IgnoredKey,
+  type Gpt2ForwardOptions,
+  type Gpt2Output,
+} from './gpt2.js';
+export {
+  ClipVisionModel,
+  ClipTextModel,
+  clipVisionWeightSpec,
+  clipTextWeightSpec,
+  type ClipVisionOutput,
+  type ClipTextOutput,
+} from './clip.js';
+export { createMapper, mapperWeightSpec, MlpMapper, TransformerMapper, type Mapper } from './mapper.js';
+export {
+  ClipCapModel,
+  l2Normalize,
+  type ClipCapBatch,
+  type ClipCapLoss,
+  type ClipCapLossMode,
+  type ClipCapMode,
+  type ClipCapParts,
+  type ClipCapStepOptions,
+} from './clipcap.js';
+export {
+  FULLSIZE_MLP_MAPPER,
+  fnv1a32,
+  lowbias32,
+  syntheticClipVision,
+  syntheticGpt2,
+  syntheticMapper,
+  syntheticStateDict,
+  syntheticValues,
+} from './synthetic.js';
+export { checkWeights, paramsToStateDict, type WeightSpec } from './weights.js';
