@@ -14,3 +14,5 @@ export {
 export type { SafetensorsFile, SafetensorsInfo, TensorToSave, TensorsToSave } from './safetensors.js';
 export { loadPickle, loadTorchCheckpoint, stateDictFrom, isHostTensor } from './torch.js';
 export type { PickleValue, PickleObject } from './torch.js';
+export * from './keymaps.js';
+export { convertClipcap, readGpt2ConfigSpec, type ConvertOptions, type ConvertResult } from './convert.js';
