@@ -49,14 +49,19 @@ export function logSoftmaxRow(
   for (let i = 0; i < n; i++) out[i] = scaled[i] - lse;
 }
 
+/** Buckets per halving of probability in `nucleus` (finer buckets = smaller boundary sorts). */
+const BUCKETS_PER_OCTAVE = 64;
+const BUCKETS = 64 * BUCKETS_PER_OCTAVE; // probabilities below max·2^-64 share the last bucket
+
 /**
  * The nucleus of one row: the fewest most-likely tokens whose probabilities sum past `topP` (the official
  * filter: remove sorted token j when the cumulative probability before it already exceeds top_p; the most
- * likely token always stays). Returns the kept ids (most likely first) and their renormalized probabilities.
+ * likely token always stays). Returns the kept ids and their renormalized probabilities.
  *
- * Instead of sorting all V probabilities every step, it sorts only those above a threshold and lowers the
- * threshold until the kept set is complete; the set is the same as a full sort would give, since every token
- * below the threshold is less likely than every token above it.
+ * Instead of sorting all V probabilities every step (slow when the distribution is flat and the nucleus
+ * holds most of the vocabulary), tokens go into buckets by log-probability; whole buckets are kept until the
+ * one where the mass passes top_p, and only that bucket is sorted (by probability, then id). The kept set is
+ * the one a full sort gives. Ids come grouped from most to least likely buckets, in id order within a bucket.
  */
 export function nucleus(
   x: Float32Array,
@@ -66,46 +71,58 @@ export function nucleus(
   topP: number,
 ): { ids: Int32Array; probs: Float64Array } {
   const t = effectiveTemperature(temperature);
+  const scaled = new Float32Array(n);
+  for (let i = 0; i < n; i++) scaled[i] = x[offset + i] / t;
   let max = -Infinity;
-  for (let i = 0; i < n; i++) {
-    const v = x[offset + i] / t;
-    if (v > max) max = v;
-  }
+  for (let i = 0; i < n; i++) if (scaled[i] > max) max = scaled[i];
   const p = new Float64Array(n);
   let sum = 0;
   for (let i = 0; i < n; i++) {
-    const e = Math.exp(x[offset + i] / t - max);
+    const e = Math.exp(scaled[i] - max);
     p[i] = e;
     sum += e;
   }
-  for (let i = 0; i < n; i++) p[i] /= sum;
-  // The largest probability is exp(0) / sum = 1 / sum.
-  let threshold = 1e-3 / sum;
-  for (;;) {
-    const cand: number[] = [];
-    for (let i = 0; i < n; i++) if (p[i] >= threshold) cand.push(i);
-    // Most likely first; equal probabilities by id, so the result never depends on the scan.
-    cand.sort((a, b) => p[b] - p[a] || a - b);
-    let cum = 0;
-    let kept = -1;
-    for (let j = 0; j < cand.length; j++) {
-      cum += p[cand[j]];
-      if (cum > topP) {
-        kept = j + 1;
-        break;
-      }
-    }
-    // Complete when the mass passed top_p inside the candidates, or when every token was a candidate.
-    if (kept < 0 && threshold > 0) {
-      threshold = threshold > 1e-30 ? threshold * 1e-4 : 0;
-      continue;
-    }
-    if (kept < 0) kept = cand.length;
-    const ids = Int32Array.from(cand.slice(0, kept));
-    const probs = new Float64Array(kept);
-    let keptSum = 0;
-    for (let j = 0; j < kept; j++) keptSum += p[ids[j]];
-    for (let j = 0; j < kept; j++) probs[j] = p[ids[j]] / keptSum;
-    return { ids, probs };
+  const bucketOf = new Uint16Array(n);
+  const mass = new Float64Array(BUCKETS);
+  const count = new Uint32Array(BUCKETS);
+  for (let i = 0; i < n; i++) {
+    p[i] /= sum;
+    // p[i] / pmax = exp(scaled - max): its log2 is (scaled - max) / ln 2 <= 0.
+    const b = Math.min(BUCKETS - 1, Math.floor(((max - scaled[i]) / Math.LN2) * BUCKETS_PER_OCTAVE));
+    bucketOf[i] = b;
+    mass[b] += p[i];
+    count[b]++;
   }
+  // Whole buckets before the boundary bucket are kept; the boundary bucket is sorted and cut.
+  let cum = 0;
+  let boundary = BUCKETS;
+  for (let b = 0; b < BUCKETS; b++) {
+    if (count[b] === 0) continue;
+    if (cum + mass[b] > topP) {
+      boundary = b;
+      break;
+    }
+    cum += mass[b];
+  }
+  const kept: number[] = [];
+  const edge: number[] = [];
+  for (let i = 0; i < n; i++) {
+    if (bucketOf[i] < boundary) kept.push(i);
+    else if (bucketOf[i] === boundary) edge.push(i);
+  }
+  edge.sort((a, b) => p[b] - p[a] || a - b);
+  // Kept in sorted order until the cumulative probability passes top_p (that token included).
+  for (const i of edge) {
+    kept.push(i);
+    cum += p[i];
+    if (cum > topP) break;
+  }
+  // Every token in the buckets before `boundary` outranks every token of the boundary bucket, so `kept` is
+  // exactly the sorted prefix; the most likely token is always in it.
+  const ids = Int32Array.from(kept);
+  const probs = new Float64Array(ids.length);
+  let keptSum = 0;
+  for (let j = 0; j < ids.length; j++) keptSum += p[ids[j]];
+  for (let j = 0; j < ids.length; j++) probs[j] = p[ids[j]] / keptSum;
+  return { ids, probs };
 }

@@ -135,6 +135,11 @@ function num(o: Record<string, unknown>, k: string, dflt: number | undefined, wh
 
 /** GPT-2 config.json (Hugging Face field names) -> Gpt2Config. */
 export function gpt2ConfigFromJson(j: Record<string, unknown>, what = 'GPT-2'): Gpt2Config {
+  const type = j.model_type;
+  if (typeof type === 'string' && type !== 'gpt2')
+    throw new UserError(
+      `${what}: config.json describes a "${type}" model, not GPT-2; give a GPT-2 directory or repo (e.g. ${DEFAULT_GPT2})`,
+    );
   return {
     vocab_size: num(j, 'vocab_size', 50257, what),
     n_positions: num(j, 'n_positions', 1024, what),
@@ -269,6 +274,11 @@ async function readClipcapCheckpoint(file: string): Promise<ClipCapCheckpoint> {
 
 /** CLIP config.json (full CLIPModel or CLIPVisionModel) -> the vision tower's config. */
 export function clipVisionConfigFromJson(j: Record<string, unknown>, what = 'CLIP'): ClipVisionConfig {
+  const type = j.model_type;
+  if (typeof type === 'string' && type !== 'clip' && type !== 'clip_vision_model')
+    throw new UserError(
+      `${what}: config.json describes a "${type}" model, not CLIP; give a CLIP directory or repo (e.g. ${DEFAULT_CLIP})`,
+    );
   const v = (typeof j.vision_config === 'object' && j.vision_config !== null ? j.vision_config : j) as Record<
     string,
     unknown

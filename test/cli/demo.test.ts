@@ -16,7 +16,7 @@ export function bufferIO(): CliIO & { out: string; err: string } {
 describe('clipcap demo', () => {
   it('captions the bundled photos offline with the bundled tiny models and says the weights are random', async () => {
     const io = bufferIO();
-    const failed = await runDemo({ decode: 'beam', format: 'text', backend: 'reference' }, io);
+    const failed = await runDemo({ decode: 'beam', format: 'text' }, io);
     console.log(io.out);
     expect(failed).toBe(0);
     const lines = io.out.trim().split('\n');

@@ -202,6 +202,42 @@ describe('nucleus sampling', () => {
   });
 });
 
+describe('nucleus filter', () => {
+  /** The official filter by a full sort: keep sorted token j while the mass before it is <= top_p. */
+  function fullSortNucleus(x: Float32Array, topP: number): number[] {
+    const max = Math.max(...x);
+    const e = Array.from(x, (v) => Math.exp(v - max));
+    const sum = e.reduce((a, b) => a + b, 0);
+    const order = [...x.keys()].sort((a, b) => e[b] - e[a] || a - b);
+    const kept: number[] = [];
+    let cum = 0;
+    for (const i of order) {
+      kept.push(i);
+      cum += e[i] / sum;
+      if (cum > topP) break;
+    }
+    return kept.sort((a, b) => a - b);
+  }
+
+  it('keeps exactly the set a full sort keeps (peaked, flat and tied rows)', () => {
+    let seed = 1;
+    const rand = (): number => (seed = (Math.imul(seed, 1103515245) + 12345) >>> 0) / 2 ** 32;
+    let checked = 0;
+    for (const [label, make] of [
+      ['peaked', (i: number) => rand() * 12 + (i === 7 ? 5 : 0)],
+      ['flat', () => rand() * 0.01],
+      ['ties', () => Math.floor(rand() * 4)],
+    ] as const)
+      for (const topP of [1e-9, 0.3, 0.8, 0.95, 1]) {
+        const x = Float32Array.from({ length: 3000 }, (_, i) => make(i));
+        const got = Array.from(nucleus(x, 0, x.length, 1, topP).ids).sort((a, b) => a - b);
+        expect(got, `${label} top-p ${topP}`).toEqual(fullSortNucleus(x, topP));
+        checked++;
+      }
+    console.log(`nucleus filter: ${checked} rows match the full-sort filter`);
+  });
+});
+
 describe('options', () => {
   it('resolves stop tokens and rejects bad values with one clear line', () => {
     expect(resolveDecodeOptions({}).stopTokenId).toBe(13);

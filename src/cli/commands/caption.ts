@@ -26,6 +26,20 @@ export const processIO = (): CliIO => ({
   progress: process.stderr.isTTY === true,
 });
 
+/** How a command reaches the outside world; tests pass buffers and record the exit code. */
+export interface CliContext {
+  io(): CliIO;
+  /** Set the exit code (1 when some inputs failed). */
+  exit(code: number): void;
+}
+
+export const processContext: CliContext = {
+  io: processIO,
+  exit: (code) => {
+    process.exitCode = code;
+  },
+};
+
 // ---- option parsers shared by caption, extract and demo ----
 
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
@@ -258,7 +272,7 @@ export async function runCaption(
   return writer.failed;
 }
 
-export function register(program: Command): void {
+export function register(program: Command, ctx: CliContext = processContext): void {
   const cmd = program
     .command('caption')
     .description('caption images (files, directories, globs) or precomputed CLIP embeddings')
@@ -303,7 +317,7 @@ export function register(program: Command): void {
     )
     .option('--apply-exif', 'rotate images as their EXIF orientation says (the reference ignores it)')
     .action(async (images: string[], o: CaptionCliOptions) => {
-      const failed = await runCaption(images, o, processIO());
-      if (failed > 0) process.exitCode = 1;
+      const failed = await runCaption(images, o, ctx.io());
+      if (failed > 0) ctx.exit(1);
     });
 }

@@ -8,7 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { UserError } from '../../util/errors.js';
-import { processIO, runCaption, type CliIO } from './caption.js';
+import { processContext, runCaption, type CliContext, type CliIO } from './caption.js';
 
 /** assets/demo, found by walking up from this file (src/cli/commands or dist/src/cli/commands). */
 export function demoAssetsDir(): string {
@@ -62,7 +62,7 @@ export async function runDemo(o: DemoOptions, io: CliIO): Promise<number> {
   );
 }
 
-export function register(program: Command): void {
+export function register(program: Command, ctx: CliContext = processContext): void {
   program
     .command('demo')
     .description('caption the bundled photos with bundled tiny random-weight models (offline, end to end)')
@@ -74,7 +74,7 @@ export function register(program: Command): void {
     )
     .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
     .action(async (o: DemoOptions) => {
-      const failed = await runDemo(o, processIO());
-      if (failed > 0) process.exitCode = 1;
+      const failed = await runDemo(o, ctx.io());
+      if (failed > 0) ctx.exit(1);
     });
 }

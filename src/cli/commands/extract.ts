@@ -16,7 +16,7 @@ import {
 } from '../../pipeline/extract.js';
 import { loadImageEncoder, DEFAULT_CLIP } from '../../pipeline/load.js';
 import { UsageError } from '../../util/errors.js';
-import { intArg, processIO, progressBar, type CliIO } from './caption.js';
+import { intArg, processContext, progressBar, type CliContext, type CliIO } from './caption.js';
 
 interface ExtractCliOptions {
   out: string;
@@ -99,7 +99,7 @@ export async function runExtract(
   return failed;
 }
 
-export function register(program: Command): void {
+export function register(program: Command, ctx: CliContext = processContext): void {
   program
     .command('extract')
     .description('write CLIP image embeddings (clip_embedding [N, D]) of images to a safetensors file')
@@ -121,7 +121,7 @@ export function register(program: Command): void {
     )
     .option('--apply-exif', 'rotate images as their EXIF orientation says')
     .action(async (images: string[], o: ExtractCliOptions) => {
-      const failed = await runExtract(images, o, processIO());
-      if (failed > 0) process.exitCode = 1;
+      const failed = await runExtract(images, o, ctx.io());
+      if (failed > 0) ctx.exit(1);
     });
 }
