@@ -567,6 +567,9 @@ export const PTB_PUNCTUATIONS: ReadonlySet<string> = new Set([
   ';',
 ]);
 
+// eslint-disable-next-line no-control-regex -- \v and \f are line terminators for the Java lexer
+const LINE_TERMINATORS = /[\n\r\u000B\u000C\u2028\u2029]/g;
+
 /**
  * Tokenize captions as pycocoevalcap's PTBTokenizer.tokenize does for one side (all references, or all
  * candidates), in the given order: one output string per input caption, space-joined lower-case tokens
@@ -576,7 +579,7 @@ export const PTB_PUNCTUATIONS: ReadonlySet<string> = new Set([
 export function ptbTokenizeBatch(captions: readonly string[]): string[] {
   // The toolkit replaces '\n' in a caption by a space; the other line terminators would break its
   // line alignment, so they become spaces too (see the module comment).
-  const text = captions.map((c) => c.replace(/[\n\r\u000B\u000C\u2028\u2029]/g, ' ')).join('\n');
+  const text = captions.map((c) => c.replace(LINE_TERMINATORS, ' ')).join('\n');
   const lines: string[][] = [[]];
   for (const tok of ptbLex(text)) {
     if (tok === NL) lines.push([]);
