@@ -16,12 +16,19 @@ import type { Backend } from '../engine/backend.js';
 import { getBackend, type BackendName } from '../engine/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../models/config.js';
+import type { Gpt2Config, MapperConfig } from '../models/config.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UserError } from '../util/errors.js';
 import type { StateDict } from '../weights/host.js';
 import { loadSafetensors } from '../weights/safetensors.js';
 import { loadTorchCheckpoint } from '../weights/torch.js';
+import {
+  clipcapCheckpoint,
+  clipWeights,
+  gpt2ConfigFor,
+  gpt2Weights,
+  loadClipcapDir,
+} from '../weights/keymaps.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
 import { hubFile } from './hub-shim.js';
 
@@ -113,193 +120,91 @@ async function readSafetensorsFile(file: string): Promise<StateDict> {
   }
 }
 
-// ---- GPT-2 ----
+// ---- config.json checks ----
 
-const STANDARD_GPT2: Record<number, { n_layer: number; n_head: number; name: string }> = {
-  768: { n_layer: 12, n_head: 12, name: 'gpt2' },
-  1024: { n_layer: 24, n_head: 16, name: 'gpt2-medium' },
-  1280: { n_layer: 36, n_head: 20, name: 'gpt2-large' },
-  1600: { n_layer: 48, n_head: 25, name: 'gpt2-xl' },
-};
-
-function num(o: Record<string, unknown>, k: string, dflt: number | undefined, what: string): number {
-  const v = o[k];
-  if (v === undefined || v === null) {
-    if (dflt === undefined) throw new UserError(`${what}: config.json has no "${k}"`);
-    return dflt;
-  }
-  if (typeof v !== 'number' || !Number.isFinite(v))
-    throw new UserError(`${what}: config.json "${k}" is not a number`);
-  return v;
-}
-
-/** GPT-2 config.json (Hugging Face field names) -> Gpt2Config. */
-export function gpt2ConfigFromJson(j: Record<string, unknown>, what = 'GPT-2'): Gpt2Config {
+/** Refuse a config.json that describes another kind of model (a common mix-up between --clip and --gpt2). */
+function expectModelType(
+  j: Record<string, unknown>,
+  allowed: readonly string[],
+  what: string,
+  example: string,
+): void {
   const type = j.model_type;
-  if (typeof type === 'string' && type !== 'gpt2')
+  if (typeof type === 'string' && !allowed.includes(type))
     throw new UserError(
-      `${what}: config.json describes a "${type}" model, not GPT-2; give a GPT-2 directory or repo (e.g. ${DEFAULT_GPT2})`,
+      `${what}: config.json describes a "${type}" model, not ${allowed[0] === 'gpt2' ? 'GPT-2' : 'CLIP'}; ` +
+        `give a ${allowed[0] === 'gpt2' ? 'GPT-2' : 'CLIP'} directory or repo (e.g. ${example})`,
     );
-  return {
-    vocab_size: num(j, 'vocab_size', 50257, what),
-    n_positions: num(j, 'n_positions', 1024, what),
-    n_embd: num(j, 'n_embd', 768, what),
-    n_layer: num(j, 'n_layer', 12, what),
-    n_head: num(j, 'n_head', 12, what),
-    layer_norm_epsilon: num(j, 'layer_norm_epsilon', 1e-5, what),
-    resid_pdrop: num(j, 'resid_pdrop', 0.1, what),
-    embd_pdrop: num(j, 'embd_pdrop', 0.1, what),
-    attn_pdrop: num(j, 'attn_pdrop', 0.1, what),
-    n_inner: typeof j.n_inner === 'number' ? j.n_inner : null,
-    activation_function: typeof j.activation_function === 'string' ? j.activation_function : 'gelu_new',
-  };
 }
 
-/** GPT-2 config of a standard width (768/1024/1280/1600), or null. */
-export function standardGpt2Config(width: number, layers?: number): Gpt2Config | null {
-  const s = STANDARD_GPT2[width];
-  if (!s) return null;
-  return {
-    vocab_size: 50257,
-    n_positions: 1024,
-    n_embd: width,
-    n_layer: layers ?? s.n_layer,
-    n_head: s.n_head,
-    layer_norm_epsilon: 1e-5,
-    resid_pdrop: 0.1,
-    embd_pdrop: 0.1,
-    attn_pdrop: 0.1,
-    n_inner: null,
-    activation_function: 'gelu_new',
-  };
+async function gpt2ConfigJson(spec: string, o: SourceOptions): Promise<Record<string, unknown>> {
+  const what = `GPT-2 ${spec}`;
+  const j = await readJson(await modelFile(spec, 'config.json', o, what), what);
+  expectModelType(j, ['gpt2'], what, DEFAULT_GPT2);
+  return j;
 }
 
-/** GPT-2 weights with canonical names (no `transformer.` prefix, tied lm_head dropped). */
-function canonicalGpt2(sd: StateDict, prefix: string): StateDict {
-  const out: StateDict = new Map();
-  for (const [k, v] of sd) if (k.startsWith(prefix)) out.set(k.slice(prefix.length), v);
-  return out;
+/** GPT-2 config + canonical weights from a directory or hub repo (config.json + model.safetensors). */
+async function loadGpt2(spec: string, o: SourceOptions): Promise<{ config: Gpt2Config; weights: StateDict }> {
+  const config = await gpt2ConfigJson(spec, o);
+  const file = await modelFile(spec, 'model.safetensors', o, `GPT-2 ${spec}`);
+  return gpt2Weights(await readSafetensorsFile(file), config, file);
 }
 
 // ---- ClipCap checkpoints ----
 
-interface ClipCapCheckpoint {
+interface ResolvedClipcap {
   mapper: MapperConfig;
   mapperWeights: StateDict;
-  /** Canonical GPT-2 weights when the checkpoint has them. */
-  gpt2Weights: StateDict | null;
-  /** GPT-2's width E (from the weights or the mapper's output). */
-  width: number | null;
-  layers: number | null;
+  gpt2: { config: Gpt2Config; weights: StateDict };
+  normalizePrefix: boolean;
 }
 
-function shapeOf(sd: StateDict, k: string): readonly number[] | undefined {
-  return sd.get(k)?.shape;
-}
-
-/** Mapper type and sizes from an official state dict's keys and shapes. */
-function clipcapFromStateDict(sd: StateDict, file: string): ClipCapCheckpoint {
-  const mapperWeights: StateDict = new Map();
-  for (const [k, v] of sd) if (k.startsWith('clip_project.')) mapperWeights.set(k, v);
-  const gptKeys = [...sd.keys()].filter((k) => k.startsWith('gpt.transformer.'));
-  const gpt2Weights = gptKeys.length > 0 ? canonicalGpt2(sd, 'gpt.transformer.') : null;
-  const wte = shapeOf(sd, 'gpt.transformer.wte.weight');
-  let width = wte ? wte[1] : null;
-  const layerIds = new Set(gptKeys.map((k) => /^gpt\.transformer\.h\.(\d+)\./.exec(k)?.[1]).filter(Boolean));
-  const layers = layerIds.size > 0 ? layerIds.size : null;
-  if (mapperWeights.size === 0)
-    throw new UserError(
-      `${file}: no clip_project.* weights, so this is not a ClipCap checkpoint; give the .pt that ClipCap's train.py saves`,
-    );
-  if (mapperWeights.has('clip_project.model.0.weight')) {
-    const sizes: number[] = [];
-    for (let i = 0; ; i += 2) {
-      const s = shapeOf(mapperWeights, `clip_project.model.${i}.weight`);
-      if (!s) break;
-      if (s.length !== 2) throw new UserError(`${file}: clip_project.model.${i}.weight is not a matrix`);
-      if (i === 0) sizes.push(s[1]);
-      sizes.push(s[0]);
-    }
-    const out = sizes[sizes.length - 1];
-    // K = 10 in every published checkpoint; E comes from GPT-2's weights when present.
-    const E = width ?? (out % 768 === 0 ? 768 : null);
-    if (E === null || out % E !== 0)
+/**
+ * The checkpoint (official .pt or clipcap directory) and the GPT-2 it runs on. With GPT-2 weights in the
+ * checkpoint, `gpt2Spec` only supplies the config (else a standard width decides it); without, both come
+ * from `gpt2Spec` (default openai-community/gpt2).
+ */
+async function resolveClipcap(
+  file: string,
+  gpt2Spec: string | undefined,
+  o: SourceOptions,
+): Promise<ResolvedClipcap> {
+  if (await isDirectory(file)) {
+    const dir = await loadClipcapDir(file);
+    const gpt2 = dir.gpt2
+      ? { config: dir.config.gpt2, weights: dir.gpt2 }
+      : await loadGpt2(gpt2Spec ?? DEFAULT_GPT2, o);
+    if (gpt2.config.n_embd !== dir.config.gpt2.n_embd)
       throw new UserError(
-        `${file}: cannot tell GPT-2's width from the checkpoint; give --gpt2 with its config`,
+        `${file}: the mapper was made for GPT-2 width ${dir.config.gpt2.n_embd} but ${gpt2Spec ?? DEFAULT_GPT2} is ${gpt2.config.n_embd} wide`,
       );
-    width = E;
     return {
-      mapper: { kind: 'mlp', prefix_size: sizes[0], prefix_length: out / E, sizes },
-      mapperWeights,
-      gpt2Weights,
-      width,
-      layers,
+      mapper: dir.config.mapper,
+      mapperWeights: dir.mapperWeights,
+      gpt2,
+      normalizePrefix: dir.config.normalize_prefix,
     };
   }
-  const lin = shapeOf(mapperWeights, 'clip_project.linear.weight');
-  const pc = shapeOf(mapperWeights, 'clip_project.prefix_const');
-  if (!lin || !pc || lin.length !== 2 || pc.length !== 2)
-    throw new UserError(
-      `${file}: clip_project.* is neither the MLP (model.0.weight) nor the Transformer mapper (linear, prefix_const)`,
-    );
-  const E = pc[1];
-  let numLayers = 0;
-  while (mapperWeights.has(`clip_project.transformer.layers.${numLayers}.norm1.weight`)) numLayers++;
-  return {
-    mapper: {
-      kind: 'transformer',
-      prefix_size: lin[1],
-      prefix_length: pc[0],
-      clip_length: lin[0] / E,
-      num_layers: numLayers,
-      num_heads: 8,
-    },
-    mapperWeights,
-    gpt2Weights,
-    width: width ?? E,
-    layers,
-  };
-}
-
-async function readClipcapCheckpoint(file: string): Promise<ClipCapCheckpoint> {
-  if (await isDirectory(file))
-    throw new UserError(
-      `${file}: clipcap checkpoint directories are not supported by this build yet; give the official .pt file`,
-    );
   if (!(await exists(file))) throw new UserError(`ClipCap checkpoint ${file}: no such file; check the path`);
-  return clipcapFromStateDict(await loadTorchCheckpoint(file), file);
+  const configJson = gpt2Spec !== undefined ? await gpt2ConfigJson(gpt2Spec, o) : undefined;
+  const ckpt = clipcapCheckpoint(await loadTorchCheckpoint(file), { gpt2Config: configJson, what: file });
+  let gpt2: { config: Gpt2Config; weights: StateDict };
+  if (ckpt.gpt2) {
+    // A non-standard width without a config: let the key map explain what is missing.
+    const config = ckpt.gpt2Config ?? gpt2ConfigFor(ckpt.gpt2, undefined, file);
+    gpt2 = { config, weights: ckpt.gpt2 };
+  } else {
+    gpt2 = await loadGpt2(gpt2Spec ?? DEFAULT_GPT2, o);
+    if (gpt2.config.n_embd !== ckpt.width)
+      throw new UserError(
+        `${file}: its mapper makes ${ckpt.width}-wide prefixes but GPT-2 ${gpt2Spec ?? DEFAULT_GPT2} is ${gpt2.config.n_embd} wide; give the GPT-2 it was trained with (--gpt2)`,
+      );
+  }
+  return { mapper: ckpt.mapper, mapperWeights: ckpt.mapperWeights, gpt2, normalizePrefix: false };
 }
 
 // ---- CLIP ----
-
-/** CLIP config.json (full CLIPModel or CLIPVisionModel) -> the vision tower's config. */
-export function clipVisionConfigFromJson(j: Record<string, unknown>, what = 'CLIP'): ClipVisionConfig {
-  const type = j.model_type;
-  if (typeof type === 'string' && type !== 'clip' && type !== 'clip_vision_model')
-    throw new UserError(
-      `${what}: config.json describes a "${type}" model, not CLIP; give a CLIP directory or repo (e.g. ${DEFAULT_CLIP})`,
-    );
-  const v = (typeof j.vision_config === 'object' && j.vision_config !== null ? j.vision_config : j) as Record<
-    string,
-    unknown
-  >;
-  const act = v.hidden_act ?? 'quick_gelu';
-  if (act !== 'quick_gelu' && act !== 'gelu')
-    throw new UserError(`${what}: unsupported hidden_act "${String(act)}"`);
-  return {
-    hidden_size: num(v, 'hidden_size', 768, what),
-    intermediate_size: num(v, 'intermediate_size', 3072, what),
-    num_hidden_layers: num(v, 'num_hidden_layers', 12, what),
-    num_attention_heads: num(v, 'num_attention_heads', 12, what),
-    image_size: num(v, 'image_size', 224, what),
-    patch_size: num(v, 'patch_size', 32, what),
-    num_channels: num(v, 'num_channels', 3, what),
-    layer_norm_eps: num(v, 'layer_norm_eps', 1e-5, what),
-    hidden_act: act,
-    // The top-level projection_dim is the one visual_projection has (vision_config's may be a stale default).
-    projection_dim: num(j, 'projection_dim', num(v, 'projection_dim', 512, what), what),
-  };
-}
 
 /** The CLIP image encoder from a directory or hub repo (config.json + model.safetensors). */
 export async function loadImageEncoder(
@@ -307,19 +212,24 @@ export async function loadImageEncoder(
   o: SourceOptions & { backend?: BackendName | Backend } = {},
 ): Promise<ImageEncoder> {
   const what = `CLIP ${spec}`;
-  const config = clipVisionConfigFromJson(
-    await readJson(await modelFile(spec, 'config.json', o, what), what),
-    what,
-  );
-  const weightsFile = await modelFile(spec, 'model.safetensors', o, what);
-  const sd = await readSafetensorsFile(weightsFile);
-  const vision: StateDict = new Map();
-  for (const [k, v] of sd)
-    if (k.startsWith('vision_model.') || k === 'visual_projection.weight') vision.set(k, v);
-  const model = ClipVisionModel.fromWeights(resolveBackend(o.backend), config, vision, weightsFile);
+  const config = await readJson(await modelFile(spec, 'config.json', o, what), what);
+  expectModelType(config, ['clip', 'clip_vision_model'], what, DEFAULT_CLIP);
+  const file = await modelFile(spec, 'model.safetensors', o, what);
+  // Only the vision tower: the text tower is ~40% of a CLIPModel file and captioning never uses it.
+  const f = await loadSafetensors(file);
+  const sd: StateDict = new Map();
+  try {
+    for (const k of f.keys())
+      if (k.startsWith('vision_model.') || k === 'visual_projection.weight') sd.set(k, await f.tensor(k));
+  } finally {
+    await f.close();
+  }
+  const { vision } = clipWeights(sd, config, file);
+  if (!vision) throw new UserError(`${file}: no CLIP vision tower (vision_model.*); give a CLIP image model`);
+  const model = ClipVisionModel.fromWeights(resolveBackend(o.backend), vision.config, vision.weights, file);
   return {
     projectionDim: model.embedDim,
-    imageSize: config.image_size,
+    imageSize: vision.config.image_size,
     encodeImages: (pixels) => model.encodeImages(pixels),
     dispose: () => model.dispose(),
   };
@@ -348,41 +258,14 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
   const backend = resolveBackend(o.backend);
   const src: SourceOptions = { offline: o.offline, revision: o.revision };
   const file = await checkpointPath(o);
-  const ckpt = await readClipcapCheckpoint(file);
-
-  // GPT-2: with weights in the checkpoint, --gpt2 supplies only the config (else a standard width picks it);
-  // without, config and weights both come from --gpt2 (default openai-community/gpt2).
-  let config: Gpt2Config;
-  let weights = ckpt.gpt2Weights;
-  if (o.gpt2 === undefined && weights) {
-    const std = ckpt.width !== null ? standardGpt2Config(ckpt.width, ckpt.layers ?? undefined) : null;
-    if (!std)
-      throw new UserError(
-        `${file}: its GPT-2 is ${ckpt.width} wide, not a standard size (768/1024/1280/1600); ` +
-          `give --gpt2 DIR|HUB_ID with its config.json`,
-      );
-    config = std;
-  } else {
-    const spec = o.gpt2 ?? DEFAULT_GPT2;
-    const what = `GPT-2 ${spec}`;
-    config = gpt2ConfigFromJson(await readJson(await modelFile(spec, 'config.json', src, what), what), what);
-    if (!weights) {
-      const wfile = await modelFile(spec, 'model.safetensors', src, what);
-      const sd = await readSafetensorsFile(wfile);
-      weights = canonicalGpt2(
-        sd,
-        [...sd.keys()].some((k) => k.startsWith('transformer.')) ? 'transformer.' : '',
-      );
-    }
-  }
-  if (!weights) throw new Error('unreachable: GPT-2 weights resolved above');
+  const ck = await resolveClipcap(file, o.gpt2, src);
   const model = ClipCapModel.create(
     backend,
     {
-      mapper: ckpt.mapper,
-      mapperWeights: ckpt.mapperWeights,
-      gpt2: { config, weights },
-      normalizePrefix: o.normalizePrefix,
+      mapper: ck.mapper,
+      mapperWeights: ck.mapperWeights,
+      gpt2: ck.gpt2,
+      normalizePrefix: o.normalizePrefix ?? ck.normalizePrefix,
     },
     file,
   );
