@@ -16,3 +16,12 @@ export { loadPickle, loadTorchCheckpoint, stateDictFrom, isHostTensor } from './
 export type { PickleValue, PickleObject } from './torch.js';
 export * from './keymaps.js';
 export { convertClipcap, readGpt2ConfigSpec, type ConvertOptions, type ConvertResult } from './convert.js';
+export {
+  hubFile,
+  cachedHubFile,
+  hubCacheDir,
+  repoCacheDir,
+  DEFAULT_ENDPOINT,
+  type HubFileOptions,
+  type RepoType,
+} from './hub.js';

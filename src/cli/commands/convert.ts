@@ -1,15 +1,18 @@
 /**
- * `clipcap convert IN.pt OUT_DIR [--gpt2 DIR|HUB_ID] [--normalize-prefix] [--overwrite] [--format text|json]`:
+ * `clipcap convert IN.pt OUT_DIR [--gpt2 DIR|HUB_ID] [--normalize-prefix] [--overwrite] [--offline]
+ * [--format text|json]`:
  * an official ClipCap checkpoint -> clipcap's checkpoint directory (config.json + model.safetensors),
  * written atomically. The work is convertClipcap in src/weights/convert.ts.
  */
 import { Option, type Command } from 'commander';
 import { convertClipcap, type ConvertResult } from '../../weights/convert.js';
+import { hubFile } from '../../weights/hub.js';
 
 export interface ConvertCliOptions {
   gpt2?: string;
   normalizePrefix?: boolean;
   overwrite?: boolean;
+  offline?: boolean;
   format?: 'text' | 'json';
 }
 
@@ -40,6 +43,7 @@ export async function runConvert(
     gpt2: o.gpt2,
     normalizePrefix: o.normalizePrefix,
     overwrite: o.overwrite,
+    resolveHub: (repo, file) => hubFile({ repo, file, offline: o.offline }),
   });
   if (o.format === 'json')
     io.stdout(
@@ -60,9 +64,13 @@ export function register(program: Command): void {
       'official checkpoint: torch.save(model.state_dict()) .pt (or .safetensors with the same names)',
     )
     .argument('<out_dir>', 'output directory (must not exist unless --overwrite; written atomically)')
-    .option('--gpt2 <DIR>', "GPT-2 config.json source, needed when GPT-2's width is not a standard size")
+    .option(
+      '--gpt2 <DIR|HUB_ID>',
+      "GPT-2 config.json source, needed when GPT-2's width is not a standard size",
+    )
     .option('--normalize-prefix', 'record that the model was trained with --normalize_prefix')
     .option('--overwrite', 'replace an existing output directory')
+    .option('--offline', 'use only files already in the Hugging Face cache (for --gpt2 HUB_ID)')
     .addOption(new Option('--format <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (input: string, outDir: string, o: ConvertCliOptions) => {
       await runConvert(input, outDir, o, {
