@@ -347,3 +347,67 @@ describe('clipcap caption: weights and network errors are one line, exit 1', () 
     }
   });
 });
+
+describe('clipcap caption --model DIR (clipcap checkpoint directories)', () => {
+  it('a directory with GPT-2 inside needs no --gpt2; one with only the mapper takes GPT-2 from --gpt2 (hub)', async () => {
+    const { loadTorchCheckpoint } = await import('../../src/weights/torch.js');
+    const { clipcapCheckpoint, saveClipcapDir } = await import('../../src/weights/keymaps.js');
+    const gpt2Config = JSON.parse(readFileSync(fixture('gpt2_tiny', 'config.json'), 'utf8')) as Record<
+      string,
+      unknown
+    >;
+    const save = async (kind: 'mlp' | 'transformer', withGpt2: boolean): Promise<string> => {
+      const ck = clipcapCheckpoint(await loadTorchCheckpoint(fixture(`clipcap_${kind}_tiny.pt`)), {
+        gpt2Config,
+      });
+      const dir = path.join(env.tmp, `${kind}-${withGpt2 ? 'full' : 'mapper'}`);
+      await saveClipcapDir(dir, {
+        config: { mapper: ck.mapper, gpt2: ck.gpt2Config!, normalize_prefix: false },
+        mapperWeights: ck.mapperWeights,
+        gpt2: withGpt2 ? ck.gpt2 : undefined,
+      });
+      return dir;
+    };
+    const full = await cli([
+      'caption',
+      '--model',
+      await save('mlp', true),
+      '--max-tokens',
+      '20',
+      '--format',
+      'json',
+      photo(0),
+    ]);
+    expect(full.code, full.err).toBe(0);
+    expect((JSON.parse(full.out) as Entry[])[0].caption).toBe(golden('mlp', 0).beam5_entry20[0]);
+
+    // The frozen-GPT-2 model: the directory holds the mapper only; GPT-2 comes from openai-community/gpt2.
+    const before = env.hub.requests.length;
+    const dir = await save('transformer', false);
+    const r = await cli([
+      'caption',
+      '--model',
+      dir,
+      '--max-tokens',
+      '20',
+      '--format',
+      'json',
+      photo(1),
+      photo(2),
+    ]);
+    expect(r.code, r.err).toBe(0);
+    const entries = JSON.parse(r.out) as Entry[];
+    entries.forEach((e, i) => expect(e.caption).toBe(golden('transformer', i + 1).beam5_entry20[0]));
+    expect(
+      env.hub.requests
+        .slice(before)
+        .some((q) => q.includes('openai-community/gpt2/resolve/main/model.safetensors')),
+    ).toBe(true);
+
+    const notDir = await cli(['caption', '--model', fixture('images'), photo(0)]);
+    expect(notDir.code).toBe(1);
+    expect(notDir.err).toMatch(
+      /is not a clipcap checkpoint directory \(no config.json\); make one with clipcap convert/,
+    );
+  });
+});
