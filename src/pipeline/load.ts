@@ -30,7 +30,7 @@ import {
   loadClipcapDir,
 } from '../weights/keymaps.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
-import { hubFile } from './hub-shim.js';
+import { hubFile } from '../weights/hub.js';
 
 export const DEFAULT_CLIP = 'openai/clip-vit-base-patch32';
 export const DEFAULT_GPT2 = 'openai-community/gpt2';
