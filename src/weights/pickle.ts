@@ -156,6 +156,20 @@ export class FileSource implements ByteSource {
 
   take(n: number): Uint8Array {
     if (n < 0) throw new PickleError('negative length');
+    const inWindow = this.pos >= this.windowStart && this.pos + n <= this.windowStart + this.window.length;
+    if (!inWindow && n >= 1 << 16) {
+      // Large payloads (embedded storages) are read straight into their own buffer.
+      if (this.pos + n > this.size) throw new PickleError('unexpected end of data');
+      const out = new Uint8Array(n);
+      let done = 0;
+      while (done < n) {
+        const r = readSync(this.fd, out, done, Math.min(n - done, 1 << 30), this.pos + done);
+        if (r === 0) throw new PickleError('unexpected end of data');
+        done += r;
+      }
+      this.pos += n;
+      return out;
+    }
     this.fill(n);
     const rel = this.pos - this.windowStart;
     this.pos += n;

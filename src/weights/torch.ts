@@ -423,7 +423,7 @@ function toValue(v: unknown, file: string, seen = new Map<object, PickleValue>()
     }
     return v as PickleValue;
   }
-  if (depth > 10000) throw new UserError(`${file}: nested too deeply`);
+  if (depth > 1000) throw new UserError(`${file}: nested too deeply`);
   if (v instanceof TensorRef) return v.result as HostTensor;
   if (v instanceof Uint8Array) return v;
   const done = seen.get(v);
@@ -491,7 +491,18 @@ async function readAt(fh: FileHandle, pos: number, len: number, file: string): P
   return out;
 }
 
-async function readEntry(zip: ZipFile, entry: Entry, file: string): Promise<Uint8Array> {
+async function readEntry(zip: ZipFile, entry: Entry, file: string, expected?: number): Promise<Uint8Array> {
+  // Trust no header: sizes are checked before anything is allocated. A stored entry cannot be larger than
+  // the archive; deflate expands at most ~1032:1.
+  if (expected !== undefined && entry.uncompressedSize !== expected) {
+    throw new UserError(
+      `${file}: ${entry.fileName} has ${entry.uncompressedSize} bytes, expected ${expected}`,
+    );
+  }
+  const limit = entry.compressionMethod === 0 ? entry.compressedSize : entry.compressedSize * 1032;
+  if (entry.uncompressedSize > limit) {
+    throw new UserError(`${file}: ${entry.fileName} declares an impossible size; the archive is damaged`);
+  }
   const out = new Uint8Array(entry.uncompressedSize);
   let at = 0;
   try {
@@ -558,7 +569,7 @@ async function loadZip(path: string): Promise<unknown> {
     await materialize(ctx, async (s) => {
       const entry = entries.get(`${prefix}data/${s.key}`);
       if (!entry) throw new UserError(`${path}: storage data/${s.key} is missing from the archive`);
-      return readEntry(zip, entry, path);
+      return readEntry(zip, entry, path, s.numel * DTYPE_BYTES[s.dtype]);
     });
     return root;
   } finally {
@@ -606,7 +617,12 @@ export async function loadPickle(path: string): Promise<PickleValue> {
     } else {
       throw new UserError(`${path}: not a PyTorch checkpoint or pickle (unrecognized header)`);
     }
-    return toValue(root, path);
+    try {
+      return toValue(root, path);
+    } catch (e) {
+      if (e instanceof RangeError) throw new UserError(`${path}: nested too deeply`);
+      throw e;
+    }
   } finally {
     await fh.close();
   }

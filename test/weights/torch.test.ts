@@ -1,5 +1,6 @@
 import { describe, it, expect } from 'vitest';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync, promises as fs, readFileSync } from 'node:fs';
+import os from 'node:os';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { isHostTensor, loadPickle, loadTorchCheckpoint } from '../../src/weights/torch.js';
@@ -84,6 +85,14 @@ describe('official parse_coco.py feature pickles', () => {
     console.log(`${file}: worst difference ${w}`);
     expect(w).toBe(0);
     expect(v.captions).toEqual(expected.__features__.captions);
+  });
+});
+
+describe('hand-made zip archive', () => {
+  it('zip_ok.pt: a minimal torch.save zip', async () => {
+    const sd = await loadTorchCheckpoint(path.join(DATA, 'zip_ok.pt'));
+    expect([...sd.keys()]).toEqual(['w']);
+    expect([...(sd.get('w') as HostTensor).data]).toEqual([0.5, 1.5, 2.5, 3.5, 4.5, 5.5]);
   });
 });
 
@@ -213,6 +222,38 @@ describe('restricted unpickler: refusals', () => {
     ['bad_storage_count.pkl', /storage "140000" has a wrong element count/],
   ])('%s', async (name, pattern) => {
     expect(await refusal(path.join(DATA, name))).toMatch(pattern);
+  });
+
+  it.each([
+    ['zip_wrong_storage_size.pt', /archive\/data\/0 has 24 bytes, expected 400/],
+    ['zip_missing_storage.pt', /storage data\/0 is missing from the archive/],
+    ['zip_big_endian.pt', /saved big-endian/],
+    ['zip_torchscript.pt', /is a TorchScript archive \(torch\.jit\.save\)/],
+    ['zip_no_pkl.pt', /a zip file but not a PyTorch checkpoint/],
+  ])('%s', async (name, pattern) => {
+    expect(await refusal(path.join(DATA, name))).toMatch(pattern);
+  });
+
+  it('refuses pathological nesting and lengths without crashing or allocating', async () => {
+    const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'clipcap-pickle-'));
+    try {
+      // 100000 lists, each appended into the previous one.
+      const n = 100_000;
+      const deep = Buffer.concat([
+        Buffer.from([0x80, 2]),
+        Buffer.from(']'.repeat(n + 1) + 'a'.repeat(n) + '.', 'latin1'),
+      ]);
+      await fs.writeFile(path.join(dir, 'deep.pkl'), deep);
+      expect(await refusal(path.join(dir, 'deep.pkl'))).toMatch(/deep\.pkl: nested too deeply/);
+      // BINBYTES8 claiming 2^50 bytes.
+      const huge = Buffer.from([0x80, 4, 0x8e, 0, 0, 0, 0, 0, 0, 4, 0, 0x2e]);
+      await fs.writeFile(path.join(dir, 'huge.pkl'), huge);
+      expect(await refusal(path.join(dir, 'huge.pkl'))).toMatch(
+        /huge\.pkl: malformed pickle \(unexpected end of data/,
+      );
+    } finally {
+      await fs.rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('names files that are not checkpoints', async () => {

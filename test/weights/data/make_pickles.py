@@ -154,3 +154,44 @@ write("ext1.pkl", b"\x80\x02\x82\x01.")
 write("next_buffer.pkl", b"\x80\x05\x97.")
 write("truncated.pkl", pickle.dumps(values, protocol=2)[:40])
 write("unknown_opcode.pkl", b"\x80\x02\xff.")
+
+# --- hostile torch.save zip archives -----------------------------------------------------------------
+import zipfile  # noqa: E402
+
+
+class ZipStorage:
+    def __init__(self, key, numel):
+        self.key = key
+        self.numel = numel
+
+
+def zip_data_pkl(numel, size):
+    st = ZipStorage("0", numel)
+
+    class P(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, ZipStorage):
+                return ("storage", FloatStorage, obj.key, "cpu", obj.numel)
+            return None
+
+    out = io.BytesIO()
+    P(out, protocol=2).dump({"w": Tensor(st, 0, (size,), (1,))})
+    return out.getvalue()
+
+
+def write_zip(name, entries):
+    with zipfile.ZipFile(os.path.join(HERE, name), "w", compression=zipfile.ZIP_STORED) as z:
+        for n, data in entries:
+            z.writestr(n, data)
+
+
+six = struct.pack("<6f", 0.5, 1.5, 2.5, 3.5, 4.5, 5.5)
+write_zip("zip_ok.pt", [("archive/data.pkl", zip_data_pkl(6, 6)), ("archive/data/0", six),
+                        ("archive/version", b"3\n"), ("archive/byteorder", b"little")])
+write_zip("zip_wrong_storage_size.pt", [("archive/data.pkl", zip_data_pkl(100, 6)), ("archive/data/0", six)])
+write_zip("zip_missing_storage.pt", [("archive/data.pkl", zip_data_pkl(6, 6))])
+write_zip("zip_big_endian.pt", [("archive/data.pkl", zip_data_pkl(6, 6)), ("archive/data/0", six),
+                                ("archive/byteorder", b"big")])
+write_zip("zip_torchscript.pt", [("archive/data.pkl", zip_data_pkl(6, 6)), ("archive/constants.pkl", b"\x80\x02)."),
+                                 ("archive/code/__torch__/model.py", b"")])
+write_zip("zip_no_pkl.pt", [("readme.txt", b"hello")])
