@@ -19,6 +19,8 @@ import type { Tensor } from '../engine/tensor.js';
 import { crossEntropyLoss } from '../nn/losses.js';
 import type { Parameter } from '../nn/parameter.js';
 import type { StateDict } from '../weights/host.js';
+import type { ClipcapCheckpoint } from '../weights/keymaps.js';
+import { UserError } from '../util/errors.js';
 import type { Gpt2Config, MapperConfig } from './config.js';
 import { Gpt2Model } from './gpt2.js';
 import { createMapper, type Mapper } from './mapper.js';
@@ -97,6 +99,47 @@ export class ClipCapModel {
       mode: parts.mode,
       normalizePrefix: parts.normalizePrefix,
     });
+  }
+
+  /**
+   * From an official ClipCap state dict read by clipcapCheckpoint (src/weights). GPT-2 comes from the
+   * checkpoint when it holds gpt.* weights (ClipCaptionModel), else from `opts.gpt2` (ClipCaptionPrefix
+   * checkpoints may omit it; the official ones keep it).
+   */
+  static fromCheckpoint(
+    backend: Backend,
+    ckpt: ClipcapCheckpoint,
+    opts: {
+      gpt2?: { config: Gpt2Config; weights: StateDict };
+      mode?: ClipCapMode;
+      normalizePrefix?: boolean;
+      source?: string;
+    } = {},
+  ): ClipCapModel {
+    const source = opts.source ?? 'ClipCap checkpoint';
+    let gpt2 = opts.gpt2;
+    if (!gpt2 && ckpt.gpt2) {
+      if (!ckpt.gpt2Config)
+        throw new UserError(
+          `${source}: its GPT-2 is ${ckpt.width} wide, not a standard size, so its config is unknown; give GPT-2's config.json`,
+        );
+      gpt2 = { config: ckpt.gpt2Config, weights: ckpt.gpt2 };
+    }
+    if (!gpt2)
+      throw new UserError(
+        `${source}: holds only the mapper (clip_project.*); give GPT-2 weights (e.g. --gpt2)`,
+      );
+    return ClipCapModel.create(
+      backend,
+      {
+        mapper: ckpt.mapper,
+        mapperWeights: ckpt.mapperWeights,
+        gpt2,
+        mode: opts.mode,
+        normalizePrefix: opts.normalizePrefix,
+      },
+      source,
+    );
   }
 
   /** K */

@@ -5,7 +5,7 @@ import { ClipTextModel, ClipVisionModel } from '../../src/models/clip.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, f32, fixture, get, i32, loadGoldens } from './helpers.js';
 import { normalizeCrops } from './pixels.js';
-import { tinyClip } from './tmp-loaders.js';
+import { tinyClip } from './loaders.js';
 import { preprocessImage } from '../../src/image/index.js';
 import { readdir } from 'node:fs/promises';
 

@@ -6,7 +6,7 @@ import { AdamW } from '../../src/nn/adamw.js';
 import { linearWarmupSchedule } from '../../src/train/schedule.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, expectLogits, f32, get, i32, loadGoldens, relDiff } from './helpers.js';
-import { tinyClipcap } from './tmp-loaders.js';
+import { tinyClipcap, tinyClipcapGpt2Weights } from './loaders.js';
 
 const V = 50257;
 const kinds = ['mlp', 'transformer'] as const;
@@ -22,10 +22,7 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
     length: get(g, 'clipcap.tokens').shape[1],
     mask: f32(g, 'clipcap.mask'),
   });
-  const load = async (): Promise<ClipCapModel> => {
-    const parts = await tinyClipcap(kind);
-    return ClipCapModel.create(backend, parts, `clipcap_${kind}_tiny.pt`);
-  };
+  const load = (): Promise<ClipCapModel> => tinyClipcap(backend, kind);
 
   beforeAll(async () => {
     g = await loadGoldens();
@@ -124,7 +121,7 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
     console.log(`${label}: after AdamW, worst relative difference ${worst.toExponential(2)}`);
     if (kind === 'transformer') {
       // Frozen GPT-2: no gradients were computed for it and its weights did not move.
-      const fresh = (await tinyClipcap(kind)).gpt2.weights;
+      const fresh = await tinyClipcapGpt2Weights(kind);
       for (const p of m.gpt2.parameters()) {
         expect(p.grad, p.name).toBeNull();
         expect(relDiff(p.value.toArray(), fresh.get(p.name)!.data as Float32Array), p.name).toBe(0);

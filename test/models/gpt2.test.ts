@@ -5,7 +5,7 @@ import type { Tensor } from '../../src/engine/tensor.js';
 import { Gpt2Model } from '../../src/models/gpt2.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, expectLogits, f32, get, i32, loadGoldens, relDiff, upload } from './helpers.js';
-import { tinyGpt2 } from './tmp-loaders.js';
+import { tinyGpt2 } from './loaders.js';
 
 describe.each(availableBackends().map((b) => [b.name, b] as const))(
   'GPT-2 tiny on %s',
