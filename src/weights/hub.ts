@@ -317,6 +317,50 @@ async function writeRef(repoDir: string, revision: string, commit: string): Prom
   if (cur?.trim() !== commit) await fs.writeFile(ref, commit);
 }
 
+/** Downloads in flight in this process, by blob path: concurrent calls for one file share one download. */
+const inflight = new Map<string, Promise<void>>();
+
+/** Download, verify and move the blob into place (see hubFile). */
+async function fetchBlob(
+  head: Head,
+  blob: string,
+  pointer: string,
+  what: string,
+  endpoint: string,
+  token: string | undefined,
+  o: HubFileOptions,
+): Promise<void> {
+  await fs.mkdir(path.dirname(blob), { recursive: true });
+  const incomplete = `${blob}.incomplete`;
+  try {
+    await download(head.url, incomplete, head.size, new URL(endpoint).host, token, o);
+  } catch (e) {
+    const partial = (await fs.stat(incomplete).catch(() => null))?.size ?? 0;
+    const why = e instanceof HttpStatus ? `HTTP ${e.status}` : (e as Error).message;
+    throw new UserError(
+      `downloading ${what} failed (${why}) after ${partial} bytes; run the command again to resume, or put the file at ${pointer}`,
+      { cause: e },
+    );
+  }
+  const size = (await fs.stat(incomplete)).size;
+  if (head.size !== undefined && size !== head.size) {
+    await fs.rm(incomplete, { force: true });
+    throw new UserError(
+      `downloading ${what}: got ${size} bytes, expected ${head.size}; run the command again`,
+    );
+  }
+  if (head.sha256 !== undefined) {
+    const got = await sha256File(incomplete);
+    if (got !== head.sha256) {
+      await fs.rm(incomplete, { force: true });
+      throw new UserError(
+        `downloading ${what}: sha256 ${got} does not match the hub's ${head.sha256}; the download was corrupted, run the command again`,
+      );
+    }
+  }
+  await fs.rename(incomplete, blob);
+}
+
 /**
  * The local path of `file` from hub repo `repo` at `revision`, downloading it into the cache if needed.
  * Offline or unreachable without a cached copy: a UserError that names the repo, the file and the exact
@@ -366,35 +410,14 @@ export async function hubFile(o: HubFileOptions): Promise<string> {
   const pointer = path.join(repoDir, 'snapshots', head.commit, ...o.file.split('/'));
   const blob = path.join(repoDir, 'blobs', head.etag);
   if (!(await fs.stat(blob).catch(() => null))?.isFile()) {
-    await fs.mkdir(path.dirname(blob), { recursive: true });
-    const incomplete = `${blob}.incomplete`;
-    try {
-      await download(head.url, incomplete, head.size, new URL(endpoint).host, token || undefined, o);
-    } catch (e) {
-      const partial = (await fs.stat(incomplete).catch(() => null))?.size ?? 0;
-      const why = e instanceof HttpStatus ? `HTTP ${e.status}` : (e as Error).message;
-      throw new UserError(
-        `downloading ${what} failed (${why}) after ${partial} bytes; run the command again to resume, or put the file at ${pointer}`,
-        { cause: e },
+    let job = inflight.get(blob);
+    if (!job) {
+      job = fetchBlob(head, blob, pointer, what, endpoint, token || undefined, o).finally(() =>
+        inflight.delete(blob),
       );
+      inflight.set(blob, job);
     }
-    const size = (await fs.stat(incomplete)).size;
-    if (head.size !== undefined && size !== head.size) {
-      await fs.rm(incomplete, { force: true });
-      throw new UserError(
-        `downloading ${what}: got ${size} bytes, expected ${head.size}; run the command again`,
-      );
-    }
-    if (head.sha256 !== undefined) {
-      const got = await sha256File(incomplete);
-      if (got !== head.sha256) {
-        await fs.rm(incomplete, { force: true });
-        throw new UserError(
-          `downloading ${what}: sha256 ${got} does not match the hub's ${head.sha256}; the download was corrupted, run the command again`,
-        );
-      }
-    }
-    await fs.rename(incomplete, blob);
+    await job;
   }
   await linkSnapshot(blob, pointer);
   await writeRef(repoDir, revision, head.commit);

@@ -200,6 +200,16 @@ describe('hubFile', () => {
     expect(seen.some((s) => s.url.startsWith('/old/'))).toBe(true);
   });
 
+  it('concurrent calls for one file share one download', async () => {
+    const [a, b] = await Promise.all([
+      hubFile(opts('org/model', 'model.safetensors')),
+      hubFile(opts('org/model', 'model.safetensors')),
+    ]);
+    expect(a).toBe(b);
+    expect(seen.filter((s) => s.server === 'cdn')).toHaveLength(1);
+    expect((await fs.readFile(a)).equals(weights)).toBe(true);
+  });
+
   it('404: names the repo and file', async () => {
     expect(await failure(hubFile(opts('org/model', 'missing.bin')))).toBe(
       `cannot download org/model/missing.bin from ${hubUrl}: no such repo or file`,
