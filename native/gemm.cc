@@ -98,32 +98,41 @@ void pack_a_panel(const GemmArgs& g, const float* A, int64_t i0, int64_t p0, int
 // Packs depth [p0, p0 + kc) x columns [j0, j0 + nt) of op(B) as NR-column panels, each kc rows of NR
 // values (zero past N).
 void pack_b_tile(const GemmArgs& g, const float* B, int64_t p0, int64_t kc, int64_t j0, int64_t nt, float* dst) {
-  for (int64_t jp = 0; jp < nt; jp += kNR) {
-    const int64_t cols = std::min<int64_t>(kNR, nt - jp);
-    float* panel = dst + jp * kc;
-    if (!g.transB) {
-      // B is (K, N): NR contiguous values per k.
-      for (int64_t p = 0; p < kc; ++p) {
-        const float* src = B + (p0 + p) * g.ldb + j0 + jp;
-        float* d = panel + p * kNR;
+  if (!g.transB) {
+    // B is (K, N): walk it row by row (contiguous runs of nt values, which the hardware prefetches well),
+    // scattering NR-value pieces to the panels.
+    for (int64_t p = 0; p < kc; ++p) {
+      const float* src = B + (p0 + p) * g.ldb + j0;
+      for (int64_t jp = 0; jp < nt; jp += kNR) {
+        float* d = dst + jp * kc + p * kNR;
+        const int64_t cols = std::min<int64_t>(kNR, nt - jp);
         if (cols == kNR) {
-          std::memcpy(d, src, sizeof(float) * kNR);
+          std::memcpy(d, src + jp, sizeof(float) * kNR);
         } else {
           int64_t j = 0;
-          for (; j < cols; ++j) d[j] = src[j];
+          for (; j < cols; ++j) d[j] = src[jp + j];
           for (; j < kNR; ++j) d[j] = 0.0f;
         }
       }
-    } else {
-      // B is (N, K): each column of op(B) is a contiguous row of B. Transpose 4 k at a time so the writes
-      // fill whole NR-wide rows.
-      for (int64_t j = 0; j < kNR; ++j) {
-        if (j < cols) {
-          const float* src = B + (j0 + jp + j) * g.ldb + p0;
-          for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = src[p];
-        } else {
-          for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = 0.0f;
-        }
+    }
+    return;
+  }
+  // B is (N, K): each column of op(B) is a contiguous row of B.
+  for (int64_t jp = 0; jp < nt; jp += kNR) {
+    const int64_t cols = std::min<int64_t>(kNR, nt - jp);
+    float* panel = dst + jp * kc;
+#if CLIPCAP_X86_KERNELS
+    if (cols == kNR && g_kernel == GemmKernel::kAvx2) {
+      pack_b_trans_avx2(B + (j0 + jp) * g.ldb + p0, g.ldb, kc, panel);
+      continue;
+    }
+#endif
+    for (int64_t j = 0; j < kNR; ++j) {
+      if (j < cols) {
+        const float* src = B + (j0 + jp + j) * g.ldb + p0;
+        for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = src[p];
+      } else {
+        for (int64_t p = 0; p < kc; ++p) panel[p * kNR + j] = 0.0f;
       }
     }
   }
@@ -322,11 +331,15 @@ void gemm(const GemmArgs& g) {
   };
   // 2. Output tasks: (batch item, row chunk, column tile). Row chunks are whole MC blocks, split further
   //    only when there are too few column tiles to keep every thread busy.
-  const int64_t tilesN = (N + kNT - 1) / kNT;
+  // Too few tasks for the threads (small N): narrower column tiles first (packing B costs the same in
+  // total), then row chunks (which repack B once per chunk).
   const int64_t blocksM = (M + kMC - 1) / kMC;
+  const int64_t want = parallel ? 4 * static_cast<int64_t>(num_threads()) : 1;
+  int64_t nt = kNT;
+  while (nt > 4 * kNR && g.batch * blocksM * ((N + nt - 1) / nt) < want) nt -= kNR;
+  const int64_t tilesN = (N + nt - 1) / nt;
   int64_t chunksM = 1;
   if (parallel) {
-    const int64_t want = 3 * static_cast<int64_t>(num_threads());
     const int64_t have = g.batch * tilesN;
     if (have < want) chunksM = std::min(blocksM, (want + have - 1) / have);
   }
@@ -337,24 +350,24 @@ void gemm(const GemmArgs& g) {
     const int64_t tile = t % tilesN;
     const int64_t chunk = (t / tilesN) % chunksM;
     const int64_t b = t / (tilesN * chunksM);
-    const int64_t j0 = tile * kNT;
-    const int64_t nt = std::min(kNT, N - j0);
+    const int64_t j0 = tile * nt;
+    const int64_t ntile = std::min(nt, N - j0);
     const int64_t m0 = chunk * blocksPerChunk * kMC;
     const int64_t m1 = std::min(M, m0 + blocksPerChunk * kMC);
     const float* B = g.B + b * g.strideB;
     float* C = g.C + b * g.strideC;
     const float* itemA = packedA + b * packedPerItem;
-    float* packedB = t_packed_b.get(static_cast<size_t>(kKC * kNT));
+    float* packedB = t_packed_b.get(static_cast<size_t>(kKC * nt));
     for (int64_t p0 = 0; p0 < K; p0 += kKC) {
       const int64_t kc = std::min(kKC, K - p0);
-      pack_b_tile(g, B, p0, kc, j0, nt, packedB);
+      pack_b_tile(g, B, p0, kc, j0, ntile, packedB);
       // The first depth block writes (or adds to the caller's C) and adds the bias; later ones add.
       const bool first = p0 == 0;
       const bool loadC = !first || g.accumulate;
       for (int64_t i0 = m0; i0 < m1; i0 += kMC) {
         const int64_t i1 = std::min(m1, i0 + kMC);
-        for (int64_t jp = 0; jp < nt; jp += kNR) {
-          const int nr = static_cast<int>(std::min<int64_t>(kNR, nt - jp));
+        for (int64_t jp = 0; jp < ntile; jp += kNR) {
+          const int nr = static_cast<int>(std::min<int64_t>(kNR, ntile - jp));
           const float* bp = packedB + jp * kc;
           const float* bias = first && g.bias != nullptr ? g.bias + j0 + jp : nullptr;
           for (int64_t i = i0; i < i1; i += kMR) {

@@ -81,6 +81,10 @@ void skinny_nn_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
 void skinny_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
 #endif
 
+// Packs one NR-column panel of op(B) when B is stored (N, K): src points at B[j, p0] for the panel's first
+// column j, rows ldb apart; writes kc rows of NR values. AVX2 8x8 transposes (the scalar loop is strided).
+void pack_b_trans_avx2(const float* src, int64_t ldb, int64_t kc, float* panel);
+
 void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                            bool load_c, const float* bias, int mr, int nr);
 #if CLIPCAP_X86_KERNELS

@@ -45,9 +45,9 @@ class ThreadPool {
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  uint64_t generation_ = 0;
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  int busy_workers_ = 0;
+  std::atomic<int> busy_workers_{0};
   // The current job.
   void* ctx_ = nullptr;
   Thunk thunk_ = nullptr;
