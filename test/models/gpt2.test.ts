@@ -158,7 +158,9 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       const objective = (e: Float32Array): number => run(e, 7).reduce((s, x, i) => s + x * R[i], 0);
       m.setDropoutSeed(7);
       const out = m.forward({ embeds: backend.upload(e0, shape), train: true, record: true });
-      const de = m.backward(m.lmHeadBackward(backend.upload(R, out.logits!.shape), out.hidden)).toArray();
+      const de = m
+        .backward(m.lmHeadBackward(backend.upload(R, out.logits!.shape), out.hidden))
+        .toArray() as Float32Array;
       const analytic = de.reduce((s, x, i) => s + x * dir[i], 0);
       const eps = 1e-2;
       const numeric =
