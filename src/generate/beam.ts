@@ -16,7 +16,7 @@
  */
 import type { Tensor } from '../engine/tensor.js';
 import type { CausalLM, KvCache } from './lm.js';
-import { logSoftmaxRow } from './logits.js';
+import { effectiveTemperature, logSoftmaxRow, logSumExpRow } from './logits.js';
 import type { ResolvedDecodeOptions } from './options.js';
 import { feedTokens, keepRows, runPrefix } from './steps.js';
 import type { GenerationResult } from './types.js';
@@ -121,11 +121,24 @@ export function beamDecode(
             top.offer(f32(score / len), b * V);
             continue;
           }
-          logSoftmaxRow(logits, (a * beam + b) * V, V, opts.temperature, logp);
-          // avg decreases with logp (len > 0): skip rows' tail cheaply by comparing against the floor.
+          // Candidates (score + logp[v]) / len, with logp[v] = fround(x[v] / T - lse) as logSoftmaxRow makes
+          // it. The exact float32 average is only computed where a float64 estimate can reach the current
+          // floor: the three float32 roundings move it by < 4e-7 relative, and every value is <= 0, so a
+          // margin of 1e-6 of the floor never drops a candidate the exact computation would keep.
+          const off = (a * beam + b) * V;
+          const lse = logSumExpRow(logits, off, V, opts.temperature);
+          const t = effectiveTemperature(opts.temperature);
+          let floor = top.floor;
+          let cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
           for (let v = 0; v < V; v++) {
-            const avg = f32(f32(score + logp[v]) / len);
-            if (avg > top.floor || top.idx.length < beam) top.offer(avg, b * V + v);
+            const xv = t === 1 ? logits[off + v] : f32(logits[off + v] / t);
+            if (!((score + xv - lse) / len >= cutoff)) continue;
+            const avg = f32(f32(score + f32(xv - lse)) / len);
+            if (avg > floor || top.idx.length < beam) {
+              top.offer(avg, b * V + v);
+              floor = top.floor;
+              cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
+            }
           }
         }
         const sources = top.idx.map((f) => Math.floor(f / V));

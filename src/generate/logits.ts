@@ -54,6 +54,24 @@ const BUCKETS_PER_OCTAVE = 64;
 const BUCKETS = 64 * BUCKETS_PER_OCTAVE; // probabilities below max·2^-64 share the last bucket
 
 /**
+ * logsumexp of one row of logits / temperature (the division rounded to float32 as torch does), in float64:
+ * log(softmax(x / T))[v] = fround(fround(x[v] / T) - lse), the value logSoftmaxRow writes.
+ */
+export function logSumExpRow(x: Float32Array, offset: number, n: number, temperature: number): number {
+  const t = effectiveTemperature(temperature);
+  let max = -Infinity;
+  for (let i = 0; i < n; i++) {
+    const v = t === 1 ? x[offset + i] : Math.fround(x[offset + i] / t);
+    if (v > max) max = v;
+  }
+  if (max === -Infinity) return -Infinity;
+  let sum = 0;
+  for (let i = 0; i < n; i++)
+    sum += Math.exp((t === 1 ? x[offset + i] : Math.fround(x[offset + i] / t)) - max);
+  return max + Math.log(sum);
+}
+
+/**
  * The nucleus of one row: the fewest most-likely tokens whose probabilities sum past `topP` (the official
  * filter: remove sorted token j when the cumulative probability before it already exceeds top_p; the most
  * likely token always stays). Returns the kept ids and their renormalized probabilities.

@@ -83,7 +83,11 @@ export function addModelOptions(cmd: Command): Command {
         'reference',
       ]),
     )
-    .option('--offline', 'use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1)');
+    .option('--offline', 'use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1)')
+    .option(
+      '--normalize-prefix',
+      'L2-normalize CLIP embeddings first (checkpoints trained with --normalize_prefix)',
+    );
 }
 
 export interface ModelCliOptions {
@@ -93,6 +97,7 @@ export interface ModelCliOptions {
   gpt2?: string;
   backend?: 'native' | 'reference';
   offline?: boolean;
+  normalizePrefix?: boolean;
 }
 
 /** CLI model options -> ClipCap.load options. */
@@ -104,6 +109,7 @@ export function loadOptionsFromCli(o: ModelCliOptions): ClipCapLoadOptions {
     gpt2: o.gpt2,
     backend: o.backend,
     offline: o.offline,
+    normalizePrefix: o.normalizePrefix,
   };
 }
 
@@ -288,7 +294,10 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     .option('--beam-size <n>', 'beams per image (beam)', intArg('--beam-size', 1, 1000), 5)
     .option('--max-tokens <n>', 'most tokens per caption', intArg('--max-tokens', 1), 67)
     .addOption(
-      new Option('--stop <token>', 'stop after "." , <|endoftext|> (eos) or never')
+      new Option(
+        '--stop <token>',
+        "stop after '.', after <|endoftext|> (eos), or only at --max-tokens (none)",
+      )
         .choices(['.', 'eos', 'none'])
         .default('.'),
     )
