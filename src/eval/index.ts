@@ -137,22 +137,24 @@ export function alignCaptions(
       `${preds.source}: ${unknown.length} of ${preds.ids.length} predicted image ids are not in ${refs.source} (${sample(unknown)})`,
     );
   }
-  const ids = onlyPredicted ? refs.ids.filter((id) => preds.captions.has(id)) : refs.ids;
+  const empty = preds.ids.filter((id) => (refs.captions.get(id) as string[]).length === 0);
+  if (empty.length > 0) {
+    throw new UserError(
+      `${refs.source}: ${empty.length} predicted image(s) have no reference captions (${sample(empty)})`,
+    );
+  }
   if (!onlyPredicted) {
-    const missing = refs.ids.filter((id) => !preds.captions.has(id));
+    // Images listed without captions are not reference images: they need no prediction.
+    const withRefs = refs.ids.filter((id) => (refs.captions.get(id) as string[]).length > 0);
+    const missing = withRefs.filter((id) => !preds.captions.has(id));
     if (missing.length > 0) {
       throw new UserError(
-        `${refs.source}: ${missing.length} of ${refs.ids.length} images have no prediction in ${preds.source} ` +
+        `${refs.source}: ${missing.length} of ${withRefs.length} images have no prediction in ${preds.source} ` +
           `(${sample(missing)}); pick the split with --split, or score only the predicted images with --only-predicted`,
       );
     }
   }
-  const empty = ids.filter((id) => (refs.captions.get(id) as string[]).length === 0);
-  if (empty.length > 0) {
-    throw new UserError(
-      `${refs.source}: ${empty.length} image(s) have no reference captions (${sample(empty)})`,
-    );
-  }
+  const ids = refs.ids.filter((id) => preds.captions.has(id));
   if (ids.length === 0) throw new UserError(`${preds.source}: no images to score`);
   return {
     ids,

@@ -4,7 +4,7 @@
  * references
  *   - COCO annotations JSON (captions_val2014.json): `{ images?: [{id}], annotations: [{image_id, caption}] }`;
  *     images in the order of `images` (else of first appearance), captions in annotation order, which is
- *     the order pycocoevalcap feeds them.
+ *     the order pycocoevalcap feeds them. Images listed without captions are kept with an empty list.
  *   - Karpathy split file (dataset_coco.json): `{ images: [{ split, cocoid, filename, sentences: [{raw,
  *     tokens}] }] }`, optionally restricted to one split. The id is `cocoid` (else `imgid`). The caption is
  *     `raw` (PTB-tokenized like any other) or, with tokenization off, the pre-tokenized `tokens` joined.
@@ -188,7 +188,8 @@ function cocoReferences(doc: JsonObject, name: string): ReferenceSet {
     }
     list.push(text);
   });
-  for (const [id, list] of captions) if (list.length === 0) captions.delete(id);
+  // Images listed without any caption stay (with an empty list) so that a prediction for one of them is
+  // reported as "no reference captions" rather than as an unknown id.
   return { ids: [...captions.keys()], captions, source: name, format: 'coco' };
 }
 
@@ -263,7 +264,8 @@ export function parseReferences(text: string, name: string, opts: ReadReferences
       `${name}: --split applies only to a Karpathy split file (dataset_coco.json); this is ${refs.format}`,
     );
   }
-  if (refs.ids.length === 0) throw new UserError(`${name}: no reference captions found`);
+  if (![...refs.captions.values()].some((l) => l.length > 0))
+    throw new UserError(`${name}: no reference captions found`);
   return refs;
 }
 

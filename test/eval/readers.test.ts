@@ -77,9 +77,22 @@ describe('references', () => {
       'ann.json',
     );
     expect(refs.format).toBe('coco');
-    // Image 3 has no captions and is not a reference image.
-    expect(refs.ids).toEqual(['2', '1']);
+    expect(refs.ids).toEqual(['2', '1', '3']);
     expect(refs.captions.get('1')).toEqual(['one a', 'one b']);
+    // Image 3 has no captions: it needs no prediction, and cannot be scored.
+    expect(refs.captions.get('3')).toEqual([]);
+    const two = parsePredictions(
+      '[{"image_id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}]',
+      'res.json',
+    );
+    expect(alignCaptions(refs, two).ids).toEqual(['2', '1']);
+    const three = parsePredictions(
+      '[{"image_id": 3, "caption": "c"}, {"image_id": 1, "caption": "a"}, {"image_id": 2, "caption": "b"}]',
+      'res.json',
+    );
+    expect(userError(() => alignCaptions(refs, three))).toBe(
+      'ann.json: 1 predicted image(s) have no reference captions (3)',
+    );
   });
 
   it('reads a Karpathy split file, filtered by --split, raw or pre-tokenized captions', () => {
@@ -207,13 +220,18 @@ describe('files and alignment', () => {
     expect(a.ids).toEqual(['522418']);
     expect(a.candidates).toEqual(['b']);
     const noRefs = parseReferences(
-      JSON.stringify({ images: [{ split: 'test', cocoid: 1, sentences: [] }] }),
+      JSON.stringify({
+        images: [
+          { split: 'test', cocoid: 1, sentences: [] },
+          { split: 'test', cocoid: 2, sentences: [{ raw: 'x' }] },
+        ],
+      }),
       'k.json',
     );
     expect(
       userError(() =>
         alignCaptions(noRefs, parsePredictions('[{"image_id": 1, "caption": "c"}]', 'res.json')),
       ),
-    ).toBe('k.json: 1 image(s) have no reference captions (1)');
+    ).toBe('k.json: 1 predicted image(s) have no reference captions (1)');
   });
 });

@@ -143,7 +143,7 @@ export function register(program: Command): void {
     .addOption(
       new Option(
         '--tokenize <mode>',
-        'ptb: the toolkit PTB tokenization; none: strings are already tokenized',
+        "ptb: pycocoevalcap's PTB tokenization; none: captions are already tokenized (Karpathy files: their tokens)",
       )
         .choices(['ptb', 'none'])
         .default('ptb'),
