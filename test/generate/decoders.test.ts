@@ -72,6 +72,26 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     expect(lm.store.live).toBe(B * 0 + 1); // only the prefix tensor is still alive
   });
 
+  it('breaks ties like the port (lower index first) when logits are coarse', () => {
+    const lm = new FakeLM({ quantum: 0.5, vocabSize: 200 });
+    const data = prefixData(lm, 3, 8);
+    const res = beamDecode(lm, lm.prefix(data, 3, K), {
+      beamSize: 5,
+      maxTokens: 15,
+      stopTokenId: 13,
+      temperature: 1,
+    });
+    for (let i = 0; i < 3; i++)
+      expect(res[i].sequences).toEqual(officialBeam(lm, row(data, lm, i), 5, 15, 13));
+    const greedy = greedyDecode(lm, lm.prefix(data, 3, K), {
+      maxTokens: 15,
+      stopTokenId: 13,
+      temperature: 1,
+    });
+    for (let i = 0; i < 3; i++)
+      expect(greedy[i].sequences[0].tokens).toEqual(officialGreedy(lm, row(data, lm, i), 15, 13));
+  });
+
   it('applies the temperature before the log-softmax', () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 2, 5);

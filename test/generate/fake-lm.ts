@@ -59,6 +59,8 @@ export interface FakeOptions {
   stopBias?: number;
   /** Spread of the random logits. */
   scale?: number;
+  /** Round logits to multiples of this (many exact ties, to test tie-breaking). */
+  quantum?: number;
 }
 
 export class FakeCache implements KvCache {
@@ -97,6 +99,7 @@ export class FakeLM implements CausalLM {
   readonly stopToken: number;
   readonly stopBias: number;
   readonly scale: number;
+  readonly quantum: number;
   /** Rows of every step call, in order (to check batching). */
   readonly stepRows: number[] = [];
 
@@ -108,6 +111,7 @@ export class FakeLM implements CausalLM {
     this.stopToken = o.stopToken ?? 13;
     this.stopBias = o.stopBias ?? 0.35;
     this.scale = o.scale ?? 6;
+    this.quantum = o.quantum ?? 0;
   }
 
   /** ids (B, T) -> (B, T, E): [id + 0.5, -1, 0...] marks a token (prefix vectors never have -1 there). */
@@ -141,6 +145,8 @@ export class FakeLM implements CausalLM {
     const out = new Float32Array(this.vocabSize);
     for (let v = 0; v < this.vocabSize; v++) out[v] = (hash32(h + v * 0x9e3779b9) / 2 ** 32) * this.scale;
     out[this.stopToken] += this.stopBias * generated;
+    if (this.quantum > 0)
+      for (let v = 0; v < out.length; v++) out[v] = Math.round(out[v] / this.quantum) * this.quantum;
     return out;
   }
 
