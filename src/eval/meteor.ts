@@ -61,6 +61,7 @@ export async function computeMeteor(
       `computeMeteor: ${candidates.length} candidates but ${references.length} reference lists`,
     );
   }
+  if (candidates.length === 0) throw new Error('computeMeteor: no images');
   const { dir, name } = checkJar(opts.jar, 'METEOR', '--meteor-jar');
   const proc = new JavaProcess(
     `METEOR (${name})`,
