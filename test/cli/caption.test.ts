@@ -327,6 +327,18 @@ describe('clipcap caption: weights and network errors are one line, exit 1', () 
       expect(r.err).toMatch(re);
       console.log(r.err.trim());
     }
+    // Embeddings of another CLIP width.
+    const wrongD = path.join(env.tmp, 'wrong-d.safetensors');
+    await saveSafetensors(wrongD, { clip_embedding: { shape: [2, 5], data: new Float32Array(10) } });
+    const wd = await cli(['caption', '--model', 'coco', ...TINY, '--embeddings', wrongD]);
+    expect(wd.code).toBe(1);
+    oneLine(wd.err);
+    expect(wd.err).toMatch(/wrong-d\.safetensors: the embeddings are 5-d but coco_weights\.pt expects 24-d/);
+    const noTensor = path.join(env.tmp, 'no-tensor.safetensors');
+    await saveSafetensors(noTensor, { other: { shape: [1], data: new Float32Array(1) } });
+    const nt = await cli(['caption', '--model', 'coco', ...TINY, '--embeddings', noTensor]);
+    expect(nt.code).toBe(1);
+    expect(nt.err).toMatch(/no-tensor\.safetensors: no tensor "clip_embedding"/);
     // A checkpoint whose GPT-2 width is not a standard size needs --gpt2 for its config.
     const r = await cli(['caption', '--model', 'coco', photo(0)]);
     expect(r.code).toBe(1);

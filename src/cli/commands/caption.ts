@@ -10,7 +10,7 @@ import { readEmbeddingsFile } from '../../pipeline/embeddings.js';
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../../pipeline/types.js';
 import type { ClipCapLoadOptions } from '../../pipeline/load.js';
 import type { DecodeMethod, StopSpec } from '../../generate/options.js';
-import { UsageError } from '../../util/errors.js';
+import { UsageError, UserError } from '../../util/errors.js';
 
 /** Where a command writes: the process streams, or buffers in tests. */
 export interface CliIO {
@@ -238,6 +238,16 @@ export async function runCaption(
   }
 
   const model = await ClipCap.load(loadOptionsFromCli(o));
+  if (o.embeddings !== undefined && inputs.length > 0) {
+    const d = (inputs[0] as { embedding: Float32Array }).embedding.length;
+    if (d !== model.embeddingSize) {
+      model.dispose();
+      throw new UserError(
+        `${o.embeddings}: the embeddings are ${d}-d but ${model.parts.description} expects ${model.embeddingSize}-d; ` +
+          `extract them with the CLIP model it was trained with`,
+      );
+    }
+  }
   const writer = new ResultWriter(io, o.format, o.embeddings !== undefined);
   const total = o.embeddings !== undefined ? inputs.length : expanded.length;
   const bar = progressBar(io, total, 'captioning');
