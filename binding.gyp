@@ -9,7 +9,8 @@
         "native/gemm.cc",
         "native/gemm_avx2.cc",
         "native/kernels.cc",
-        "native/attention.cc"
+        "native/attention.cc",
+        "native/vecmath_avx2.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": [
@@ -20,8 +21,8 @@
       ],
       "cflags!": ["-fno-exceptions", "-O2", "-O0"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-O2", "-O0"],
-      "cflags": ["-O3", "-Wall", "-Wextra", "-fvisibility=hidden"],
-      "cflags_cc": ["-O3", "-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-fvisibility=hidden"],
+      "cflags": ["-O3", "-fno-math-errno", "-fno-trapping-math", "-Wall", "-Wextra", "-fvisibility=hidden"],
+      "cflags_cc": ["-O3", "-std=c++17", "-fno-math-errno", "-fno-trapping-math", "-fexceptions", "-Wall", "-Wextra", "-fvisibility=hidden"],
       "ldflags": ["-pthread"],
       "xcode_settings": {
         "GCC_ENABLE_CPP_EXCEPTIONS": "YES",

@@ -46,6 +46,9 @@ GemmKernel gemm_kernel();
 // Forces a kernel (tests cover both); returns false when the CPU cannot run it.
 bool set_gemm_kernel(GemmKernel kernel);
 bool cpu_has_avx2_fma();
+// Whether the AVX2 kernels are in use: the same switch selects the GEMM micro-kernel and the vectorized
+// math of vecmath.h, so forcing "portable" exercises every portable path.
+inline bool simd_avx2() { return gemm_kernel() == GemmKernel::kAvx2; }
 
 // The micro-kernel contract, shared by the portable and the AVX2 versions. a: kc x MR packed (column of
 // MR values per k), b: kc x NR packed (row of NR values per k). Writes the top-left mr x nr corner of the

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "threadpool.h"
+#include "vecmath.h"
 
 namespace clipcap {
 
@@ -41,6 +42,20 @@ inline float row_max(const float* x, int64_t n) {
 }
 
 inline float sigmoid(float z) { return 1.0f / (1.0f + std::exp(-z)); }
+
+// Σ exp(x[i] - shift) in double, storing the exps in out when given.
+inline double exp_sum(const float* x, int64_t n, float shift, float* out) {
+#if CLIPCAP_X86_KERNELS
+  if (simd_avx2()) return exp_sum_avx2(x, n, shift, out);
+#endif
+  double sum = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float e = std::exp(x[i] - shift);
+    if (out != nullptr) out[i] = e;
+    sum += e;
+  }
+  return sum;
+}
 
 // mulberry32's (index + 1)-th output as a float in [0, 1): the same bits as mulberry32At in
 // src/engine/reference-random.ts (uint32 arithmetic wraps exactly as JS's |0, >>> and Math.imul do).
@@ -111,7 +126,17 @@ void sum_rows(const float* x, int64_t rows, int64_t cols, float* out, bool accum
 // ---------------------------------------------------------------- activations
 
 void activation_forward(Activation act, const float* x, int64_t n, float* y) {
-  parallel_for(n, act == Activation::kRelu ? 1.0 : 20.0, [&](int64_t begin, int64_t end, int64_t) {
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
+  parallel_for(n, act == Activation::kRelu ? 1.0 : simd ? 4.0 : 20.0, [&](int64_t begin, int64_t end, int64_t) {
+#if CLIPCAP_X86_KERNELS
+    if (simd && act != Activation::kRelu) {
+      const int64_t len = end - begin;
+      if (act == Activation::kGelu) gelu_avx2(x + begin, len, y + begin);
+      if (act == Activation::kQuickGelu) quick_gelu_avx2(x + begin, len, y + begin);
+      if (act == Activation::kTanh) tanh_avx2(x + begin, len, y + begin);
+      return;
+    }
+#endif
     switch (act) {
       case Activation::kGelu:
         // GPT-2 gelu_new: 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))
@@ -134,7 +159,17 @@ void activation_forward(Activation act, const float* x, int64_t n, float* y) {
 }
 
 void activation_backward(Activation act, const float* dy, const float* saved, int64_t n, float* dx) {
-  parallel_for(n, act == Activation::kRelu ? 1.0 : 20.0, [&](int64_t begin, int64_t end, int64_t) {
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
+  const bool cheap = act == Activation::kRelu || act == Activation::kTanh;
+  parallel_for(n, cheap ? 1.0 : simd ? 4.0 : 20.0, [&](int64_t begin, int64_t end, int64_t) {
+#if CLIPCAP_X86_KERNELS
+    if (simd && !cheap) {
+      const int64_t len = end - begin;
+      if (act == Activation::kGelu) gelu_backward_avx2(dy + begin, saved + begin, len, dx + begin);
+      if (act == Activation::kQuickGelu) quick_gelu_backward_avx2(dy + begin, saved + begin, len, dx + begin);
+      return;
+    }
+#endif
     switch (act) {
       case Activation::kGelu:
         for (int64_t i = begin; i < end; ++i) {
@@ -152,7 +187,8 @@ void activation_backward(Activation act, const float* dy, const float* saved, in
         }
         break;
       case Activation::kRelu:
-        for (int64_t i = begin; i < end; ++i) dx[i] = saved[i] > 0.0f ? dy[i] : 0.0f * dy[i];
+        // dy·(x > 0 ? 1 : 0), as the reference (0·dy keeps its sign and NaN); branch-free so it vectorizes.
+        for (int64_t i = begin; i < end; ++i) dx[i] = dy[i] * (saved[i] > 0.0f ? 1.0f : 0.0f);
         break;
       case Activation::kTanh:
         // 1 - y² in double: near |y| = 1 the float product would lose the difference.
@@ -173,18 +209,14 @@ void softmax_rows(const float* x, int64_t rows, int64_t cols, float* y, bool log
       const float mx = row_max(src, cols);
       double sum = 0;
       if (log) {
-        for (int64_t c = 0; c < cols; ++c) sum += std::exp(src[c] - mx);
+        sum = exp_sum(src, cols, mx, nullptr);
         // x - (max + log Σ exp(x - max)); an all -inf row gives NaN, as in the reference.
         const double lse = (mx == -std::numeric_limits<float>::infinity() || mx == std::numeric_limits<float>::infinity())
                                ? static_cast<double>(mx)
                                : mx + std::log(sum);
         for (int64_t c = 0; c < cols; ++c) dst[c] = static_cast<float>(src[c] - lse);
       } else {
-        for (int64_t c = 0; c < cols; ++c) {
-          const float e = std::exp(src[c] - mx);
-          dst[c] = e;
-          sum += e;
-        }
+        sum = exp_sum(src, cols, mx, dst);
         const float inv = static_cast<float>(1.0 / sum);
         for (int64_t c = 0; c < cols; ++c) dst[c] *= inv;
       }
@@ -302,9 +334,7 @@ namespace {
 double log_sum_exp(const float* row, int64_t V) {
   const float mx = row_max(row, V);
   if (std::isinf(mx)) return mx;
-  double sum = 0;
-  for (int64_t c = 0; c < V; ++c) sum += std::exp(row[c] - mx);
-  return mx + std::log(sum);
+  return mx + std::log(exp_sum(row, V, mx, nullptr));
 }
 }  // namespace
 
@@ -339,7 +369,14 @@ void cross_entropy_backward(const float* logits, const int32_t* targets, int64_t
       const float* row = logits + r * V;
       const double lse = log_sum_exp(row, V);
       const float f = static_cast<float>(factor);
-      for (int64_t c = 0; c < V; ++c) d[c] = std::exp(static_cast<float>(row[c] - lse)) * f;
+#if CLIPCAP_X86_KERNELS
+      if (simd_avx2()) {
+        exp_scale_avx2(row, V, static_cast<float>(lse), f, d);
+      } else
+#endif
+      {
+        for (int64_t c = 0; c < V; ++c) d[c] = std::exp(static_cast<float>(row[c] - lse)) * f;
+      }
       d[targets[r]] = static_cast<float>((std::exp(row[targets[r]] - lse) - 1.0) * factor);
     }
   });

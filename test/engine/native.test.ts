@@ -16,7 +16,7 @@ import { execFileSync } from 'node:child_process';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { afterAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ShapeError } from '../../src/engine/backend.js';
 import type { Backend, MatmulOptions } from '../../src/engine/backend.js';
 import { NativeBackend, loadNativeBackend } from '../../src/engine/native.js';
@@ -27,6 +27,9 @@ import { maxRelDiff, randomF32, randomInts } from './naive.js';
 const TOL = 1e-5;
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const ADDON = path.join(ROOT, 'build/Release/clipcap_native.node');
+
+const check = (kernel: string, where: string, actual: Tensor, expected: Tensor) =>
+  checkOne(kernel, where, actual, expected);
 
 const loaded = loadNativeBackend();
 if ('error' in loaded) {
@@ -45,7 +48,7 @@ afterAll(() => {
   console.table(Object.fromEntries(worst));
 });
 
-function check(kernel: string, label: string, actual: Tensor, expected: Tensor, tol = TOL): void {
+function checkOne(kernel: string, label: string, actual: Tensor, expected: Tensor, tol = TOL): void {
   expect(actual.shape).toEqual(expected.shape);
   const d = maxRelDiff(nat.download(actual), ref.download(expected));
   const w = worst.get(kernel) ?? { worst: '0', at: label, comparisons: 0 };
@@ -235,237 +238,256 @@ describe('native GEMM vs reference', () => {
 
 // ------------------------------------------------------------------ other kernels
 
-describe('native kernels vs reference', () => {
-  const SHAPES = [[1], [7], [3, 33], [2, 769], [50, 768], [5, 3072]];
-
-  it('elementwise: add / mul (broadcast), addInPlace, scale, sumRows', () => {
-    for (const shape of SHAPES) {
-      const a = pair(shape, 40);
-      const b = pair(shape.slice(-1), 41);
-      const full = pair(shape, 42);
-      check('add', label(shape), nat.add(a[0], b[0]), ref.add(a[1], b[1]));
-      check('add', `${label(shape)} same shape`, nat.add(a[0], full[0]), ref.add(a[1], full[1]));
-      check('mul', label(shape), nat.mul(a[0], b[0]), ref.mul(a[1], b[1]));
-      check('scale', label(shape), nat.scale(a[0], 0.3), ref.scale(a[1], 0.3));
-      const x = [nat.clone(a[0]), ref.clone(a[1])] as const;
-      nat.addInPlace(x[0], full[0], -1.5);
-      ref.addInPlace(x[1], full[1], -1.5);
-      check('addInPlace', label(shape), x[0], x[1]);
-      check('sumRows', label(shape), nat.sumRows(a[0]), ref.sumRows(a[1]));
-      const out = [nat.clone(b[0]), ref.clone(b[1])] as const;
-      nat.sumRows(a[0], out[0], true);
-      ref.sumRows(a[1], out[1], true);
-      check('sumRows', `${label(shape)} accumulate`, out[0], out[1]);
-    }
-  });
-
-  it('activations forward and backward', () => {
-    for (const shape of SHAPES) {
-      const x = pair(shape, 50, -6, 6);
-      const dy = pair(shape, 51);
-      for (const act of ['gelu', 'quickGelu', 'relu', 'tanh'] as const) {
-        const back = `${act}Backward` as const;
-        const yN = nat[act](x[0]);
-        const yR = ref[act](x[1]);
-        check(act, label(shape), yN, yR);
-        // tanh's backward takes the forward's output, the others its input
-        const savedN = act === 'tanh' ? yN : x[0];
-        const savedR = act === 'tanh' ? yR : x[1];
-        check(back, label(shape), nat[back](dy[0], savedN), ref[back](dy[1], savedR));
-      }
-    }
-  });
-
-  it('softmax and logSoftmax, including GPT-2 vocabulary rows and large logits', () => {
-    for (const shape of [...SHAPES, [2, 50257], [2, 12, 50, 50]]) {
-      const x = pair(shape, 60, -8, 8);
-      check('softmax', label(shape), nat.softmax(x[0]), ref.softmax(x[1]));
-      check('logSoftmax', label(shape), nat.logSoftmax(x[0]), ref.logSoftmax(x[1]));
-    }
-    const big = pair([3, 33], 61, 9000, 10000);
-    check('softmax', 'logits near 1e4', nat.softmax(big[0]), ref.softmax(big[1]));
-    check('logSoftmax', 'logits near 1e4', nat.logSoftmax(big[0]), ref.logSoftmax(big[1]));
-  });
-
-  it('layerNorm forward and backward (dweight/dbias accumulate)', () => {
-    for (const shape of [
-      [1, 1],
-      [7, 33],
-      [2, 5, 769],
-      [60, 768],
-      [3, 1024],
-    ]) {
-      const C = shape[shape.length - 1];
-      const x = pair(shape, 70, -3, 5);
-      const w = pair([C], 71);
-      const b = pair([C], 72);
-      const dy = pair(shape, 73);
-      const yN = nat.layerNorm(x[0], w[0], b[0], 1e-5);
-      const yR = ref.layerNorm(x[1], w[1], b[1], 1e-5);
-      check('layerNorm', `y ${label(shape)}`, yN.y, yR.y);
-      check('layerNorm', `mean ${label(shape)}`, yN.mean, yR.mean);
-      check('layerNorm', `rstd ${label(shape)}`, yN.rstd, yR.rstd);
-      const dw = pair([C], 74);
-      const db = pair([C], 75);
-      const dxN = nat.layerNormBackward(dy[0], x[0], w[0], yN.mean, yN.rstd, dw[0], db[0]);
-      const dxR = ref.layerNormBackward(dy[1], x[1], w[1], yR.mean, yR.rstd, dw[1], db[1]);
-      check('layerNormBackward', `dx ${label(shape)}`, dxN, dxR);
-      check('layerNormBackward', `dweight ${label(shape)}`, dw[0], dw[1]);
-      check('layerNormBackward', `dbias ${label(shape)}`, db[0], db[1]);
-    }
-  });
-
-  const ATTENTION = [
-    { name: 'tiny odd: B=1, T=7, C=33·1, 1 head', b: 1, tq: 7, tk: 7, c: 33, h: 1, causal: false },
-    {
-      name: 'GPT-2 train: B=2, T=33, C=768, 12 heads, causal + padding',
-      b: 2,
-      tq: 33,
-      tk: 33,
-      c: 768,
-      h: 12,
-      causal: true,
-      mask: true,
-    },
-    { name: 'CLIP ViT-B/32: B=2, T=50, C=768, 12 heads', b: 2, tq: 50, tk: 50, c: 768, h: 12, causal: false },
-    {
-      name: 'decode: B=3, Tq=1 against a 40-row cache of 20, causal + padding',
-      b: 3,
-      tq: 1,
-      tk: 40,
-      c: 64,
-      h: 4,
-      causal: true,
-      kv: 20,
-      mask: true,
-    },
-    {
-      name: 'prompt: B=2, Tq=5, kvLength 12 of 16, causal',
-      b: 2,
-      tq: 5,
-      tk: 16,
-      c: 24,
-      h: 3,
-      causal: true,
-      kv: 12,
-    },
-  ];
-
-  for (const a of ATTENTION) {
-    it(`attention forward and backward: ${a.name}`, () => {
-      const q = pair([a.b, a.tq, a.c], 80);
-      const k = pair([a.b, a.tk, a.c], 81);
-      const v = pair([a.b, a.tk, a.c], 82);
-      const dout = pair([a.b, a.tq, a.c], 83);
-      // batch row b masks its first b keys (left padding); row 0 is unmasked
-      const maskData = new Float32Array(a.b * a.tk).map((_, i) => (i % a.tk < Math.floor(i / a.tk) ? 0 : 1));
-      const opts = (be: Backend) => ({
-        nHead: a.h,
-        causal: a.causal,
-        ...(a.kv !== undefined ? { kvLength: a.kv } : {}),
-        ...(a.mask ? { keyMask: be.upload(maskData, [a.b, a.tk]) } : {}),
-      });
-      const oN = nat.attention(q[0], k[0], v[0], { ...opts(nat), keepProbs: true });
-      const oR = ref.attention(q[1], k[1], v[1], { ...opts(ref), keepProbs: true });
-      check('attention', `out ${a.name}`, oN.out, oR.out);
-      check('attention', `probs ${a.name}`, oN.probs as Tensor, oR.probs as Tensor);
-      const gN = nat.attentionBackward(dout[0], q[0], k[0], v[0], oN.probs as Tensor, opts(nat));
-      const gR = ref.attentionBackward(dout[1], q[1], k[1], v[1], oR.probs as Tensor, opts(ref));
-      check('attentionBackward', `dq ${a.name}`, gN.dq, gR.dq);
-      check('attentionBackward', `dk ${a.name}`, gN.dk, gR.dk);
-      check('attentionBackward', `dv ${a.name}`, gN.dv, gR.dv);
+// Twice: with the AVX2 kernels (vectorized exp/tanh) and with the portable ones (libm).
+for (const simd of kernels())
+  describe(`native kernels vs reference (${simd})`, () => {
+    beforeAll(() => {
+      expect(nat.setGemmKernel(simd)).toBe(true);
     });
-  }
+    const check = (kernel: string, where: string, actual: Tensor, expected: Tensor) =>
+      checkOne(`${kernel}(${simd})`, where, actual, expected);
+    const SHAPES = [[1], [7], [3, 33], [2, 769], [50, 768], [5, 3072]];
 
-  it('embedding gather and scatter-add (repeated ids), GPT-2 sizes', () => {
-    for (const [V, C, n] of [
-      [7, 33, 20],
-      [50257, 40, 60], // the GPT-2 vocabulary (narrow rows keep the reference side fast)
-    ]) {
-      const table = pair([V, C], 90);
-      const ids = pairInts([n], 91, Math.min(V, 11)); // few distinct ids: many repeats
-      const dy = pair([n, C], 92);
-      check('embedding', `${V}x${C}`, nat.embedding(ids[0], table[0]), ref.embedding(ids[1], table[1]));
-      const dt = [nat.clone(table[0]), ref.clone(table[1])] as const;
-      nat.embeddingBackward(dy[0], ids[0], dt[0]);
-      ref.embeddingBackward(dy[1], ids[1], dt[1]);
-      check('embeddingBackward', `${V}x${C}`, dt[0], dt[1]);
-    }
-  });
-
-  it('crossEntropy (+ ignore index) and its gradient', () => {
-    for (const [N, V] of [
-      [1, 7],
-      [33, 769],
-      [6, 50257],
-    ]) {
-      const logits = pair([N, V], 100, -5, 5);
-      const t = randomInts(N, 101, V);
-      t[0] = 0; // id 0 is ClipCap's padding and ignored
-      const targets = [nat.upload(t, [N]), ref.upload(t, [N])] as const;
-      for (const ignore of [0, -100]) {
-        const lN = nat.crossEntropy(logits[0], targets[0], ignore);
-        const lR = ref.crossEntropy(logits[1], targets[1], ignore);
-        expect(lN.count).toBe(lR.count);
-        if (lR.count === 0) expect(lN.loss).toBeNaN();
-        else
-          expect(Math.abs(lN.loss - lR.loss) / Math.abs(lR.loss), `loss ${N}x${V}`).toBeLessThanOrEqual(TOL);
-        check(
-          'crossEntropyBackward',
-          `${N}x${V} ignore ${ignore}`,
-          nat.crossEntropyBackward(logits[0], targets[0], ignore, 0.5),
-          ref.crossEntropyBackward(logits[1], targets[1], ignore, 0.5),
-        );
+    it('elementwise: add / mul (broadcast), addInPlace, scale, sumRows', () => {
+      for (const shape of SHAPES) {
+        const a = pair(shape, 40);
+        const b = pair(shape.slice(-1), 41);
+        const full = pair(shape, 42);
+        check('add', label(shape), nat.add(a[0], b[0]), ref.add(a[1], b[1]));
+        check('add', `${label(shape)} same shape`, nat.add(a[0], full[0]), ref.add(a[1], full[1]));
+        check('mul', label(shape), nat.mul(a[0], b[0]), ref.mul(a[1], b[1]));
+        check('scale', label(shape), nat.scale(a[0], 0.3), ref.scale(a[1], 0.3));
+        const x = [nat.clone(a[0]), ref.clone(a[1])] as const;
+        nat.addInPlace(x[0], full[0], -1.5);
+        ref.addInPlace(x[1], full[1], -1.5);
+        check('addInPlace', label(shape), x[0], x[1]);
+        check('sumRows', label(shape), nat.sumRows(a[0]), ref.sumRows(a[1]));
+        const out = [nat.clone(b[0]), ref.clone(b[1])] as const;
+        nat.sumRows(a[0], out[0], true);
+        ref.sumRows(a[1], out[1], true);
+        check('sumRows', `${label(shape)} accumulate`, out[0], out[1]);
       }
-    }
-  });
+    });
 
-  it('adamw: 5 steps with weight decay', () => {
-    const shape = [3, 769];
-    const p = pair(shape, 110);
-    const m = [nat.zeros(shape), ref.zeros(shape)] as const;
-    const v = [nat.zeros(shape), ref.zeros(shape)] as const;
-    for (let step = 1; step <= 5; step++) {
-      const g = pair(shape, 110 + step);
-      const opts = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step };
-      nat.adamw(p[0], g[0], m[0], v[0], opts);
-      ref.adamw(p[1], g[1], m[1], v[1], opts);
-    }
-    check('adamw', 'param after 5 steps', p[0], p[1]);
-    check('adamw', 'm after 5 steps', m[0], m[1]);
-    check('adamw', 'v after 5 steps', v[0], v[1]);
-  });
+    it('activations forward and backward', () => {
+      for (const shape of SHAPES) {
+        const x = pair(shape, 50, -6, 6);
+        const dy = pair(shape, 51);
+        for (const act of ['gelu', 'quickGelu', 'relu', 'tanh'] as const) {
+          const back = `${act}Backward` as const;
+          const yN = nat[act](x[0]);
+          const yR = ref[act](x[1]);
+          check(act, label(shape), yN, yR);
+          // tanh's backward takes the forward's output, the others its input
+          const savedN = act === 'tanh' ? yN : x[0];
+          const savedR = act === 'tanh' ? yR : x[1];
+          check(back, label(shape), nat[back](dy[0], savedN), ref[back](dy[1], savedR));
+        }
+      }
+    });
 
-  it('dropout masks are identical to the reference for the same seed, at any thread count', () => {
-    const x = pair([64, 769], 120);
-    for (const [p, seed] of [
-      [0.1, 1],
-      [0.5, -7],
-      [0.3, 2 ** 40 + 3],
-    ]) {
-      const rN = nat.dropout(x[0], p, seed);
-      const rR = ref.dropout(x[1], p, seed);
-      expect(mismatches(nat.download(rN.mask), ref.download(rR.mask))).toBe(0);
-      check('dropout', `y p=${p} seed ${seed}`, rN.y, rR.y);
-    }
-    nat.setThreads(1);
-    const single = nat.download(nat.dropout(x[0], 0.2, 99).mask);
-    nat.setThreads(DEFAULT_THREADS);
-    expect(mismatches(nat.download(nat.dropout(x[0], 0.2, 99).mask), single)).toBe(0);
-  });
+    it('softmax and logSoftmax, including GPT-2 vocabulary rows and large logits', () => {
+      for (const shape of [...SHAPES, [2, 50257], [2, 12, 50, 50]]) {
+        const x = pair(shape, 60, -8, 8);
+        check('softmax', label(shape), nat.softmax(x[0]), ref.softmax(x[1]));
+        check('logSoftmax', label(shape), nat.logSoftmax(x[0]), ref.logSoftmax(x[1]));
+      }
+      const big = pair([3, 33], 61, 9000, 10000);
+      check('softmax', 'logits near 1e4', nat.softmax(big[0]), ref.softmax(big[1]));
+      check('logSoftmax', 'logits near 1e4', nat.logSoftmax(big[0]), ref.logSoftmax(big[1]));
+    });
 
-  it('layout: concat, slice, writeSlice, indexSelect', () => {
-    const a = pair([2, 3, 5], 130);
-    const b = pair([2, 4, 5], 131);
-    check('concat', 'axis 1', nat.concat([a[0], b[0]], 1), ref.concat([a[1], b[1]], 1));
-    check('slice', 'axis -1', nat.slice(b[0], -1, 1, 4), ref.slice(b[1], -1, 1, 4));
-    const dst = [nat.clone(b[0]), ref.clone(b[1])] as const;
-    nat.writeSlice(dst[0], a[0], 1, 1);
-    ref.writeSlice(dst[1], a[1], 1, 1);
-    check('writeSlice', 'axis 1', dst[0], dst[1]);
-    check('indexSelect', 'repeats', nat.indexSelect(a[0], [1, 0, 1]), ref.indexSelect(a[1], [1, 0, 1]));
+    it('layerNorm forward and backward (dweight/dbias accumulate)', () => {
+      for (const shape of [
+        [1, 1],
+        [7, 33],
+        [2, 5, 769],
+        [60, 768],
+        [3, 1024],
+      ]) {
+        const C = shape[shape.length - 1];
+        const x = pair(shape, 70, -3, 5);
+        const w = pair([C], 71);
+        const b = pair([C], 72);
+        const dy = pair(shape, 73);
+        const yN = nat.layerNorm(x[0], w[0], b[0], 1e-5);
+        const yR = ref.layerNorm(x[1], w[1], b[1], 1e-5);
+        check('layerNorm', `y ${label(shape)}`, yN.y, yR.y);
+        check('layerNorm', `mean ${label(shape)}`, yN.mean, yR.mean);
+        check('layerNorm', `rstd ${label(shape)}`, yN.rstd, yR.rstd);
+        const dw = pair([C], 74);
+        const db = pair([C], 75);
+        const dxN = nat.layerNormBackward(dy[0], x[0], w[0], yN.mean, yN.rstd, dw[0], db[0]);
+        const dxR = ref.layerNormBackward(dy[1], x[1], w[1], yR.mean, yR.rstd, dw[1], db[1]);
+        check('layerNormBackward', `dx ${label(shape)}`, dxN, dxR);
+        check('layerNormBackward', `dweight ${label(shape)}`, dw[0], dw[1]);
+        check('layerNormBackward', `dbias ${label(shape)}`, db[0], db[1]);
+      }
+    });
+
+    const ATTENTION = [
+      { name: 'tiny odd: B=1, T=7, C=33·1, 1 head', b: 1, tq: 7, tk: 7, c: 33, h: 1, causal: false },
+      {
+        name: 'GPT-2 train: B=2, T=33, C=768, 12 heads, causal + padding',
+        b: 2,
+        tq: 33,
+        tk: 33,
+        c: 768,
+        h: 12,
+        causal: true,
+        mask: true,
+      },
+      {
+        name: 'CLIP ViT-B/32: B=2, T=50, C=768, 12 heads',
+        b: 2,
+        tq: 50,
+        tk: 50,
+        c: 768,
+        h: 12,
+        causal: false,
+      },
+      {
+        name: 'decode: B=3, Tq=1 against a 40-row cache of 20, causal + padding',
+        b: 3,
+        tq: 1,
+        tk: 40,
+        c: 64,
+        h: 4,
+        causal: true,
+        kv: 20,
+        mask: true,
+      },
+      {
+        name: 'prompt: B=2, Tq=5, kvLength 12 of 16, causal',
+        b: 2,
+        tq: 5,
+        tk: 16,
+        c: 24,
+        h: 3,
+        causal: true,
+        kv: 12,
+      },
+    ];
+
+    for (const a of ATTENTION) {
+      it(`attention forward and backward: ${a.name}`, () => {
+        const q = pair([a.b, a.tq, a.c], 80);
+        const k = pair([a.b, a.tk, a.c], 81);
+        const v = pair([a.b, a.tk, a.c], 82);
+        const dout = pair([a.b, a.tq, a.c], 83);
+        // batch row b masks its first b keys (left padding); row 0 is unmasked
+        const maskData = new Float32Array(a.b * a.tk).map((_, i) =>
+          i % a.tk < Math.floor(i / a.tk) ? 0 : 1,
+        );
+        const opts = (be: Backend) => ({
+          nHead: a.h,
+          causal: a.causal,
+          ...(a.kv !== undefined ? { kvLength: a.kv } : {}),
+          ...(a.mask ? { keyMask: be.upload(maskData, [a.b, a.tk]) } : {}),
+        });
+        const oN = nat.attention(q[0], k[0], v[0], { ...opts(nat), keepProbs: true });
+        const oR = ref.attention(q[1], k[1], v[1], { ...opts(ref), keepProbs: true });
+        check('attention', `out ${a.name}`, oN.out, oR.out);
+        check('attention', `probs ${a.name}`, oN.probs as Tensor, oR.probs as Tensor);
+        const gN = nat.attentionBackward(dout[0], q[0], k[0], v[0], oN.probs as Tensor, opts(nat));
+        const gR = ref.attentionBackward(dout[1], q[1], k[1], v[1], oR.probs as Tensor, opts(ref));
+        check('attentionBackward', `dq ${a.name}`, gN.dq, gR.dq);
+        check('attentionBackward', `dk ${a.name}`, gN.dk, gR.dk);
+        check('attentionBackward', `dv ${a.name}`, gN.dv, gR.dv);
+      });
+    }
+
+    it('embedding gather and scatter-add (repeated ids), GPT-2 sizes', () => {
+      for (const [V, C, n] of [
+        [7, 33, 20],
+        [50257, 40, 60], // the GPT-2 vocabulary (narrow rows keep the reference side fast)
+      ]) {
+        const table = pair([V, C], 90);
+        const ids = pairInts([n], 91, Math.min(V, 11)); // few distinct ids: many repeats
+        const dy = pair([n, C], 92);
+        check('embedding', `${V}x${C}`, nat.embedding(ids[0], table[0]), ref.embedding(ids[1], table[1]));
+        const dt = [nat.clone(table[0]), ref.clone(table[1])] as const;
+        nat.embeddingBackward(dy[0], ids[0], dt[0]);
+        ref.embeddingBackward(dy[1], ids[1], dt[1]);
+        check('embeddingBackward', `${V}x${C}`, dt[0], dt[1]);
+      }
+    });
+
+    it('crossEntropy (+ ignore index) and its gradient', () => {
+      for (const [N, V] of [
+        [1, 7],
+        [33, 769],
+        [6, 50257],
+      ]) {
+        const logits = pair([N, V], 100, -5, 5);
+        const t = randomInts(N, 101, V);
+        t[0] = 0; // id 0 is ClipCap's padding and ignored
+        const targets = [nat.upload(t, [N]), ref.upload(t, [N])] as const;
+        for (const ignore of [0, -100]) {
+          const lN = nat.crossEntropy(logits[0], targets[0], ignore);
+          const lR = ref.crossEntropy(logits[1], targets[1], ignore);
+          expect(lN.count).toBe(lR.count);
+          if (lR.count === 0) expect(lN.loss).toBeNaN();
+          else
+            expect(Math.abs(lN.loss - lR.loss) / Math.abs(lR.loss), `loss ${N}x${V}`).toBeLessThanOrEqual(
+              TOL,
+            );
+          check(
+            'crossEntropyBackward',
+            `${N}x${V} ignore ${ignore}`,
+            nat.crossEntropyBackward(logits[0], targets[0], ignore, 0.5),
+            ref.crossEntropyBackward(logits[1], targets[1], ignore, 0.5),
+          );
+        }
+      }
+    });
+
+    it('adamw: 5 steps with weight decay', () => {
+      const shape = [3, 769];
+      const p = pair(shape, 110);
+      const m = [nat.zeros(shape), ref.zeros(shape)] as const;
+      const v = [nat.zeros(shape), ref.zeros(shape)] as const;
+      for (let step = 1; step <= 5; step++) {
+        const g = pair(shape, 110 + step);
+        const opts = { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weightDecay: 0.01, step };
+        nat.adamw(p[0], g[0], m[0], v[0], opts);
+        ref.adamw(p[1], g[1], m[1], v[1], opts);
+      }
+      check('adamw', 'param after 5 steps', p[0], p[1]);
+      check('adamw', 'm after 5 steps', m[0], m[1]);
+      check('adamw', 'v after 5 steps', v[0], v[1]);
+    });
+
+    it('dropout masks are identical to the reference for the same seed, at any thread count', () => {
+      const x = pair([64, 769], 120);
+      for (const [p, seed] of [
+        [0.1, 1],
+        [0.5, -7],
+        [0.3, 2 ** 40 + 3],
+      ]) {
+        const rN = nat.dropout(x[0], p, seed);
+        const rR = ref.dropout(x[1], p, seed);
+        expect(mismatches(nat.download(rN.mask), ref.download(rR.mask))).toBe(0);
+        check('dropout', `y p=${p} seed ${seed}`, rN.y, rR.y);
+      }
+      nat.setThreads(1);
+      const single = nat.download(nat.dropout(x[0], 0.2, 99).mask);
+      nat.setThreads(DEFAULT_THREADS);
+      expect(mismatches(nat.download(nat.dropout(x[0], 0.2, 99).mask), single)).toBe(0);
+    });
+
+    it('layout: concat, slice, writeSlice, indexSelect', () => {
+      const a = pair([2, 3, 5], 130);
+      const b = pair([2, 4, 5], 131);
+      check('concat', 'axis 1', nat.concat([a[0], b[0]], 1), ref.concat([a[1], b[1]], 1));
+      check('slice', 'axis -1', nat.slice(b[0], -1, 1, 4), ref.slice(b[1], -1, 1, 4));
+      const dst = [nat.clone(b[0]), ref.clone(b[1])] as const;
+      nat.writeSlice(dst[0], a[0], 1, 1);
+      ref.writeSlice(dst[1], a[1], 1, 1);
+      check('writeSlice', 'axis 1', dst[0], dst[1]);
+      check('indexSelect', 'repeats', nat.indexSelect(a[0], [1, 0, 1]), ref.indexSelect(a[1], [1, 0, 1]));
+    });
   });
-});
 
 // ------------------------------------------------------------------ switches and bad arguments
 
