@@ -7,12 +7,17 @@
 //      walks K in KC blocks: it packs its KC x NT slice of op(B) into a thread-local buffer (L2), then for
 //      each MC-row block of its chunk (L2-resident packed A) runs the micro-kernel over 16-column panels
 //      (L1-resident) and 6-row panels.
-// Packing B per task costs NT·KC per MC·NT·KC of work and lets every task run without synchronisation;
-// small-M products (decoding, the LM head) become a pure stream over B.
+// Packing B per task costs KC·NT copies per (chunk rows)·KC·NT multiply-adds and lets every task run
+// without synchronisation. Products with at most kSkinnyM rows (decoding, the LM head) skip packing and
+// stream B instead (gemm_skinny).
 #include "gemm.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
+#ifdef _WIN32
+#include <malloc.h>
+#endif
 #include <cstring>
 #include <memory>
 #include <new>
@@ -29,7 +34,13 @@ constexpr int64_t kNT = 192;  // columns per task: KC x NT of packed B is 192 Ki
 static_assert(kMC % kMR == 0 && kNT % kNR == 0, "blocks must hold whole panels");
 
 struct FreeDeleter {
-  void operator()(float* p) const { std::free(p); }
+  void operator()(float* p) const {
+#ifdef _WIN32
+    _aligned_free(p);
+#else
+    std::free(p);
+#endif
+  }
 };
 
 // A grow-only 64-byte aligned scratch buffer. thread_local instances never shrink, so steady-state calls
@@ -38,9 +49,14 @@ class Scratch {
  public:
   float* get(size_t floats) {
     if (floats > capacity_) {
-      void* p = nullptr;
       const size_t bytes = ((floats * sizeof(float) + 63) / 64) * 64;
+#ifdef _WIN32
+      void* p = _aligned_malloc(bytes, 64);
+      if (p == nullptr) throw std::bad_alloc();
+#else
+      void* p = nullptr;
       if (posix_memalign(&p, 64, bytes) != 0) throw std::bad_alloc();
+#endif
       data_.reset(static_cast<float*>(p));
       capacity_ = floats;
     }
@@ -61,11 +77,12 @@ GemmKernel detect_kernel() {
   return cpu_has_avx2_fma() ? GemmKernel::kAvx2 : GemmKernel::kPortable;
 }
 
-GemmKernel g_kernel = detect_kernel();
+// Set from the JS thread between kernel calls; read by pool threads during them.
+std::atomic<GemmKernel> g_kernel{detect_kernel()};
 
 MicroKernel kernel_fn() {
 #if CLIPCAP_X86_KERNELS
-  if (g_kernel == GemmKernel::kAvx2) return micro_kernel_avx2;
+  if (gemm_kernel() == GemmKernel::kAvx2) return micro_kernel_avx2;
 #endif
   return micro_kernel_portable;
 }
@@ -122,7 +139,7 @@ void pack_b_tile(const GemmArgs& g, const float* B, int64_t p0, int64_t kc, int6
     const int64_t cols = std::min<int64_t>(kNR, nt - jp);
     float* panel = dst + jp * kc;
 #if CLIPCAP_X86_KERNELS
-    if (cols == kNR && g_kernel == GemmKernel::kAvx2) {
+    if (cols == kNR && gemm_kernel() == GemmKernel::kAvx2) {
       pack_b_trans_avx2(B + (j0 + jp) * g.ldb + p0, g.ldb, kc, panel);
       continue;
     }
@@ -163,11 +180,11 @@ bool cpu_has_avx2_fma() {
 #endif
 }
 
-GemmKernel gemm_kernel() { return g_kernel; }
+GemmKernel gemm_kernel() { return g_kernel.load(std::memory_order_relaxed); }
 
 bool set_gemm_kernel(GemmKernel kernel) {
   if (kernel == GemmKernel::kAvx2 && !cpu_has_avx2_fma()) return false;
-  g_kernel = kernel;
+  g_kernel.store(kernel, std::memory_order_relaxed);
   return true;
 }
 
@@ -267,7 +284,7 @@ void gemm_skinny(const GemmArgs& g) {
   W = std::max<int64_t>(64, std::min<int64_t>(512, (W + 15) / 16 * 16));
   const int64_t blocks = (N + W - 1) / W;
 #if CLIPCAP_X86_KERNELS
-  const bool avx2 = g_kernel == GemmKernel::kAvx2;
+  const bool avx2 = gemm_kernel() == GemmKernel::kAvx2;
   const SkinnyKernel kernel = nt ? (avx2 ? skinny_nt_avx2 : skinny_nt_portable) : (avx2 ? skinny_nn_avx2 : skinny_nn_portable);
 #else
   const SkinnyKernel kernel = nt ? skinny_nt_portable : skinny_nn_portable;

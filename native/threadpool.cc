@@ -17,7 +17,7 @@ constexpr int kSpinIterations = 2000;
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
-#elif defined(__aarch64__)
+#elif defined(__aarch64__) && defined(__GNUC__)
   asm volatile("yield");
 #endif
 }
