@@ -34,4 +34,47 @@ export const BENCHES: Record<string, BenchEntry> = {
     ],
     run: async (opts) => (await import('./gemm.js')).runGemmBench(opts),
   },
+  clip: {
+    description: 'full-size CLIP ViT-B/32 image embeddings/s at batch 1 and 16, and from JPEG files',
+    options: [
+      {
+        flags: '--pytorch',
+        description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
+      },
+      {
+        flags: '--smoke',
+        description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
+      },
+      {
+        flags: '--clip <DIR|HUB_ID>',
+        description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
+      },
+      { flags: '--images <DIR>', description: 'clip: JPEG photos to read (default: test/fixtures/images)' },
+    ],
+    run: async (opts) => (await import('./clip.js')).runClipBench(opts),
+  },
+  caption: {
+    description: 'full-size captioning: beam 5 / greedy latency for 20 tokens, captions/s for 32 images',
+    options: [
+      {
+        flags: '--pytorch',
+        description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
+      },
+      {
+        flags: '--smoke',
+        description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
+      },
+      {
+        flags: '--clipcap <FILE>',
+        description: 'caption: a ClipCap checkpoint instead of the synthetic weights',
+      },
+      { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
+      {
+        flags: '--pytorch-batch-calls <N>',
+        description:
+          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default 2)',
+      },
+    ],
+    run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),
+  },
 };

@@ -1,0 +1,140 @@
+#!/usr/bin/env python3
+"""The official ClipCap decoders on PyTorch CPU, for `clipcap bench caption --pytorch` (dev-only).
+
+Usage: python3 bench/pytorch_caption.py --threads N --runs R [--tokens 20] [--batch 32] [--batch-calls C]
+       [--smoke] [--fixtures test/fixtures]
+
+Full-size GPT-2 small + the ClipCap MLP mapper with weights by the fixture rule (bench/fullsize_torch.py), and
+predict.py's `generate_beam` / `generate2` as they are (no KV cache: every step recomputes the whole sequence).
+Each case starts from a CLIP embedding (fullsize_goldens `clip.image_embeds`), like the TypeScript side:
+- beam5_20tok / greedy_20tok: one prefix, `--tokens` tokens, no stop token; metric ms (+ *_per_token ms/token).
+- batch32_beam5: the official code captions a batch by calling generate_beam once per image, so this is
+  `--batch` sequential calls; only the first `--batch-calls` of them are timed (each takes as long as
+  beam5_20tok) and captions_per_s = calls / seconds.
+Before timing, the model's 10 greedy tokens from both golden embeddings are checked against
+`clipcap.greedy10`; a mismatch prints a WARNING line on stderr.
+Prints one JSON document on stdout: {"torch", "threads", "greedy10_ok", "results": [...]}.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+sys.dont_write_bytecode = True  # no __pycache__ in the source tree
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import fullsize_torch as ft  # noqa: E402
+
+
+def batch_embeddings(embeds, n):
+    """n distinct CLIP embeddings from the two golden ones: row i = embeds[i % 2] * (1 + 0.05 * (i // 2))
+    (the same rule as src/bench/caption.ts)."""
+    return [embeds[i % 2] * (1.0 + 0.05 * (i // 2)) for i in range(n)]
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--tokens", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--batch-calls", type=int, default=2)
+    ap.add_argument("--smoke", action="store_true", help="tiny models (same rule): checks the script runs")
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "test", "fixtures"))
+    args = ap.parse_args()
+    ft.set_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    # The weight rule itself, against the first values of five tensors (fullsize_rule_check.json).
+    rule_diff = ft.check_rule(os.path.join(args.fixtures, "fullsize_rule_check.json"))
+    if rule_diff != 0.0:
+        print(f"WARNING: the weight rule differs from fullsize_rule_check.json by {rule_diff:.3g}", file=sys.stderr)
+    mapper, gpt = ft.build_captioner(torch, smoke=args.smoke)
+    golden = ft.read_safetensors(os.path.join(args.fixtures, "fullsize_goldens.safetensors"))
+    if args.smoke:
+        # The tiny mapper takes 24-d embeddings: use the first 24 values of the golden ones.
+        embeds = torch.from_numpy(golden["clip.image_embeds"][:, :24].copy())
+    else:
+        embeds = torch.from_numpy(golden["clip.image_embeds"].copy())  # (2, 512)
+
+    greedy_ok = None
+    if not args.smoke:
+        # Same model as the TypeScript side? Ten argmax tokens from each golden prefix, batched, no cache.
+        with torch.no_grad():
+            gen = mapper(embeds)
+            toks = []
+            for _ in range(10):
+                nxt = gpt(gen)[:, -1, :].argmax(-1)
+                toks.append(nxt)
+                gen = torch.cat([gen, gpt.embed(nxt).unsqueeze(1)], 1)
+        got = torch.stack(toks, 1).tolist()
+        ref = golden["clipcap.greedy10"].tolist()
+        greedy_ok = got == ref
+        if not greedy_ok:
+            print(f"WARNING: PyTorch model's greedy10 {got} != fixture clipcap.greedy10 {ref}", file=sys.stderr)
+
+    def prefix_of(e):
+        with torch.no_grad():
+            return mapper(e.view(1, -1))  # (1, K, E)
+
+    T = args.tokens
+    results = []
+
+    def add(case, metric, value, runs, rss=None):
+        r = {"case": case, "backend": "pytorch", "metric": metric, "value": value, "runs": runs}
+        if rss is not None:
+            r["peak_rss_mb"] = rss
+        results.append(r)
+
+    # Warm-up: one short call of each decoder (first-call allocations), not timed.
+    ft.generate_beam(torch, gpt, prefix_of(embeds[0]), 5, min(T, 2), stop_token_index=None)
+    ft.generate2(torch, gpt, prefix_of(embeds[0]), min(T, 2), stop_token_index=None)
+
+    for case, decode in (
+        ("beam5_20tok", lambda p: ft.generate_beam(torch, gpt, p, 5, T, stop_token_index=None)),
+        ("greedy_20tok", lambda p: ft.generate2(torch, gpt, p, T, stop_token_index=None)),
+    ):
+        ft.reset_peak_rss()
+        times = []
+        for _ in range(args.runs):
+            t0 = time.perf_counter()
+            out = decode(prefix_of(embeds[0]))  # the mapper is part of the latency, as on the TypeScript side
+            times.append(time.perf_counter() - t0)
+            n = len(out[0]) if case.startswith("beam") else len(out)
+            assert n == T, f"{case}: {n} tokens, expected {T}"
+        ms = statistics.median(times) * 1000
+        print(f"pytorch {case}: {ms:.0f} ms", file=sys.stderr)
+        add(case, "ms", ms, args.runs, ft.peak_rss_mb())
+        add(f"{case}_per_token", "ms_per_token", ms / T, args.runs)
+
+    calls = max(1, min(args.batch_calls, args.batch))
+    batch = batch_embeddings(embeds, args.batch)
+    ft.reset_peak_rss()
+    rates = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        for i in range(calls):
+            ft.generate_beam(torch, gpt, prefix_of(batch[i]), 5, T, stop_token_index=None)
+        rates.append(calls / (time.perf_counter() - t0))
+    rate = statistics.median(rates)
+    print(
+        f"pytorch batch32_beam5: {rate:.3f} captions/s ({calls} of {args.batch} sequential calls timed)",
+        file=sys.stderr,
+    )
+    add("batch32_beam5", "captions_per_s", rate, args.runs, ft.peak_rss_mb())
+
+    out = {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "greedy10_ok": greedy_ok, "rule_check_max_diff": rule_diff,
+        "batch_calls_timed": calls,
+        "results": results,
+    }
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")
+
+
+if __name__ == "__main__":
+    main()

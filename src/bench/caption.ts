@@ -1,0 +1,277 @@
+/**
+ * `clipcap bench caption`: captioning latency and throughput at full size (GPT-2 small + the 512 -> 3840 -> 7680
+ * MLP mapper, weights by the fixture rule unless --clipcap gives a checkpoint), through the library API
+ * (ClipCap.caption: mapper, decoder with the KV cache, BPE decode), and with --pytorch the official predict.py
+ * decoders on plain PyTorch (bench/pytorch_caption.py), which recompute the whole sequence at every step.
+ *
+ * Every case starts from a CLIP embedding (fullsize_goldens `clip.image_embeds`), so it times the mapper and the
+ * decoder; the CLIP forward is `clipcap bench clip`. Tokens: 20, with no stop token, so every run does the same
+ * work. Cases (DESIGN.md "Contracts"):
+ * - beam5_20tok, greedy_20tok: one image, metric ms (total latency), with peak RSS; plus
+ *   beam5_20tok_per_token / greedy_20tok_per_token, metric ms_per_token (latency / 20);
+ * - batch32_beam5: 32 images in one batch, beam 5, metric captions_per_s. PyTorch's side is what the official
+ *   code does for 32 images: 32 sequential generate_beam calls, of which the first --pytorch-batch-calls (default
+ *   2) are timed (every call does the same work).
+ * Runs: 3 for the single-image cases and 1 for the batch (after a warm-up); PyTorch 1 (its beam search takes
+ * ~20 s per caption on 2 cores); --runs N sets them all.
+ */
+import path from 'node:path';
+import type { Backend } from '../engine/backend.js';
+import { ClipCapModel } from '../models/clipcap.js';
+import type { Gpt2Config, MapperConfig } from '../models/config.js';
+import { syntheticGpt2, syntheticMapper, syntheticValues } from '../models/synthetic.js';
+import { ClipCap } from '../pipeline/caption.js';
+import type { CaptionOptions, CaptionResult } from '../pipeline/types.js';
+import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
+import { UsageError, UserError } from '../util/errors.js';
+import { loadSafetensors } from '../weights/safetensors.js';
+import { benchEngine, mergeTorchResults, repoPath, runsOf, runTorchScript, timeAsync } from './clip.js';
+import { machineInfo, median } from './report.js';
+import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
+
+const DEFAULT_RUNS = 3;
+/** One batch of 32 beam searches takes ~30 s on 2 cores: one timed run unless --runs says otherwise. */
+const DEFAULT_BATCH_RUNS = 1;
+/** PyTorch's official beam search takes ~20 s per caption on 2 cores: one run by default. */
+const DEFAULT_PYTORCH_RUNS = 1;
+const DEFAULT_PYTORCH_BATCH_CALLS = 2;
+const TOKENS = 20;
+const SMOKE_TOKENS = 3;
+const BATCH = 32;
+const BEAM = 5;
+
+/** The tiny GPT-2 and mapper of the --smoke runs (the fixture models' shapes; weights by the same rule). */
+export const SMOKE_GPT2: Gpt2Config = {
+  vocab_size: 50257,
+  n_positions: 128,
+  n_embd: 32,
+  n_layer: 2,
+  n_head: 4,
+  layer_norm_epsilon: 1e-5,
+  resid_pdrop: 0.1,
+  embd_pdrop: 0.1,
+  attn_pdrop: 0.1,
+};
+export const SMOKE_MAPPER: MapperConfig = {
+  kind: 'mlp',
+  prefix_size: 24,
+  prefix_length: 10,
+  sizes: [24, 160, 320],
+};
+
+interface Goldens {
+  /** (2, 512) CLIP embeddings of two photos. */
+  embeds: Float32Array;
+  /** (2, 10) greedy tokens of the synthetic full-size model from them. */
+  greedy10: Int32Array;
+}
+
+async function readGoldens(): Promise<Goldens | null> {
+  const file = repoPath('test/fixtures/fullsize_goldens.safetensors');
+  if (!file) return null;
+  const f = await loadSafetensors(file);
+  try {
+    return {
+      embeds: (await f.tensor('clip.image_embeds')).data as Float32Array,
+      greedy10: (await f.tensor('clipcap.greedy10')).data as Int32Array,
+    };
+  } finally {
+    await f.close();
+  }
+}
+
+/**
+ * n CLIP embeddings of width d: row i = golden[i % 2] · (1 + 0.05 · floor(i / 2)) (the first d values; the same
+ * rule as bench/pytorch_caption.py), or values by the weight rule when the fixtures are not there or d > 512.
+ */
+export function benchEmbeddings(golden: Float32Array | null, n: number, d: number): Float32Array[] {
+  const base =
+    golden && d <= golden.length / 2
+      ? [golden.subarray(0, d), golden.subarray(golden.length / 2, golden.length / 2 + d)]
+      : [syntheticValues('bench.clip_embedding.0', d), syntheticValues('bench.clip_embedding.1', d)];
+  return Array.from({ length: n }, (_, i) => {
+    const s = 1 + 0.05 * Math.floor(i / 2);
+    return Float32Array.from(base[i % 2], (v) => Math.fround(v * s));
+  });
+}
+
+async function buildCaptioner(
+  opts: BenchRunOptions,
+  backend: Backend,
+): Promise<{ captioner: ClipCap; what: string; synthetic: boolean }> {
+  const clipcap = opts.extra.clipcap;
+  if (typeof opts.extra.gpt2 === 'string' && typeof clipcap !== 'string')
+    throw new UsageError(
+      'bench caption: --gpt2 goes with --clipcap FILE (the checkpoint the mapper comes from)',
+    );
+  if (typeof clipcap === 'string') {
+    const gpt2 = typeof opts.extra.gpt2 === 'string' ? opts.extra.gpt2 : undefined;
+    const captioner = await ClipCap.load({ clipcap, gpt2, backend });
+    return { captioner, what: path.basename(clipcap), synthetic: false };
+  }
+  const smoke = opts.extra.smoke === true;
+  const g = syntheticGpt2(smoke ? SMOKE_GPT2 : undefined);
+  const m = smoke ? syntheticMapper(SMOKE_MAPPER, SMOKE_GPT2.n_embd) : syntheticMapper();
+  const what = smoke
+    ? 'tiny GPT-2 + MLP mapper (fixture rule, --smoke)'
+    : 'GPT-2 small + MLP mapper 512-3840-7680, synthetic weights (fixture rule)';
+  const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g }, what);
+  const captioner = new ClipCap({
+    backend,
+    lm: model.gpt2,
+    mapper: model,
+    tokenizer: await Gpt2Tokenizer.load(),
+    loadClip: null,
+    description: what,
+    dispose: () => model.dispose(),
+  });
+  return { captioner, what, synthetic: !smoke };
+}
+
+/** Tokens of each result; a failed input or a wrong length is a bug in the bench or the decoder. */
+function checkTokens(results: CaptionResult[], tokens: number, what: string): number[][] {
+  return results.map((r) => {
+    if (r.error !== undefined) throw new Error(`${what}: ${r.error}`);
+    if (r.tokens.length !== tokens)
+      throw new Error(`${what}: ${r.tokens.length} tokens, expected ${tokens} (no stop token)`);
+    return r.tokens;
+  });
+}
+
+function positiveIntOption(v: string | boolean | undefined, name: string, dflt: number): number {
+  if (typeof v !== 'string') return dflt;
+  const n = Number(v);
+  if (!/^\d+$/.test(v.trim()) || n < 1 || n > 1000)
+    throw new UsageError(`${name} must be an integer from 1 to 1000, got "${v}"`);
+  return n;
+}
+
+export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchReport> {
+  const smoke = opts.extra.smoke === true;
+  const runs = runsOf(opts, DEFAULT_RUNS);
+  const batchRuns = runsOf(opts, DEFAULT_BATCH_RUNS);
+  const warmup = smoke ? 0 : 1;
+  const T = smoke ? SMOKE_TOKENS : TOKENS;
+  const torchRuns = opts.runs ?? DEFAULT_PYTORCH_RUNS;
+  const torchCalls = positiveIntOption(
+    opts.extra.pytorchBatchCalls,
+    '--pytorch-batch-calls',
+    smoke ? 1 : DEFAULT_PYTORCH_BATCH_CALLS,
+  );
+  const eng = benchEngine(opts);
+  if (typeof opts.extra.clip === 'string')
+    opts.log('bench caption starts from CLIP embeddings: --clip is not used (see bench clip)');
+  const goldens = await readGoldens();
+  const { captioner, what, synthetic } = await buildCaptioner(opts, eng.backend);
+  const extra: Record<string, string | number | boolean> = { ...eng.extra, model: what, tokens: T };
+  if (smoke) extra.smoke = true;
+  const results: BenchResult[] = [];
+  try {
+    const D = captioner.embeddingSize;
+    const embeds = benchEmbeddings(goldens?.embeds ?? null, BATCH, D);
+    const caption = (n: number, o: CaptionOptions) =>
+      captioner.caption(
+        embeds.slice(0, n).map((embedding, i) => ({ embedding, name: `embedding ${i}` })),
+        { maxTokens: T, stop: 'none', batchSize: n, ...o },
+      );
+
+    if (synthetic && goldens) {
+      // The same model as the fixtures (and as PyTorch's side, which checks the same tokens)?
+      const e2 = [0, 1].map((i) => ({ embedding: goldens.embeds.subarray(i * 512, (i + 1) * 512) }));
+      const got = checkTokens(
+        await captioner.caption(e2, { method: 'greedy', maxTokens: 10, stop: 'none' }),
+        10,
+        'greedy10',
+      );
+      const ok = got.flat().every((t, i) => t === goldens.greedy10[i]);
+      extra.greedy10_ok = ok;
+      if (!ok) opts.log(`WARNING: greedy10 ${JSON.stringify(got)} differs from clipcap.greedy10`);
+    }
+
+    const single: { id: string; o: CaptionOptions }[] = [
+      { id: `beam${BEAM}_20tok`, o: { method: 'beam', beamSize: BEAM } },
+      { id: 'greedy_20tok', o: { method: 'greedy' } },
+    ];
+    for (const c of single) {
+      const t = await timeAsync(async () => void checkTokens(await caption(1, c.o), T, c.id), runs, warmup);
+      const ms = median(t.seconds) * 1000;
+      opts.log(`${c.id}: ${eng.name} ${ms.toFixed(0)} ms (${(ms / T).toFixed(1)} ms/token)`);
+      results.push({
+        case: c.id,
+        backend: eng.name,
+        metric: 'ms',
+        value: ms,
+        runs,
+        peak_rss_mb: t.peakRssMb,
+      });
+      results.push({
+        case: `${c.id}_per_token`,
+        backend: eng.name,
+        metric: 'ms_per_token',
+        value: ms / T,
+        runs,
+      });
+    }
+
+    // The batch: warm up on a few images (first-use allocations), then time all 32 together.
+    if (warmup > 0) await caption(2, { method: 'beam', beamSize: BEAM, maxTokens: 2 });
+    const t = await timeAsync(
+      async () => void checkTokens(await caption(BATCH, { method: 'beam', beamSize: BEAM }), T, 'batch'),
+      batchRuns,
+      0,
+    );
+    const rate = BATCH / median(t.seconds);
+    opts.log(`batch${BATCH}_beam${BEAM}: ${eng.name} ${rate.toFixed(2)} captions/s`);
+    results.push({
+      case: `batch${BATCH}_beam${BEAM}`,
+      backend: eng.name,
+      metric: 'captions_per_s',
+      value: rate,
+      runs: batchRuns,
+      peak_rss_mb: t.peakRssMb,
+    });
+  } finally {
+    captioner.dispose(); // before PyTorch runs: the two should not share the memory
+  }
+
+  if (opts.extra.pytorch === true) {
+    if (!synthetic && !smoke)
+      opts.log('PyTorch uses the synthetic GPT-2 small + mapper (same shapes, so the same work)');
+    opts.log(
+      `running the official decoders on PyTorch (bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
+        `${torchRuns} run(s); official beam search takes ~20 s per caption on 2 cores...`,
+    );
+    const fixtures = repoPath('test/fixtures');
+    const torch = runTorchScript('pytorch_caption.py', [
+      '--threads',
+      String(eng.threads),
+      '--runs',
+      String(torchRuns),
+      '--tokens',
+      String(T),
+      '--batch',
+      String(BATCH),
+      '--batch-calls',
+      String(torchCalls),
+      ...(fixtures ? ['--fixtures', fixtures] : []),
+      ...(smoke ? ['--smoke'] : []),
+    ]);
+    extra.torch = torch.torch;
+    if (typeof torch.rule_check_max_diff === 'number')
+      extra.torch_rule_check_max_diff = torch.rule_check_max_diff;
+    if (typeof torch.greedy10_ok === 'boolean') extra.torch_greedy10_ok = torch.greedy10_ok;
+    if (torch.greedy10_ok === false)
+      throw new UserError(
+        'the PyTorch model does not reproduce clipcap.greedy10: the comparison would be invalid',
+      );
+    extra.torch_batch32_calls_timed = torchCalls;
+    mergeTorchResults(results, torch.results);
+    for (const r of results.filter((x) => x.backend === eng.name)) {
+      const p = results.find((x) => x.backend === 'pytorch' && x.case === r.case);
+      if (!p) continue;
+      const speedup = r.metric === 'captions_per_s' ? r.value / p.value : p.value / r.value;
+      opts.log(`${r.case}: ${speedup.toFixed(1)}x faster than PyTorch's official decoder`);
+    }
+  }
+  return { bench: 'caption', machine: machineInfo(eng.threads, eng.avx2, extra), results };
+}

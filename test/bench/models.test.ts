@@ -1,0 +1,212 @@
+/**
+ * `clipcap bench clip` and `clipcap bench caption` in their --smoke form (tiny models by the fixture rule,
+ * 1 run, 3 tokens): the report follows the DESIGN.md contract (every case, metric and backend; values positive
+ * and finite; peak RSS where promised). With a torch-capable python3 the PyTorch side runs too (its tiny models,
+ * its weight rule checked against fullsize_rule_check.json); without one, --pytorch must fail with one clear
+ * line. No timing assertions: the machine is shared.
+ */
+import { describe, expect, it, vi } from 'vitest';
+import { Command } from 'commander';
+import { fileURLToPath } from 'node:url';
+import { benchEmbeddings, runCaptionBench } from '../../src/bench/caption.js';
+import { findTorchPython, mergeTorchResults, runClipBench } from '../../src/bench/clip.js';
+import { BENCHES } from '../../src/bench/registry.js';
+import type { BenchReport, BenchResult, BenchRunOptions } from '../../src/bench/report.js';
+import { register } from '../../src/cli/commands/bench.js';
+import { UsageError, UserError } from '../../src/util/errors.js';
+import { loadSafetensors } from '../../src/weights/safetensors.js';
+
+const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
+const hasTorch = findTorchPython() !== null;
+
+function smoke(extra: BenchRunOptions['extra'] = {}): BenchRunOptions {
+  return { log: () => undefined, extra: { smoke: true, ...extra } };
+}
+
+/** Every expected (case, metric) once per backend, values positive and finite, runs 1. */
+function checkReport(
+  r: BenchReport,
+  bench: string,
+  expected: readonly (readonly [string, string, boolean])[],
+  backends: readonly string[],
+): void {
+  expect(r.bench).toBe(bench);
+  expect(r.machine.cores).toBeGreaterThan(0);
+  expect(r.machine.threads).toBeGreaterThan(0);
+  expect(typeof r.machine.cpu).toBe('string');
+  expect(typeof r.machine.avx2).toBe('boolean');
+  expect(r.machine.smoke).toBe(true);
+  // The JSON document is what --format json prints: it must survive a round trip unchanged.
+  expect(JSON.parse(JSON.stringify(r))).toEqual(r);
+  const ours = r.results.filter((x) => x.backend !== 'pytorch');
+  expect(new Set(ours.map((x) => x.backend)).size).toBe(1);
+  expect(['native', 'reference']).toContain(ours[0].backend);
+  for (const backend of backends) {
+    const rows = r.results.filter((x) =>
+      backend === 'pytorch' ? x.backend === 'pytorch' : x.backend !== 'pytorch',
+    );
+    expect(rows.map((x) => [x.case, x.metric])).toEqual(expected.map(([c, m]) => [c, m]));
+    rows.forEach((x, i) => {
+      expect(Number.isFinite(x.value) && x.value > 0, `${backend} ${x.case} value ${x.value}`).toBe(true);
+      expect(x.runs).toBe(1);
+      if (expected[i][2]) {
+        expect(Number.isFinite(x.peak_rss_mb) && (x.peak_rss_mb as number) > 0, `${x.case} peak_rss_mb`).toBe(
+          true,
+        );
+      }
+    });
+  }
+  console.log(
+    `${bench} smoke: ${r.results.map((x) => `${x.case}/${x.backend}=${x.value.toPrecision(3)}`).join(', ')}`,
+  );
+}
+
+const CLIP_CASES = [
+  ['bs1', 'images_per_s', true],
+  ['bs16', 'images_per_s', true],
+  ['bs16_decode', 'images_per_s', true],
+] as const;
+
+const CAPTION_CASES = [
+  ['beam5_20tok', 'ms', true],
+  ['beam5_20tok_per_token', 'ms_per_token', false],
+  ['greedy_20tok', 'ms', true],
+  ['greedy_20tok_per_token', 'ms_per_token', false],
+  ['batch32_beam5', 'captions_per_s', true],
+] as const;
+
+describe('bench clip --smoke', () => {
+  it('reports bs1, bs16 and bs16_decode in images/s with peak RSS', async () => {
+    const r = await runClipBench(smoke());
+    checkReport(r, 'clip', CLIP_CASES, ['ours']);
+    expect(r.machine.images).toContain('images');
+  }, 120_000);
+
+  it('refuses an --images folder without JPEG files, naming it', async () => {
+    await expect(runClipBench(smoke({ images: FIX + 'gpt2_tiny' }))).rejects.toThrow(
+      /--images .*gpt2_tiny: no \.jpg\/\.jpeg files/,
+    );
+  });
+
+  if (hasTorch) {
+    it('with --pytorch, merges PyTorch results for every case', async () => {
+      const r = await runClipBench(smoke({ pytorch: true }));
+      checkReport(r, 'clip', CLIP_CASES, ['ours', 'pytorch']);
+      expect(typeof r.machine.torch).toBe('string');
+      expect(r.machine.torch_rule_check_max_diff).toBe(0);
+      // Each case's PyTorch row follows its own row.
+      expect(r.results.map((x) => x.case)).toEqual([
+        'bs1',
+        'bs1',
+        'bs16',
+        'bs16',
+        'bs16_decode',
+        'bs16_decode',
+      ]);
+    }, 180_000);
+  } else {
+    it('with --pytorch and no torch-capable python3, fails with one clear line', async () => {
+      const e = await runClipBench(smoke({ pytorch: true })).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(UserError);
+      expect((e as Error).message).toMatch(/CLIPCAP_PYTHON/);
+    }, 120_000);
+  }
+});
+
+describe('bench caption --smoke', () => {
+  it('reports beam5_20tok, greedy_20tok (ms, ms per token) and batch32_beam5 (captions/s)', async () => {
+    const r = await runCaptionBench(smoke());
+    checkReport(r, 'caption', CAPTION_CASES, ['ours']);
+    expect(r.machine.tokens).toBe(3);
+  }, 180_000);
+
+  if (hasTorch) {
+    it('with --pytorch, runs the official decoders on PyTorch with a weight rule that matches the fixture', async () => {
+      const r = await runCaptionBench(smoke({ pytorch: true }));
+      checkReport(r, 'caption', CAPTION_CASES, ['ours', 'pytorch']);
+      expect(r.machine.torch_batch32_calls_timed).toBe(1);
+      expect(r.machine.torch_rule_check_max_diff).toBe(0);
+    }, 240_000);
+  } else {
+    it('with --pytorch and no torch-capable python3, fails with one clear line', async () => {
+      const e = await runCaptionBench(smoke({ pytorch: true })).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(UserError);
+      expect((e as Error).message).toMatch(/CLIPCAP_PYTHON/);
+    }, 180_000);
+  }
+
+  it('refuses --gpt2 without --clipcap and a bad --pytorch-batch-calls', async () => {
+    await expect(runCaptionBench(smoke({ gpt2: 'openai-community/gpt2' }))).rejects.toThrow(UsageError);
+    await expect(runCaptionBench(smoke({ pytorchBatchCalls: '0' }))).rejects.toThrow(
+      /--pytorch-batch-calls must be an integer/,
+    );
+  });
+});
+
+describe('bench helpers', () => {
+  it('benchEmbeddings: 32 distinct rows from the two golden embeddings, by the rule the PyTorch script uses', async () => {
+    const f = await loadSafetensors(FIX + 'fullsize_goldens.safetensors');
+    const golden = (await f.tensor('clip.image_embeds')).data as Float32Array;
+    await f.close();
+    const rows = benchEmbeddings(golden, 32, 512);
+    expect(rows).toHaveLength(32);
+    let worst = 0;
+    rows.forEach((row, i) => {
+      const base = golden.subarray((i % 2) * 512, (i % 2) * 512 + 512);
+      const s = 1 + 0.05 * Math.floor(i / 2);
+      row.forEach((v, j) => (worst = Math.max(worst, Math.abs(v - base[j] * s))));
+    });
+    console.log(`benchEmbeddings worst difference from golden * scale: ${worst}`);
+    expect(worst).toBeLessThanOrEqual(1e-6);
+    expect(new Set(rows.map((r) => r.join(','))).size).toBe(32);
+    // Narrower mappers take the first d values; without fixtures, values by the weight rule.
+    expect([...benchEmbeddings(golden, 1, 24)[0]]).toEqual([...golden.subarray(0, 24)]);
+    const synthetic = benchEmbeddings(null, 2, 640);
+    expect(synthetic[0]).toHaveLength(640);
+    expect(synthetic[0].some((v, j) => v !== synthetic[1][j])).toBe(true);
+  });
+
+  it('mergeTorchResults puts each PyTorch row after its case and keeps its peak RSS', () => {
+    const ours: BenchResult[] = [
+      { case: 'a', backend: 'native', metric: 'ms', value: 1, runs: 1 },
+      { case: 'b', backend: 'native', metric: 'ms', value: 2, runs: 1 },
+    ];
+    mergeTorchResults(ours, [
+      { case: 'b', backend: 'pytorch', metric: 'ms', value: 20, runs: 1, peak_rss_mb: 5 },
+      { case: 'a', backend: 'pytorch', metric: 'ms', value: 10, runs: 1 },
+      { case: 'c', backend: 'pytorch', metric: 'ms', value: 30, runs: 1 },
+    ]);
+    expect(ours.map((r) => `${r.case}/${r.backend}`)).toEqual([
+      'a/native',
+      'a/pytorch',
+      'b/native',
+      'b/pytorch',
+      'c/pytorch',
+    ]);
+    expect(ours[3].peak_rss_mb).toBe(5);
+    expect('peak_rss_mb' in ours[1]).toBe(false);
+  });
+
+  it('the registry lists clip and caption, and the CLI passes their options through (--format json)', async () => {
+    expect(Object.keys(BENCHES)).toEqual(expect.arrayContaining(['clip', 'caption']));
+    const program = new Command().exitOverride();
+    register(program);
+    let out = '';
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
+      out += String(s);
+      return true;
+    });
+    const errSpy = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
+    try {
+      await program.parseAsync(['bench', 'clip', '--smoke', '--format', 'json', '--images', FIX + 'images'], {
+        from: 'user',
+      });
+    } finally {
+      spy.mockRestore();
+      errSpy.mockRestore();
+    }
+    const r = JSON.parse(out) as BenchReport;
+    checkReport(r, 'clip', CLIP_CASES, ['ours']);
+    expect(r.machine.images).toBe(FIX + 'images');
+  }, 120_000);
+});
