@@ -9,7 +9,7 @@ import { expandInputs, type ExpandedInput } from '../../pipeline/inputs.js';
 import { readEmbeddingsFile } from '../../pipeline/embeddings.js';
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../../pipeline/types.js';
 import type { ClipCapLoadOptions } from '../../pipeline/load.js';
-import type { DecodeMethod, StopSpec } from '../../generate/options.js';
+import type { DecodeMethod, DecodeOptions, StopSpec } from '../../generate/options.js';
 import { UsageError, UserError } from '../../util/errors.js';
 
 /** Where a command writes: the process streams, or buffers in tests. */
@@ -113,8 +113,38 @@ export function loadOptionsFromCli(o: ModelCliOptions): ClipCapLoadOptions {
   };
 }
 
-export interface CaptionCliOptions extends ModelCliOptions {
-  embeddings?: string;
+/** The decoding options of every command that writes captions (caption, eval). */
+export function addDecodeOptions(cmd: Command): Command {
+  return cmd
+    .addOption(
+      new Option('--decode <method>', 'decoder').choices(['beam', 'greedy', 'nucleus']).default('beam'),
+    )
+    .option('--beam-size <n>', 'beams per image (beam)', intArg('--beam-size', 1, 1000), 5)
+    .option('--max-tokens <n>', 'most tokens per caption', intArg('--max-tokens', 1), 67)
+    .addOption(
+      new Option(
+        '--stop <token>',
+        "stop after '.', after <|endoftext|> (eos), or only at --max-tokens (none)",
+      )
+        .choices(['.', 'eos', 'none'])
+        .default('.'),
+    )
+    .option(
+      '--top-p <p>',
+      'nucleus mass (nucleus)',
+      floatArg('--top-p', (x) => x > 0 && x <= 1, 'in (0, 1]'),
+      0.8,
+    )
+    .option(
+      '--temperature <t>',
+      'divide logits by this',
+      floatArg('--temperature', (x) => x > 0, 'a positive number'),
+      1,
+    )
+    .option('--seed <n>', 'sampling seed (nucleus)', intArg('--seed', 0, 2 ** 32 - 1), 0);
+}
+
+export interface DecodeCliOptions {
   decode: DecodeMethod;
   beamSize: number;
   maxTokens: number;
@@ -122,6 +152,23 @@ export interface CaptionCliOptions extends ModelCliOptions {
   topP: number;
   temperature: number;
   seed: number;
+}
+
+/** CLI decoding options -> the library's DecodeOptions. */
+export function decodeOptionsFromCli(o: DecodeCliOptions): DecodeOptions {
+  return {
+    method: o.decode,
+    beamSize: o.beamSize,
+    maxTokens: o.maxTokens,
+    stop: o.stop,
+    topP: o.topP,
+    temperature: o.temperature,
+    seed: o.seed,
+  };
+}
+
+export interface CaptionCliOptions extends ModelCliOptions, DecodeCliOptions {
+  embeddings?: string;
   numCaptions: number;
   batchSize: number;
   format: 'text' | 'json' | 'jsonl';
@@ -253,13 +300,7 @@ export async function runCaption(
   const bar = progressBar(io, total, 'captioning');
   try {
     const options: CaptionOptions = {
-      method: o.decode,
-      beamSize: o.beamSize,
-      maxTokens: o.maxTokens,
-      stop: o.stop,
-      topP: o.topP,
-      temperature: o.temperature,
-      seed: o.seed,
+      ...decodeOptionsFromCli(o),
       numCaptions: o.numCaptions,
       batchSize: o.batchSize,
       limitInputPixels: o.maxPixels,
@@ -297,33 +338,7 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       '--embeddings <FILE>',
       'caption CLIP embeddings from a safetensors file (tensor clip_embedding [N, D])',
     );
-  addModelOptions(cmd)
-    .addOption(
-      new Option('--decode <method>', 'decoder').choices(['beam', 'greedy', 'nucleus']).default('beam'),
-    )
-    .option('--beam-size <n>', 'beams per image (beam)', intArg('--beam-size', 1, 1000), 5)
-    .option('--max-tokens <n>', 'most tokens per caption', intArg('--max-tokens', 1), 67)
-    .addOption(
-      new Option(
-        '--stop <token>',
-        "stop after '.', after <|endoftext|> (eos), or only at --max-tokens (none)",
-      )
-        .choices(['.', 'eos', 'none'])
-        .default('.'),
-    )
-    .option(
-      '--top-p <p>',
-      'nucleus mass (nucleus)',
-      floatArg('--top-p', (x) => x > 0 && x <= 1, 'in (0, 1]'),
-      0.8,
-    )
-    .option(
-      '--temperature <t>',
-      'divide logits by this',
-      floatArg('--temperature', (x) => x > 0, 'a positive number'),
-      1,
-    )
-    .option('--seed <n>', 'sampling seed (nucleus)', intArg('--seed', 0, 2 ** 32 - 1), 0)
+  addDecodeOptions(addModelOptions(cmd))
     .option('--num-captions <n>', 'captions per image (nucleus)', intArg('--num-captions', 1, 1000), 1)
     .option('--batch-size <n>', 'images per model batch', intArg('--batch-size', 1, 4096), 8)
     .addOption(

@@ -2,11 +2,14 @@
  * `clipcap eval`: score captions with the COCO caption metrics exactly as pycocoevalcap does.
  *
  *   clipcap eval --references dataset_coco.json --split test --predictions results.json [--format json]
+ *   clipcap eval --references dataset_coco.json --split test --model coco --images DIR [--out results.json]
  *
  * The command only parses, reads the files and reports; the scoring is evaluateCaptions (src/eval).
- * `runEval` takes the predictions either from --predictions or from a pluggable PredictionSource (for
- * captioning the split end to end), so that a later `--model/--images` path can reuse it unchanged.
+ * `runEval` takes the predictions either from --predictions or from a pluggable PredictionSource; the second
+ * form plugs in `captionSplitSource`, which captions the split's images (pipeline/eval-split.ts: batched,
+ * resumable from `<out>.partial.jsonl`) and writes the COCO results file before scoring.
  */
+import { stat } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import {
   type EvalResult,
@@ -18,10 +21,27 @@ import {
   readReferences,
   toCocoJson,
 } from '../../eval/index.js';
+import { ClipCap } from '../../pipeline/caption.js';
+import { captionEvalSplit, progressPathFor, type CaptionSplitResult } from '../../pipeline/eval-split.js';
 import { UsageError } from '../../util/errors.js';
+import {
+  addDecodeOptions,
+  addModelOptions,
+  decodeOptionsFromCli,
+  intArg,
+  loadOptionsFromCli,
+  progressBar,
+  type DecodeCliOptions,
+  type ModelCliOptions,
+} from './caption.js';
 
-/** Produces the predictions for the reference images (e.g. by captioning them). */
-export type PredictionSource = (references: ReferenceSet) => Promise<PredictionSet>;
+/**
+ * Produces the predictions for the reference images (e.g. by captioning them). It may ask to score only the
+ * images it predicted (some could not be captioned), as --only-predicted does.
+ */
+export type PredictionSource = (
+  references: ReferenceSet,
+) => Promise<PredictionSet | { predictions: PredictionSet; onlyPredicted?: boolean }>;
 
 export interface EvalCommandOptions {
   references: string;
@@ -84,24 +104,32 @@ export async function runEval(opts: EvalCommandOptions, io: EvalIO = defaultIO()
     throw new UsageError(`--format must be text or json, not "${format}"`);
   if (tokenize !== 'ptb' && tokenize !== 'none')
     throw new UsageError(`--tokenize must be ptb or none, not "${tokenize}"`);
-  if (opts.predictions === undefined && opts.predictionSource === undefined) {
-    throw new UsageError('clipcap eval needs --predictions FILE (a COCO results JSON or JSONL file)');
-  }
+  if (opts.predictions === undefined && opts.predictionSource === undefined)
+    throw new UsageError(NEEDS_INPUT);
   const progress = (msg: string): void => {
     if (io.progress === true) io.stderr(`clipcap eval: ${msg}\n`);
   };
 
   const references = await readReferences(opts.references, { split: opts.split, tokenize });
-  const predictions =
-    opts.predictions !== undefined
-      ? await readPredictions(opts.predictions)
-      : await (opts.predictionSource as PredictionSource)(references);
+  let predictions: PredictionSet;
+  let onlyPredicted = opts.onlyPredicted === true;
+  if (opts.predictions !== undefined) {
+    predictions = await readPredictions(opts.predictions);
+  } else {
+    const got = await (opts.predictionSource as PredictionSource)(references);
+    if ('predictions' in got) {
+      predictions = got.predictions;
+      onlyPredicted ||= got.onlyPredicted === true;
+    } else {
+      predictions = got;
+    }
+  }
   const result = await evaluateCaptions(references, predictions, {
     tokenize,
     meteorJar: opts.meteorJar,
     spiceJar: opts.spiceJar,
     spiceCache: opts.spiceCache,
-    onlyPredicted: opts.onlyPredicted,
+    onlyPredicted,
     onProgress: progress,
   });
 
@@ -116,10 +144,134 @@ export async function runEval(opts: EvalCommandOptions, io: EvalIO = defaultIO()
   return result;
 }
 
-interface RawOptions {
+const NEEDS_INPUT =
+  'clipcap eval needs --predictions FILE (a COCO results JSON or JSONL file to score) or --model coco|conceptual|DIR ' +
+  '(or --clipcap FILE) with --images DIR (to caption the reference images, then score them)';
+
+/** Options of the captioning form (`--model ... --images DIR`). */
+export interface EvalCaptionOptions extends ModelCliOptions, DecodeCliOptions {
+  /** Folder holding the reference images. */
+  images: string;
+  /** COCO results file to write; default `defaultResultsPath(split)`. */
+  out?: string;
+  skipMissing?: boolean;
+  batchSize: number;
+  split?: string;
+}
+
+/** Where the results go without --out: `results_<split>.json` (`results.json` without --split), in the working directory. */
+export function defaultResultsPath(split?: string): string {
+  const safe = split?.replace(/[^\w.-]/g, '_');
+  return safe !== undefined && safe !== '' ? `results_${safe}.json` : 'results.json';
+}
+
+/**
+ * What decides the captions, recorded in the progress file so that a rerun with another model or decoder
+ * does not resume from these captions. The backend is left out: it does not change the result.
+ */
+export function captionSettings(o: EvalCaptionOptions): Record<string, unknown> {
+  return {
+    model: o.clipcap === undefined ? o.model : undefined,
+    clipcap: o.clipcap,
+    clip: o.clip,
+    gpt2: o.gpt2,
+    normalizePrefix: o.normalizePrefix === true,
+    decode: o.decode,
+    beamSize: o.beamSize,
+    maxTokens: o.maxTokens,
+    stop: o.stop,
+    topP: o.topP,
+    temperature: o.temperature,
+    seed: o.seed,
+  };
+}
+
+/** Outcome of the captioning, for the exit code. */
+export interface CaptionSplitStatus {
+  failed: number;
+}
+
+/**
+ * A PredictionSource that captions the reference images with the model: files checked first, weights loaded
+ * only if something is left to caption, progress bar on a terminal (one summary line on stderr either way).
+ */
+export function captionSplitSource(
+  o: EvalCaptionOptions,
+  io: EvalIO,
+  status: CaptionSplitStatus = { failed: 0 },
+): PredictionSource {
+  const out = o.out ?? defaultResultsPath(o.split);
+  const say = (msg: string): void => io.stderr(`clipcap eval: ${msg}\n`);
+  return async (references) => {
+    const started = Date.now();
+    let bar: { update(done: number): void; stop(): void } | undefined;
+    let result: CaptionSplitResult;
+    try {
+      result = await captionEvalSplit({
+        references,
+        imagesDir: o.images,
+        out,
+        skipMissing: o.skipMissing,
+        settings: captionSettings(o),
+        captionOptions: { ...decodeOptionsFromCli(o), batchSize: o.batchSize },
+        loadCaptioner: () => ClipCap.load(loadOptionsFromCli(o)),
+        onStart: ({ total, resumed, toCaption, missing }) => {
+          if (missing.length > 0)
+            say(
+              `warning: skipping ${missing.length} of ${total} images whose file is missing (${missing
+                .slice(0, 3)
+                .map((m) => m.tried)
+                .join(', ')}${missing.length > 3 ? ', ...' : ''})`,
+            );
+          if (resumed > 0)
+            say(`resuming: ${resumed} of ${total} images already captioned in ${progressPathFor(out)}`);
+          bar = progressBar(
+            { stdout: io.stdout, stderr: io.stderr, progress: io.progress === true },
+            toCaption,
+            'captioning',
+          );
+        },
+        onProgress: (done) => bar?.update(done),
+        onFailure: (f) => say(f.error.startsWith(f.file) ? f.error : `${f.file}: ${f.error}`),
+      });
+    } catch (e) {
+      bar?.stop();
+      const partial = progressPathFor(out);
+      // Only a failure during captioning leaves work worth resuming (not, e.g., a refused progress file).
+      if (bar !== undefined && (await exists(partial)))
+        say(`captions so far are kept in ${partial}: run the same command again to resume`);
+      throw e;
+    }
+    bar?.stop();
+    status.failed = result.failed.length;
+    const secs = ((Date.now() - started) / 1000).toFixed(1);
+    const notes = [
+      result.resumed > 0 ? `${result.resumed} resumed` : '',
+      result.failed.length > 0 ? `${result.failed.length} failed` : '',
+      result.missing.length > 0 ? `${result.missing.length} missing` : '',
+    ].filter((n) => n !== '');
+    say(
+      `captioned ${result.captioned} of ${result.total} images in ${secs} s` +
+        (notes.length > 0 ? ` (${notes.join(', ')})` : '') +
+        `; results in ${out}`,
+    );
+    if (!result.complete)
+      say(
+        `warning: scoring ${result.records.length} of ${result.total} images; the ${result.total - result.records.length} ` +
+          `without a caption are left out (as --only-predicted), so the scores are not comparable to a full split`,
+      );
+    return { predictions: result.predictions, onlyPredicted: !result.complete };
+  };
+}
+
+async function exists(p: string): Promise<boolean> {
+  return (await stat(p).catch(() => null)) !== null;
+}
+
+interface RawOptions extends Omit<EvalCaptionOptions, 'images'> {
   references: string;
   predictions?: string;
-  split?: string;
+  images?: string;
   tokenize: Tokenization;
   meteorJar?: string;
   spiceJar?: string;
@@ -128,11 +280,78 @@ interface RawOptions {
   format: 'text' | 'json';
 }
 
-export function register(program: Command): void {
-  program
+/** Options that only make sense when captioning (their attribute names). */
+const CAPTIONING_OPTIONS = [
+  'images',
+  'out',
+  'skipMissing',
+  'batchSize',
+  'model',
+  'clipcap',
+  'clip',
+  'gpt2',
+  'backend',
+  'offline',
+  'normalizePrefix',
+  'decode',
+  'beamSize',
+  'maxTokens',
+  'stop',
+  'topP',
+  'temperature',
+  'seed',
+] as const;
+
+/** The option's flag, e.g. beamSize -> --beam-size. */
+const flag = (name: string): string => `--${name.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`;
+
+/**
+ * Which form the user asked for: scoring a results file (--predictions) or captioning (--model/--clipcap with
+ * --images). Defaults (--model coco, --decode beam, ...) do not count as asking.
+ */
+function checkForm(o: RawOptions, cmd: Command): 'score' | 'caption' {
+  const given = (name: string): boolean => cmd.getOptionValueSource(name) === 'cli';
+  if (o.predictions !== undefined) {
+    const extra = CAPTIONING_OPTIONS.filter(given);
+    if (extra.length > 0)
+      throw new UsageError(
+        `--predictions scores an existing results file; ${flag(extra[0])} is for captioning the images ` +
+          `(--model ... --images DIR): give one or the other`,
+      );
+    return 'score';
+  }
+  const model = given('model') || o.clipcap !== undefined;
+  if (!model && o.images === undefined) throw new UsageError(NEEDS_INPUT);
+  if (!model)
+    throw new UsageError(
+      '--images needs a model to caption with: --model coco|conceptual|DIR or --clipcap FILE',
+    );
+  if (o.images === undefined)
+    throw new UsageError(
+      '--model captions the reference images: give --images DIR (the folder that holds them, e.g. the one with val2014/)',
+    );
+  return 'caption';
+}
+
+/** How the command reaches the outside world; tests pass buffers and record the exit code. */
+export interface EvalContext {
+  io(): EvalIO;
+  exit(code: number): void;
+}
+
+const processEvalContext: EvalContext = {
+  io: defaultIO,
+  exit: (code) => {
+    process.exitCode = code;
+  },
+};
+
+export function register(program: Command, ctx: EvalContext = processEvalContext): void {
+  const cmd = program
     .command('eval')
     .description(
-      'score captions with the COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE) exactly as pycocoevalcap',
+      'score captions with the COCO caption metrics (BLEU-1..4, METEOR, ROUGE-L, CIDEr-D, SPICE) exactly as ' +
+        'pycocoevalcap; with --model and --images, caption the reference images first',
     )
     .requiredOption(
       '--references <file>',
@@ -156,12 +375,45 @@ export function register(program: Command): void {
       'score only the reference images that have a prediction (as pycocoevalcap does)',
     )
     .addOption(new Option('--format <format>', 'output format').choices(['text', 'json']).default('text'))
+    .option(
+      '--images <DIR>',
+      'caption the reference images found here (Karpathy: DIR/filepath/filename or DIR/filename; COCO: DIR/file_name)',
+    )
+    .option(
+      '--out <FILE>',
+      'COCO results file the captions are written to (default results_<split>.json in the working directory); ' +
+        'progress is kept in FILE.partial.jsonl so that a rerun resumes',
+    )
+    .option('--skip-missing', 'leave out reference images whose file is missing (scores cover the others)')
+    .option('--batch-size <n>', 'images per model batch', intArg('--batch-size', 1, 4096), 8);
+  addDecodeOptions(addModelOptions(cmd));
+  // Captioning is asked for by naming the model: no default model here (caption's is coco).
+  cmd.options.find((opt) => opt.long === '--model')?.default(undefined);
+  cmd
     .addHelpText(
       'after',
       '\nJava for --meteor-jar / --spice-jar: `java` on PATH, or the executable named by $CLIPCAP_JAVA.\n' +
-        'Without the jars, METEOR and SPICE are reported as not computed.',
+        'Without the jars, METEOR and SPICE are reported as not computed.\n\n' +
+        "Caption and score the Karpathy test split (the paper's COCO row):\n" +
+        '  clipcap eval --model coco --references dataset_coco.json --split test --images COCO_DIR\n' +
+        'COCO_DIR holds val2014/ (and train2014/). An interrupted run resumes from results_test.json.partial.jsonl;\n' +
+        'images that cannot be captioned are reported, left out of the scores, and the exit code is 1.',
     )
-    .action(async (o: RawOptions) => {
-      await runEval(o);
+    .action(async (o: RawOptions, command: Command) => {
+      const io = ctx.io();
+      if (checkForm(o, command) === 'score') {
+        await runEval(o, io);
+        return;
+      }
+      const status: CaptionSplitStatus = { failed: 0 };
+      await runEval(
+        {
+          ...o,
+          predictions: undefined,
+          predictionSource: captionSplitSource({ ...o, images: o.images as string }, io, status),
+        },
+        io,
+      );
+      if (status.failed > 0) ctx.exit(1);
     });
 }
