@@ -1,17 +1,23 @@
 /**
  * `clipcap bench gemm`: GFLOP/s of the GEMMs that dominate ClipCap (GPT-2 small / CLIP ViT-B/32, width 768),
  * on the native backend, the reference backend (small cases, or all with --reference) and, with --pytorch,
- * PyTorch's CPU GEMM (bench/pytorch_gemm.py run by a python3 that has torch) at the same thread count.
+ * PyTorch's CPU GEMM (bench/pytorch_gemm.py run by a python3 that has torch) at the same thread count,
+ * alternating single native and PyTorch runs so that both see the same machine load.
  *
  * Case ids are MxKxN: op(A) (M, K) · op(B) (K, N). `_tA`: A is stored (K, M); `_tB`: B is stored (N, K).
+ * Each value is the median of `runs` timed runs after a warm-up; a run times one product into a
+ * preallocated output, or for products shorter than 20 ms enough back-to-back products to fill 20 ms
+ * (steady state, as a model issues them), divided by their number.
  * The default cases are GPT-2 training / decoding products with 1200 token rows (e.g. 40 captions of 30):
  * forward x·W for the MLP (768->3072, 3072->768), the fused qkv (768->2304), a CLIP projection (50 tokens),
  * the LM head (decoding 5 beams, and training), and the backward products: dX = dY·Wᵀ (_tB) and
  * dW = Xᵀ·dY (_tA).
  */
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
+import type { Readable, Writable } from 'node:stream';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
+import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import type { Backend } from '../engine/backend.js';
 import { loadNativeBackend, NativeBackend } from '../engine/native.js';
@@ -66,8 +72,18 @@ export function parseGemmCase(id: string): GemmCase {
 
 const flops = (c: GemmCase) => 2 * c.m * c.k * c.n;
 
-/** Median GFLOP/s of `runs` products into a preallocated output (as PyTorch's side does). */
-function timeBackend(be: Backend, c: GemmCase, runs: number): number {
+/** Short products are timed this many seconds at a time (back to back, as a model issues them). */
+const MIN_RUN_SECONDS = 0.02;
+
+/**
+ * One case's operands on a backend and a timer: `run(reps)` times `reps` back-to-back products into a
+ * preallocated output and returns the seconds per product; `reps` is how many make a run of at least
+ * MIN_RUN_SECONDS (1 for all but the small cases), from the warm-up.
+ */
+function prepareCase(
+  be: Backend,
+  c: GemmCase,
+): { run: (reps: number) => number; reps: number; dispose: () => void } {
   // Deterministic values in [-0.5, 0.5); the timing does not depend on them.
   const fill = (n: number, seed: number) => {
     const a = new Float32Array(n);
@@ -81,8 +97,31 @@ function timeBackend(be: Backend, c: GemmCase, runs: number): number {
   const a = be.upload(fill(c.m * c.k, 1), c.transA ? [c.k, c.m] : [c.m, c.k]);
   const b = be.upload(fill(c.k * c.n, 2), c.transB ? [c.n, c.k] : [c.k, c.n]);
   const out: Tensor = be.zeros([c.m, c.n]);
-  const times = timeRuns(() => be.matmul(a, b, { transA: c.transA, transB: c.transB, out }), runs);
-  for (const t of [a, b, out]) be.free(t);
+  const product = () => be.matmul(a, b, { transA: c.transA, transB: c.transB, out });
+  const run = (reps: number) => {
+    const t = timeRuns(
+      () => {
+        for (let i = 0; i < reps; i++) product();
+      },
+      1,
+      0,
+    )[0];
+    return t / reps;
+  };
+  product(); // warm-up: scratch buffers, page faults, thread wake-up
+  const estimate = run(1);
+  return {
+    run,
+    reps: Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / Math.max(estimate, 1e-6)))),
+    dispose: () => [a, b, out].forEach((t) => be.free(t)),
+  };
+}
+
+/** Median GFLOP/s of `runs` timed runs. */
+function timeBackend(be: Backend, c: GemmCase, runs: number): number {
+  const p = prepareCase(be, c);
+  const times = Array.from({ length: runs }, () => p.run(p.reps));
+  p.dispose();
   return flops(c) / median(times) / 1e9;
 }
 
@@ -108,44 +147,68 @@ function findTorchPython(): string | null {
   return null;
 }
 
-interface TorchOutput {
-  torch: string;
-  results: BenchResult[];
+/**
+ * bench/pytorch_gemm.py --stdin in a persistent python3, asked for one timed run at a time so that native
+ * and PyTorch runs of a case alternate and see the same machine load.
+ */
+class TorchRunner {
+  private readonly child: ChildProcessByStdio<Writable, Readable, null>;
+  private readonly lines: AsyncIterator<string>;
+  version = '';
+
+  private constructor(py: string, script: string, threads: number) {
+    this.child = spawn(py, [script, '--stdin', '--threads', String(threads)], {
+      stdio: ['pipe', 'pipe', 'inherit'],
+    });
+    this.lines = createInterface({ input: this.child.stdout })[Symbol.asyncIterator]();
+  }
+
+  static async start(threads: number): Promise<TorchRunner> {
+    const script = findScript();
+    if (!script) {
+      throw new UserError(
+        '--pytorch needs bench/pytorch_gemm.py, which is in the clipcap source repository (not the npm package)',
+      );
+    }
+    const py = findTorchPython();
+    if (!py) {
+      throw new UserError(
+        '--pytorch needs a python3 that can `import torch` (e.g. apt-get install python3-torch, or pip install torch); set CLIPCAP_PYTHON to choose one',
+      );
+    }
+    const runner = new TorchRunner(py, script, threads);
+    const hello = (await runner.next()) as { torch?: string; ready?: boolean };
+    if (hello.ready !== true) throw new UserError(`${path.basename(script)} did not start`);
+    runner.version = String(hello.torch);
+    return runner;
+  }
+
+  private async next(): Promise<unknown> {
+    const r = await this.lines.next();
+    if (r.done) throw new UserError('bench/pytorch_gemm.py exited early (see its error above)');
+    return JSON.parse(r.value) as unknown;
+  }
+
+  /** Seconds per product of one PyTorch run of `reps` products (operands made and warmed up on first use). */
+  async runOnce(c: GemmCase, reps = 1): Promise<number> {
+    this.child.stdin.write(`${c.id} 1 ${reps}\n`);
+    const r = (await this.next()) as { case?: string; seconds?: number[] };
+    if (r.case !== c.id || !Array.isArray(r.seconds) || typeof r.seconds[0] !== 'number') {
+      throw new UserError(`bench/pytorch_gemm.py answered ${JSON.stringify(r)}`);
+    }
+    return r.seconds[0];
+  }
+
+  close(): void {
+    this.child.stdin.end();
+  }
 }
 
-function runPytorch(cases: GemmCase[], threads: number, runs: number): TorchOutput {
-  const script = findScript();
-  if (!script) {
-    throw new UserError(
-      '--pytorch needs bench/pytorch_gemm.py, which is in the clipcap source repository (not the npm package)',
-    );
-  }
-  const py = findTorchPython();
-  if (!py) {
-    throw new UserError(
-      '--pytorch needs a python3 that can `import torch` (e.g. apt-get install python3-torch, or pip install torch); set CLIPCAP_PYTHON to choose one',
-    );
-  }
-  const args = [
-    script,
-    '--threads',
-    String(threads),
-    '--runs',
-    String(runs),
-    '--cases',
-    cases.map((c) => c.id).join(','),
-  ];
-  const r = spawnSync(py, args, {
-    encoding: 'utf8',
-    maxBuffer: 16 << 20,
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
-  if (r.status !== 0)
-    throw new UserError(`${py} ${path.basename(script)} failed (exit ${r.status ?? r.signal})`);
-  const parsed = JSON.parse(r.stdout) as TorchOutput;
-  if (!Array.isArray(parsed.results)) throw new UserError(`${path.basename(script)} printed no results`);
-  return parsed;
-}
+/**
+ * A pause between a native and a PyTorch run, so that neither runs while the other's threads still spin
+ * (OpenBLAS threads spin-wait ~0.1 s after a call; ours ~50 µs).
+ */
+const settle = () => new Promise((resolve) => setTimeout(resolve, 150));
 
 export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> {
   const runs = opts.runs ?? DEFAULT_RUNS;
@@ -164,37 +227,51 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   const threads = info?.threads ?? opts.threads ?? 1;
   const reference = new ReferenceBackend();
 
+  const torch = opts.extra.pytorch === true ? await TorchRunner.start(threads) : null;
   const results: BenchResult[] = [];
-  for (const c of cases) {
-    if (native) {
-      const value = timeBackend(native, c, runs);
-      opts.log(`${c.id}: native ${value.toFixed(1)} GFLOP/s`);
-      results.push({ case: c.id, backend: 'native', metric: 'gflops', value, runs });
+  const record = (c: GemmCase, backend: BenchResult['backend'], times: number[]) => {
+    const value = flops(c) / median(times) / 1e9;
+    opts.log(`${c.id}: ${backend} ${value.toFixed(value < 10 ? 2 : 1)} GFLOP/s`);
+    results.push({ case: c.id, backend, metric: 'gflops', value, runs: times.length });
+  };
+  try {
+    for (const c of cases) {
+      if (native && torch) {
+        // Alternate single runs, pausing at each switch.
+        const p = prepareCase(native, c);
+        const nativeTimes: number[] = [];
+        const torchTimes: number[] = [];
+        await torch.runOnce(c); // operands and warm-up on PyTorch's side
+        for (let r = 0; r < runs; r++) {
+          await settle();
+          nativeTimes.push(p.run(p.reps));
+          await settle();
+          torchTimes.push(await torch.runOnce(c, p.reps));
+        }
+        p.dispose();
+        record(c, 'native', nativeTimes);
+        record(c, 'pytorch', torchTimes);
+      } else if (native) {
+        const value = timeBackend(native, c, runs);
+        opts.log(`${c.id}: native ${value.toFixed(1)} GFLOP/s`);
+        results.push({ case: c.id, backend: 'native', metric: 'gflops', value, runs });
+      } else if (torch) {
+        const reps = Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / (await torch.runOnce(c)))));
+        const torchTimes: number[] = [];
+        for (let r = 0; r < runs; r++) torchTimes.push(await torch.runOnce(c, reps));
+        record(c, 'pytorch', torchTimes);
+      }
+      if (allReference || flops(c) <= REFERENCE_MAX_FLOPS) {
+        const value = timeBackend(reference, c, runs);
+        opts.log(`${c.id}: reference ${value.toFixed(2)} GFLOP/s`);
+        results.push({ case: c.id, backend: 'reference', metric: 'gflops', value, runs });
+      }
     }
-    if (allReference || flops(c) <= REFERENCE_MAX_FLOPS) {
-      const value = timeBackend(reference, c, runs);
-      opts.log(`${c.id}: reference ${value.toFixed(2)} GFLOP/s`);
-      results.push({ case: c.id, backend: 'reference', metric: 'gflops', value, runs });
-    }
+  } finally {
+    torch?.close();
   }
   const extra: Record<string, string> = {};
   if (info) extra.gemm_kernel = info.gemmKernel;
-  if (opts.extra.pytorch === true) {
-    opts.log(`running PyTorch on ${cases.length} cases with ${threads} thread(s)...`);
-    const torch = runPytorch(cases, threads, runs);
-    extra.torch = torch.torch;
-    // Keep the report's order: each case's pytorch result after its native/reference ones.
-    for (const r of torch.results) {
-      const last = results.map((x) => x.case).lastIndexOf(r.case);
-      const entry: BenchResult = {
-        case: r.case,
-        backend: 'pytorch',
-        metric: 'gflops',
-        value: r.value,
-        runs: r.runs,
-      };
-      results.splice(last + 1, 0, entry);
-    }
-  }
+  if (torch) extra.torch = torch.version;
   return { bench: 'gemm', machine: machineInfo(threads, info?.avx2 ?? cpuHasAvx2(), extra), results };
 }
