@@ -113,4 +113,17 @@ export type {
 } from './models/index.js';
 
 // ---- evaluation ----
-export { evaluateCaptions, type EvalResult, type EvaluateOptions } from './eval/index.js';
+export {
+  evaluateCaptions,
+  readReferences,
+  readPredictions,
+  ptbTokenize,
+  ptbTokenizeBatch,
+  type EvalResult,
+  type EvaluateOptions,
+} from './eval/index.js';
+export {
+  captionEvalSplit,
+  type CaptionSplitOptions,
+  type CaptionSplitResult,
+} from './pipeline/eval-split.js';
