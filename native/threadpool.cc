@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <chrono>
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -11,9 +12,6 @@ namespace clipcap {
 namespace {
 thread_local bool t_in_parallel = false;
 
-// ~30-60 us of spinning (PAUSE is tens of cycles) before a thread blocks.
-constexpr int kSpinIterations = 2000;
-
 inline void cpu_relax() {
 #if defined(__x86_64__) || defined(__i386__)
   _mm_pause();
@@ -21,6 +19,39 @@ inline void cpu_relax() {
   asm volatile("yield");
 #endif
 }
+
+// How long an idle thread spins before it blocks: CLIPCAP_SPIN_US microseconds (default 1000). Model code
+// issues kernels back to back with short gaps of JS in between; a worker that went to sleep must be woken
+// through the kernel (and, in a VM, its virtual CPU rescheduled by the host), which was measured to cost
+// more than the kernel itself for sub-millisecond GEMMs. 1 ms keeps workers hot through such gaps and
+// bounds the CPU burnt after the last kernel.
+int64_t spin_ns_from_env() {
+  const char* s = std::getenv("CLIPCAP_SPIN_US");
+  if (s != nullptr && *s != '\0') {
+    char* end = nullptr;
+    const long v = std::strtol(s, &end, 10);
+    if (end != s && *end == '\0' && v >= 0 && v <= 1000000) return static_cast<int64_t>(v) * 1000;
+  }
+  return 1000 * 1000;
+}
+const int64_t kSpinNs = spin_ns_from_env();
+
+// Spins until done() or kSpinNs have passed (the clock is read every 64 pauses); returns done().
+template <typename Done>
+bool spin_until(Done done) {
+  if (done()) return true;
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      if (done()) return true;
+      cpu_relax();
+    }
+    if (std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count() >=
+        kSpinNs)
+      return done();
+  }
+}
+
 
 int threads_from_env() {
   const char* s = std::getenv("CLIPCAP_THREADS");
@@ -72,12 +103,8 @@ void ThreadPool::worker_main(int index) {
   t_in_parallel = true;
   uint64_t seen = 0;
   for (;;) {
-    // Model code issues kernels back to back: a short spin catches the next job without the cost of a
-    // futex sleep and wake-up (~20 us); then block, so idle threads do not burn shared cores.
-    for (int i = 0; i < kSpinIterations; ++i) {
-      if (generation_.load(std::memory_order_acquire) != seen) break;
-      cpu_relax();
-    }
+    // Spin a little for the next job (see kSpinNs), then block so idle threads do not burn shared cores.
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
@@ -123,7 +150,7 @@ void ThreadPool::dispatch(int64_t ntasks, void* ctx, Thunk thunk) {
   t_in_parallel = true;
   work();
   t_in_parallel = false;
-  for (int i = 0; i < kSpinIterations && busy_workers_.load(std::memory_order_acquire) != 0; ++i) cpu_relax();
+  spin_until([&] { return busy_workers_.load(std::memory_order_acquire) == 0; });
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mutex_);

@@ -6,8 +6,8 @@
  *
  * Case ids are MxKxN: op(A) (M, K) · op(B) (K, N). `_tA`: A is stored (K, M); `_tB`: B is stored (N, K).
  * Each value is the median of `runs` timed runs after a warm-up; a run times one product into a
- * preallocated output, or for products shorter than 20 ms enough back-to-back products to fill 20 ms
- * (steady state, as a model issues them), divided by their number.
+ * preallocated output, or for products shorter than 50 ms enough back-to-back products to fill 50 ms
+ * (steady state, as a model issues them; after one untimed product), divided by their number.
  * The default cases are GPT-2 training / decoding products with 1200 token rows (e.g. 40 captions of 30):
  * forward x·W for the MLP (768->3072, 3072->768), the fused qkv (768->2304), a CLIP projection (50 tokens),
  * the LM head (decoding 5 beams, and training), and the backward products: dX = dY·Wᵀ (_tB) and
@@ -73,7 +73,7 @@ export function parseGemmCase(id: string): GemmCase {
 const flops = (c: GemmCase) => 2 * c.m * c.k * c.n;
 
 /** Short products are timed this many seconds at a time (back to back, as a model issues them). */
-const MIN_RUN_SECONDS = 0.02;
+const MIN_RUN_SECONDS = 0.05;
 
 /**
  * One case's operands on a backend and a timer: `run(reps)` times `reps` back-to-back products into a
@@ -99,12 +99,14 @@ function prepareCase(
   const out: Tensor = be.zeros([c.m, c.n]);
   const product = () => be.matmul(a, b, { transA: c.transA, transB: c.transB, out });
   const run = (reps: number) => {
+    // Short products: one untimed product first wakes the threads (after a pause they sleep, and the
+    // first call would measure the wake-up, not the GEMM). The PyTorch side does the same.
     const t = timeRuns(
       () => {
         for (let i = 0; i < reps; i++) product();
       },
       1,
-      0,
+      reps > 1 ? 1 : 0,
     )[0];
     return t / reps;
   };
