@@ -39,15 +39,17 @@ export function register(program: Command): void {
       'kernel threads (default: CLIPCAP_THREADS or every core)',
       positiveInt('--threads', 1024),
     );
-  // Every bench's own options (the registry says which bench reads each one).
-  const seen = new Set<string>();
+  // Every bench's own options (the registry says which bench reads each one); an option several benches
+  // declare is added once, with their descriptions joined.
+  const descriptions = new Map<string, string[]>();
   for (const entry of Object.values(BENCHES)) {
     for (const o of entry.options ?? []) {
-      if (seen.has(o.flags)) continue;
-      seen.add(o.flags);
-      cmd.option(o.flags, o.description);
+      const list = descriptions.get(o.flags) ?? [];
+      if (!list.includes(o.description)) list.push(o.description);
+      descriptions.set(o.flags, list);
     }
   }
+  for (const [flags, list] of descriptions) cmd.option(flags, list.join('; '));
   cmd.action(async (what: string, opts: BenchCliOptions) => {
     const entry = BENCHES[what];
     if (!entry) throw new UsageError(`unknown benchmark "${what}": use one of ${names.join(', ')}`);
