@@ -258,6 +258,61 @@ void skinny_nt_portable(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc)
 }
 
 namespace {
+// Skinny A·B with B stored (K, N) (GPT-2's Conv1D weights during decoding): splitting the columns among
+// threads makes each thread read short runs of every row of B, which streams from memory at half the
+// bandwidth of long runs. Instead each task takes kSplitK whole rows of B (one contiguous block of memory)
+// and writes a partial product (M, N); the partials are then summed in chunk order. The chunking does not
+// depend on the thread count, so results are identical for any CLIPCAP_THREADS.
+constexpr int64_t kSplitK = 128;
+constexpr int64_t kSplitMaxN = 16384;
+thread_local Scratch t_partial;
+
+void gemm_skinny_nn_split_k(const GemmArgs& g, const float* At, SkinnyKernel kernel, bool parallel) {
+  const int64_t M = g.M, N = g.N, K = g.K;
+  const int64_t chunks = (K + kSplitK - 1) / kSplitK;
+  // partial: (chunks, M, N)
+  float* partial = t_partial.get(static_cast<size_t>(chunks * M * N));
+  auto chunkTask = [&](int64_t c) {
+    const int64_t k0 = c * kSplitK;
+    SkinnyArgs s;
+    s.M = M;
+    s.K = std::min(K, k0 + kSplitK) - k0;
+    s.A = At + k0 * M;  // At is (K, M)
+    s.B = g.B + k0 * g.ldb;
+    s.ldb = g.ldb;
+    s.C = partial + c * M * N;
+    s.ldc = N;
+    s.alpha = 1.0f;
+    s.load_c = false;
+    s.bias = nullptr;
+    kernel(s, 0, N, t_packed_b.get(static_cast<size_t>(M * N)));
+  };
+  // Epilogue over column blocks: C = alpha·Σ partials (+ C) (+ bias), same order as store_row.
+  constexpr int64_t kCols = 256;
+  const int64_t colBlocks = (N + kCols - 1) / kCols;
+  auto reduceTask = [&](int64_t t) {
+    const int64_t j0 = t * kCols, j1 = std::min(N, j0 + kCols);
+    for (int64_t m = 0; m < M; ++m) {
+      float* crow = g.C + m * g.ldc;
+      for (int64_t j = j0; j < j1; ++j) {
+        float sum = partial[m * N + j];
+        for (int64_t c = 1; c < chunks; ++c) sum += partial[(c * M + m) * N + j];
+        float v = g.alpha * sum;
+        if (g.accumulate) v += crow[j];
+        if (g.bias != nullptr) v += g.bias[j];
+        crow[j] = v;
+      }
+    }
+  };
+  if (parallel) {
+    pool().run(chunks, chunkTask);
+    pool().run(colBlocks, reduceTask);
+  } else {
+    for (int64_t c = 0; c < chunks; ++c) chunkTask(c);
+    for (int64_t t = 0; t < colBlocks; ++t) reduceTask(t);
+  }
+}
+
 // M <= kSkinnyM: tasks are (batch item, block of output columns), computed from unpacked B.
 void gemm_skinny(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
@@ -279,6 +334,16 @@ void gemm_skinny(const GemmArgs& g) {
   }
   const int threads = num_threads();
   const bool parallel = 2.0 * M * N * K * g.batch >= 1e6 && threads > 1 && !in_parallel_region();
+#if CLIPCAP_X86_KERNELS
+  const bool avx2k = gemm_kernel() == GemmKernel::kAvx2;
+  const SkinnyKernel nnKernel = avx2k ? skinny_nn_avx2 : skinny_nn_portable;
+#else
+  const SkinnyKernel nnKernel = skinny_nn_portable;
+#endif
+  if (!nt && g.batch == 1 && K >= 2 * kSplitK && N >= 64 && N <= kSplitMaxN) {
+    gemm_skinny_nn_split_k(g, copyA ? At : g.A, nnKernel, parallel);
+    return;
+  }
   // Column blocks: long enough for B's rows to stream (nn), a few per thread for balance.
   int64_t W = parallel ? (N + 4 * threads - 1) / (4 * threads) : N;
   W = std::max<int64_t>(64, std::min<int64_t>(512, (W + 15) / 16 * 16));

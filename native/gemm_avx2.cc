@@ -164,7 +164,8 @@ __attribute__((target("avx2,fma"))) void skinny_nn_avx2(const SkinnyArgs& s, int
     const float* b1 = b0 + s.ldb;
     const float* b2 = b1 + s.ldb;
     const float* b3 = b2 + s.ldb;
-    if (p + kAhead + 4 <= K) {
+    // Long runs (split-K calls pass whole rows) are streamed by the hardware prefetcher on its own.
+    if (W <= 1024 && p + kAhead + 4 <= K) {
       for (int64_t r = 0; r < 4; ++r) {
         const char* ahead = reinterpret_cast<const char*>(b0 + (kAhead + r) * s.ldb);
         for (int64_t off = 0; off < W * 4; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
