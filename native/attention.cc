@@ -1,7 +1,8 @@
 // Multi-head scaled dot-product attention, forward and backward, for the small per-head sizes of CLIP and
 // GPT-2 (head dim 64, up to a few hundred keys): direct loops over one (batch, head) at a time, threads
 // over (batch, head, query block) forward and (batch, head) backward (dk/dv of a head are written by one
-// task only, so no atomics are needed).
+// task only, so no atomics are needed). Train-mode dropout on the probabilities hashes each probability's
+// flat index (mulberry32_at, as the dropout op does), so its mask does not depend on the thread split.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -40,6 +41,18 @@ inline bool key_allowed(const AttentionArgs& a, int64_t b, int64_t j, int64_t la
   return j < last && (a.key_mask == nullptr || a.key_mask[b * a.Tk + j] != 0.0f);
 }
 
+// 1 / (1 - p) in float, as the dropout op's mask holds it.
+inline float dropout_keep_scale(const AttentionArgs& a) {
+  return static_cast<float>(1.0 / (1.0 - a.dropout_p));
+}
+
+// The dropout factor of probability `index` (flat in (B, n_head, Tq, Tk)): 1 without dropout, else 0 or
+// keep_scale.
+inline float dropout_factor(const AttentionArgs& a, float keep_scale, int64_t index) {
+  if (a.dropout_p == 0.0) return 1.0f;
+  return mulberry32_at(a.dropout_seed, index) >= a.dropout_p ? keep_scale : 0.0f;
+}
+
 thread_local std::vector<float> t_scores;
 thread_local std::vector<float> t_row;
 }  // namespace
@@ -49,6 +62,7 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
   const int64_t qblocks = (a.Tq + kQueryBlock - 1) / kQueryBlock;
   const int64_t tasks = a.B * a.n_head * qblocks;
   const double cost = 4.0 * static_cast<double>(std::min(a.Tq, kQueryBlock)) * a.kv_len * hd;
+  const float keep_scale = dropout_keep_scale(a);
   parallel_for(tasks, cost, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float>& p = t_scores;
     std::vector<float>& acc = t_row;
@@ -79,14 +93,17 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
           sum += p[j];
         }
         const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
+        // out = Σ_j p_j · dropout_j · v_j; p itself stays undropped (what keepProbs returns).
+        const int64_t pbase = ((b * a.n_head + h) * a.Tq + i) * a.Tk;
         std::fill(acc.begin(), acc.begin() + hd, 0.0f);
         for (int64_t j = 0; j < a.kv_len; ++j) {
           p[j] *= inv;
-          if (p[j] != 0.0f) axpy_row(acc.data(), p[j], a.v + (b * a.Tk + j) * a.C + h * hd, hd);
+          const float pj = p[j] == 0.0f ? 0.0f : p[j] * dropout_factor(a, keep_scale, pbase + j);
+          if (pj != 0.0f) axpy_row(acc.data(), pj, a.v + (b * a.Tk + j) * a.C + h * hd, hd);
         }
         std::memcpy(out + (b * a.Tq + i) * a.C + h * hd, acc.data(), sizeof(float) * static_cast<size_t>(hd));
         if (probs != nullptr) {
-          float* pr = probs + ((b * a.n_head + h) * a.Tq + i) * a.Tk;
+          float* pr = probs + pbase;
           std::memcpy(pr, p.data(), sizeof(float) * static_cast<size_t>(a.kv_len));
           std::fill(pr + a.kv_len, pr + a.Tk, 0.0f);
         }
@@ -99,8 +116,10 @@ void attention_backward(const AttentionArgs& a, const float* dout, const float* 
                         float* dv) {
   // From P (masking is already in it: disallowed keys have p = 0):
   // dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - rowsum(P ⊙ dP)); dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+  // With dropout mask M (regenerated from the seed): dV = (P ⊙ M)ᵀ·dO and dP = (dO·Vᵀ) ⊙ M.
   const int64_t hd = a.C / a.n_head;
   const double cost = 8.0 * static_cast<double>(a.Tq) * a.kv_len * hd;
+  const float keep_scale = dropout_keep_scale(a);
   parallel_for(a.B * a.n_head, cost, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float>& dp = t_scores;
     std::vector<float>& acc = t_row;
@@ -117,13 +136,19 @@ void attention_backward(const AttentionArgs& a, const float* dout, const float* 
         const int64_t qoff = (b * a.Tq + i) * a.C + h * hd;
         const float* doi = dout + qoff;
         const float* qi = a.q + qoff;
-        const float* pi = probs + ((b * a.n_head + h) * a.Tq + i) * a.Tk;
+        const int64_t pbase = ((b * a.n_head + h) * a.Tq + i) * a.Tk;
+        const float* pi = probs + pbase;
         double row_dot = 0;  // Σ_j p_ij dP_ij
         for (int64_t j = 0; j < a.kv_len; ++j) {
           if (pi[j] == 0.0f) continue;  // a disallowed (or underflowed) key contributes nothing
           const int64_t koff = (b * a.Tk + j) * a.C + h * hd;
-          dp[j] = dot(doi, a.v + koff, hd);
-          axpy_row(dv + koff, pi[j], doi, hd);
+          const float m = dropout_factor(a, keep_scale, pbase + j);
+          if (m == 0.0f) {
+            dp[j] = 0.0f;  // dropped: no path from p_ij to the output, but it stays in the softmax backward
+            continue;
+          }
+          dp[j] = dot(doi, a.v + koff, hd) * m;
+          axpy_row(dv + koff, pi[j] * m, doi, hd);
           row_dot += static_cast<double>(pi[j]) * dp[j];
         }
         std::fill(acc.begin(), acc.begin() + hd, 0.0f);

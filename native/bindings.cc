@@ -242,7 +242,8 @@ Napi::Value LayerNormBackward(const Napi::CallbackInfo& info) {
 }
 
 namespace {
-// Reads B, Tq, Tk, kvLen, C, nHead, scale, causal from info[first..first+7] and checks them.
+// Reads B, Tq, Tk, kvLen, C, nHead, scale, causal, dropoutP, dropoutSeed from info[first..first+9] and
+// checks them.
 AttentionArgs attention_geometry(const Napi::CallbackInfo& info, size_t first) {
   AttentionArgs a;
   a.B = integer(info, first, "B");
@@ -253,15 +254,19 @@ AttentionArgs attention_geometry(const Napi::CallbackInfo& info, size_t first) {
   a.n_head = integer(info, first + 5, "nHead", 1);
   a.scale = static_cast<float>(number(info, first + 6, "scale"));
   a.causal = flag(info, first + 7, "causal");
+  a.dropout_p = number(info, first + 8, "dropoutP");
+  if (!(a.dropout_p >= 0.0 && a.dropout_p < 1.0)) fail(info, "attention: dropoutP must be in [0, 1)");
+  a.dropout_seed = static_cast<uint32_t>(integer(info, first + 9, "dropoutSeed", 0, UINT32_MAX));
   if (a.C % a.n_head != 0) fail(info, "attention: channels do not split into heads");
   if (a.causal && a.kv_len < a.Tq) fail(info, "attention: causal needs kvLength >= Tq");
   return a;
 }
 }  // namespace
 
-// attention(q, k, v, keyMask|null, out, probs|null, B, Tq, Tk, kvLen, C, nHead, scale, causal)
+// attention(q, k, v, keyMask|null, out, probs|null, B, Tq, Tk, kvLen, C, nHead, scale, causal, dropoutP,
+//           dropoutSeedUint32)
 Napi::Value Attention(const Napi::CallbackInfo& info) {
-  need_args(info, 14, "attention");
+  need_args(info, 16, "attention");
   AttentionArgs a = attention_geometry(info, 6);
   const int64_t nq = checked_mul(info, checked_mul(info, a.B, a.Tq), a.C);
   const int64_t nk = checked_mul(info, checked_mul(info, a.B, a.Tk), a.C);
@@ -275,9 +280,10 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// attentionBackward(dout, q, k, v, probs, dq, dk, dv, B, Tq, Tk, kvLen, C, nHead, scale, causal)
+// attentionBackward(dout, q, k, v, probs, dq, dk, dv, B, Tq, Tk, kvLen, C, nHead, scale, causal, dropoutP,
+//                   dropoutSeedUint32)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {
-  need_args(info, 16, "attentionBackward");
+  need_args(info, 18, "attentionBackward");
   AttentionArgs a = attention_geometry(info, 8);
   const int64_t nq = checked_mul(info, checked_mul(info, a.B, a.Tq), a.C);
   const int64_t nk = checked_mul(info, checked_mul(info, a.B, a.Tk), a.C);

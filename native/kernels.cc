@@ -56,15 +56,6 @@ inline double exp_sum(const float* x, int64_t n, float shift, float* out) {
   }
   return sum;
 }
-
-// mulberry32's (index + 1)-th output as a float in [0, 1): the same bits as mulberry32At in
-// src/engine/reference-random.ts (uint32 arithmetic wraps exactly as JS's |0, >>> and Math.imul do).
-inline double mulberry32_at(uint32_t seed, int64_t index) {
-  uint32_t z = seed + static_cast<uint32_t>(index + 1) * 0x6D2B79F5u;
-  z = (z ^ (z >> 15)) * (z | 1u);
-  z ^= z + (z ^ (z >> 7)) * (z | 61u);
-  return static_cast<double>(z ^ (z >> 14)) / 4294967296.0;
-}
 }  // namespace
 
 // ---------------------------------------------------------------- elementwise

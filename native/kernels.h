@@ -60,6 +60,15 @@ struct AdamWArgs {
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a);
 
 // ---- dropout: element i kept when mulberry32At(seed, i) >= p (src/engine/reference-random.ts) ----
+// mulberry32's (index + 1)-th output as a float in [0, 1): the same bits as mulberry32At in
+// src/engine/reference-random.ts (uint32 arithmetic wraps exactly as JS's |0, >>> and Math.imul do).
+// Shared by the dropout op and attention's probability dropout, so their masks follow one definition.
+inline double mulberry32_at(uint32_t seed, int64_t index) {
+  uint32_t z = seed + static_cast<uint32_t>(index + 1) * 0x6D2B79F5u;
+  z = (z ^ (z >> 15)) * (z | 1u);
+  z ^= z + (z ^ (z >> 7)) * (z | 61u);
+  return static_cast<double>(z ^ (z >> 14)) / 4294967296.0;
+}
 void dropout(const float* x, int64_t n, double p, uint32_t seed, float* y, float* mask);
 
 // ---- attention (attention.cc) ----
@@ -71,10 +80,15 @@ struct AttentionArgs {
   int64_t B = 0, Tq = 0, Tk = 0, kv_len = 0, C = 0, n_head = 1;
   float scale = 1.0f;
   bool causal = false;
+  // Probability dropout (0 = none): probability ((b * n_head + h) * Tq + i) * Tk + j is kept, scaled by
+  // 1 / (1 - p), when mulberry32_at(dropout_seed, that index) >= dropout_p.
+  double dropout_p = 0.0;
+  uint32_t dropout_seed = 0;
 };
-// out (B, Tq, C); probs (B, n_head, Tq, Tk) or null, zero past kv_len.
+// out (B, Tq, C); probs (B, n_head, Tq, Tk) or null, zero past kv_len, before dropout.
 void attention_forward(const AttentionArgs& a, float* out, float* probs);
-// dq (B, Tq, C), dk, dv (B, Tk, C): written (not accumulated); rows past kv_len get zero.
+// dq (B, Tq, C), dk, dv (B, Tk, C): written (not accumulated); rows past kv_len get zero. probs are the
+// forward's (undropped); the dropout mask is regenerated from the same dropout_p / dropout_seed.
 void attention_backward(const AttentionArgs& a, const float* dout, const float* probs, float* dq, float* dk,
                         float* dv);
 

@@ -56,12 +56,25 @@ export interface AttentionOptions {
   kvLength?: number;
   /** Score scale; default 1/sqrt(headDim). */
   scale?: number;
+  /**
+   * Train-mode dropout on the softmax probabilities (Hugging Face GPT2Attention's attn_dropout), applied
+   * before they multiply V: p'[i] = p[i] · keep(i) / (1 - p) with keep(i) = mulberry32At(seed, i) >= p
+   * (reference-random.ts, the generator of the `dropout` op), where i = ((b·nHead + h)·Tq + query)·Tk + key
+   * is the flat index into (B, nHead, Tq, Tk) with Tk the stored rows of k/v (not kvLength). The mask is a
+   * pure function of (seed, i), so it is identical on every backend and thread count. `keepProbs` keeps the
+   * probabilities BEFORE dropout; attentionBackward must get the same option and regenerates the mask.
+   * p in [0, 1), seed an integer (only its low 32 bits matter); absent or p = 0: no dropout.
+   */
+  dropout?: { p: number; seed: number };
 }
 
 export interface AttentionResult {
   /** (B, Tq, C) */
   out: Tensor;
-  /** Softmax probabilities (B, nHead, Tq, Tk), kept for the backward pass; only when requested. */
+  /**
+   * Softmax probabilities (B, nHead, Tq, Tk), kept for the backward pass; only when requested. With
+   * opts.dropout these are the probabilities before dropout (the backward regenerates the mask).
+   */
   probs?: Tensor;
 }
 

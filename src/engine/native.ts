@@ -146,8 +146,8 @@ interface NativeAddon {
   dropout(x: F32, p: number, seed: number, y: F32, mask: F32): void;
 }
 
-/** [B, Tq, Tk, kvLength, C, nHead, scale, causal] */
-type AttentionGeometry = [number, number, number, number, number, number, number, boolean];
+/** [B, Tq, Tk, kvLength, C, nHead, scale, causal, dropoutP, dropoutSeedUint32] */
+type AttentionGeometry = [number, number, number, number, number, number, number, boolean, number, number];
 
 const enum BinaryOp {
   Add = 0,
@@ -173,6 +173,9 @@ interface AttentionDims {
   channels: number;
   nHead: number;
   scale: number;
+  /** Probability dropout (opts.dropout): p = 0 means none; the seed reduced to its low 32 bits. */
+  dropP: number;
+  dropSeed: number;
 }
 
 const ADDON_FILE = 'clipcap_native.node';
@@ -220,6 +223,15 @@ function requireFinite(op: string, what: string, value: number): void {
   if (typeof value !== 'number' || !Number.isFinite(value)) {
     throw new ShapeError(`${op}: ${what} must be a finite number, got ${String(value)}`);
   }
+}
+
+/**
+ * A generator seed as the addon takes it: mulberry32At adds the seed modulo 2^32 (JS `| 0`), so only its
+ * low 32 bits matter; this is that residue in [0, 2^32).
+ */
+function uint32(seed: number): number {
+  const low = seed % 2 ** 32;
+  return low < 0 ? low + 2 ** 32 : low;
 }
 
 export class NativeBackend implements Backend {
@@ -612,17 +624,35 @@ export class NativeBackend implements Backend {
     }
     const scale = opts.scale ?? 1 / Math.sqrt(channels / opts.nHead);
     requireFinite(op, 'scale', scale);
-    return { batch, tq, tk, kvLen, channels, nHead: opts.nHead, scale };
+    const drop = opts.dropout ?? { p: 0, seed: 0 };
+    if (!(drop.p >= 0 && drop.p < 1))
+      throw new ShapeError(`${op}: dropout p must be in [0, 1), got ${drop.p}`);
+    if (!Number.isSafeInteger(drop.seed)) {
+      throw new ShapeError(`${op}: dropout seed must be an integer, got ${drop.seed}`);
+    }
+    return {
+      batch,
+      tq,
+      tk,
+      kvLen,
+      channels,
+      nHead: opts.nHead,
+      scale,
+      dropP: drop.p,
+      dropSeed: uint32(drop.seed),
+    };
   }
 
   private geometry(d: AttentionDims, causal: boolean | undefined): AttentionGeometry {
-    return [d.batch, d.tq, d.tk, d.kvLen, d.channels, d.nHead, d.scale, causal ?? false];
+    return [d.batch, d.tq, d.tk, d.kvLen, d.channels, d.nHead, d.scale, causal ?? false, d.dropP, d.dropSeed];
   }
 
   /**
    * Multi-head scaled dot-product attention. Head h uses channels [h·hd, (h+1)·hd) of q, k and v.
    * Query i may attend key j when j < kvLength, keyMask[b, j] != 0, and (causal) j <= past + i with
-   * past = kvLength - Tq. A query with no allowed key outputs zeros (and zero probabilities).
+   * past = kvLength - Tq. A query with no allowed key outputs zeros (and zero probabilities). With
+   * opts.dropout the probabilities are dropped before multiplying V (the same mask as the reference's);
+   * `probs` keeps them undropped.
    */
   attention(
     q: Tensor,
@@ -657,6 +687,7 @@ export class NativeBackend implements Backend {
   /**
    * From the forward's probabilities P (masking is already in them: disallowed keys have p = 0):
    * dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - rowsum(P ⊙ dP)); dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+   * With opts.dropout the mask M is regenerated from the seed: dV = (P⊙M)ᵀ·dO, dP = (dO·Vᵀ) ⊙ M.
    * dk/dv have k/v's stored shape; rows at or past kvLength get zero.
    */
   attentionBackward(
@@ -809,17 +840,9 @@ export class NativeBackend implements Backend {
     const X = this.data(op, 'x', x, 'f32');
     if (!(p >= 0 && p <= 1)) throw new ShapeError(`${op}: p must be in [0, 1], got ${p}`);
     if (!Number.isSafeInteger(seed)) throw new ShapeError(`${op}: seed must be an integer, got ${seed}`);
-    // The generator adds the seed modulo 2^32 (JS `| 0`), so only its low 32 bits matter.
-    const low = seed % 2 ** 32;
     const y = this.newF32(x.shape);
     const mask = this.newF32(x.shape);
-    this.addon.dropout(
-      X,
-      p,
-      low < 0 ? low + 2 ** 32 : low,
-      this.data(op, 'y', y, 'f32'),
-      this.data(op, 'mask', mask, 'f32'),
-    );
+    this.addon.dropout(X, p, uint32(seed), this.data(op, 'y', y, 'f32'), this.data(op, 'mask', mask, 'f32'));
     return { y, mask };
   }
 

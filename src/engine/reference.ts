@@ -52,6 +52,9 @@ interface AttentionDims {
   nHead: number;
   headDim: number;
   scale: number;
+  /** Probability dropout (opts.dropout): p = 0 means none. */
+  dropP: number;
+  dropSeed: number;
 }
 
 export class ReferenceBackend implements Backend {
@@ -490,6 +493,12 @@ export class ReferenceBackend implements Backend {
     if (opts.causal && kvLen < tq) {
       throw new ShapeError(`${op}: causal attention needs kvLength (${kvLen}) >= the ${tq} queries`);
     }
+    const drop = opts.dropout ?? { p: 0, seed: 0 };
+    if (!(drop.p >= 0 && drop.p < 1))
+      throw new ShapeError(`${op}: dropout p must be in [0, 1), got ${drop.p}`);
+    if (!Number.isSafeInteger(drop.seed)) {
+      throw new ShapeError(`${op}: dropout seed must be an integer, got ${drop.seed}`);
+    }
     return {
       batch,
       tq,
@@ -499,14 +508,26 @@ export class ReferenceBackend implements Backend {
       nHead: opts.nHead,
       headDim,
       scale: opts.scale ?? 1 / Math.sqrt(headDim),
+      dropP: drop.p,
+      dropSeed: drop.seed,
     };
+  }
+
+  /**
+   * The dropout factor of probability `index` (flat in (B, nHead, Tq, Tk)): 0 or 1/(1-p) as in the
+   * `dropout` op, 1 without dropout.
+   */
+  private attentionKeep(d: AttentionDims, index: number): number {
+    if (d.dropP === 0) return 1;
+    return mulberry32At(d.dropSeed, index) >= d.dropP ? 1 / (1 - d.dropP) : 0;
   }
 
   /**
    * Multi-head scaled dot-product attention. Head h uses channels [h·hd, (h+1)·hd) of q, k and v.
    * Query i may attend key j when j < kvLength, keyMask[b, j] != 0, and (causal) j <= past + i with
    * past = kvLength - Tq. Disallowed keys get -inf before the softmax; a query with no allowed key
-   * outputs zeros (and zero probabilities).
+   * outputs zeros (and zero probabilities). With opts.dropout, out = Σ_j p_ij·keep_ij·v_j (keep: 0 or
+   * 1/(1-p), see AttentionOptions.dropout) while `probs` keeps the undropped p_ij.
    */
   attention(
     q: Tensor,
@@ -559,17 +580,16 @@ export class ReferenceBackend implements Backend {
             sum += p[j];
           }
           for (let j = 0; j < kvLen; j++) p[j] = sum > 0 ? p[j] / sum : 0;
-          // out = Σ_j p_j v_j (j outer, so each v_j is read contiguously)
+          // out = Σ_j p_j keep_j v_j (j outer, so each v_j is read contiguously)
+          const pOff = ((b * nHead + h) * tq + i) * tk;
           acc.fill(0);
           for (let j = 0; j < kvLen; j++) {
+            const pj = p[j] * this.attentionKeep(d, pOff + j);
             const vOff = (b * tk + j) * C + h * hd;
-            for (let c = 0; c < hd; c++) acc[c] += p[j] * V[vOff + c];
+            for (let c = 0; c < hd; c++) acc[c] += pj * V[vOff + c];
           }
           for (let c = 0; c < hd; c++) O[qOff + c] = acc[c];
-          if (P) {
-            const pOff = ((b * nHead + h) * tq + i) * tk;
-            for (let j = 0; j < kvLen; j++) P[pOff + j] = p[j];
-          }
+          if (P) for (let j = 0; j < kvLen; j++) P[pOff + j] = p[j];
         }
       }
     }
@@ -579,6 +599,8 @@ export class ReferenceBackend implements Backend {
   /**
    * From the forward's probabilities P (masking is already in them: disallowed keys have p = 0):
    * dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - rowsum(P ⊙ dP)); dQ = scale·dS·K; dK = scale·dSᵀ·Q.
+   * With opts.dropout (the forward's), the mask M (0 or 1/(1-p)) is regenerated from the seed:
+   * dV = (P⊙M)ᵀ·dO and dP = (dO·Vᵀ) ⊙ M, then the same softmax backward with the undropped P.
    * dk/dv have k/v's stored shape; rows at or past kvLength get zero.
    */
   attentionBackward(
@@ -609,18 +631,19 @@ export class ReferenceBackend implements Backend {
         for (let i = 0; i < tq; i++) {
           const qOff = (b * tq + i) * C + h * hd;
           const pOff = ((b * nHead + h) * tq + i) * tk;
-          // dP_ij = dO_i · v_j, and dV_j += p_ij dO_i
+          // dP_ij = keep_ij (dO_i · v_j), and dV_j += p_ij keep_ij dO_i
           let rowDot = 0; // Σ_j p_ij dP_ij
           for (let j = 0; j < kvLen; j++) {
             const vOff = (b * tk + j) * C + h * hd;
             const pij = P[pOff + j];
+            const keep = this.attentionKeep(d, pOff + j);
             let s = 0;
             for (let c = 0; c < hd; c++) {
               s += DO[qOff + c] * V[vOff + c];
-              dv[vOff + c] += pij * DO[qOff + c];
+              dv[vOff + c] += pij * keep * DO[qOff + c];
             }
-            dp[j] = s;
-            rowDot += pij * s;
+            dp[j] = s * keep;
+            rowDot += pij * dp[j];
           }
           // dS_ij = p_ij (dP_ij - rowDot); scores were scale·q·k
           for (let j = 0; j < kvLen; j++) {

@@ -11,9 +11,10 @@
  * - hidden = inputs_embeds (or wte[ids]) + wpe[0..T-1]: positions count from 0 whatever the attention
  *   mask says (HF's default when position_ids are not given).
  * - attention_mask (B, T): masked keys are excluded for every query, on top of the causal mask.
- * - train mode: dropout embd_pdrop after the embeddings and resid_pdrop on each residual branch, from a
- *   seeded generator. attn_pdrop (dropout on the attention probabilities) is not applied: the backend's
- *   fused attention kernel has no dropout (ClipCap's fine-tuning default is 0.1 there too; see report).
+ * - train mode: dropout embd_pdrop after the embeddings, attn_pdrop on the attention probabilities
+ *   (before they multiply V) and resid_pdrop on each residual branch, from one seeded generator
+ *   (setDropoutSeed): each dropout with p > 0 takes the next seed in forward order (embeddings, then per
+ *   layer: attention probabilities, attention branch, MLP branch). Eval mode drops nothing.
  */
 import type { Backend } from '../engine/backend.js';
 import { ShapeError } from '../engine/backend.js';
@@ -157,6 +158,7 @@ export class Gpt2Model implements CausalLM {
         { kind: 'fused_qkv', qkv: conv('attn.c_attn'), out: conv('attn.c_proj') },
         c.n_head,
         c.n_embd,
+        c.attn_pdrop,
       );
       const mlp = new FeedForward(conv('mlp.c_fc'), conv('mlp.c_proj'), act);
       this.blocks.push(new PreLnBlock(ln('ln_1'), attn, ln('ln_2'), mlp, c.resid_pdrop));

@@ -7,10 +7,13 @@
  * - mapper: to_queries (no bias) and to_keys_values (C -> 2C, no bias) whose output the official code views
  *           as (b, m, 2, h, d): index 0 along the "2" axis (channels 0..C-1) are the keys, index 1 the values,
  *           each with heads interleaved as usual; output `project` (with bias).
+ * GPT-2's attn_pdrop (dropout on the softmax probabilities, train mode only) is the kernel's `dropout`
+ * option: each forward draws one seed, and the backward regenerates the same mask from it.
  */
 import type { Tensor } from '../engine/tensor.js';
 import type { AttentionOptions } from '../engine/backend.js';
 import type { Linear } from './linear.js';
+import type { SeedSequence } from './random.js';
 
 export type AttentionProjections =
   | { kind: 'fused_qkv'; qkv: Linear; out: Linear }
@@ -40,19 +43,30 @@ export class SelfAttention {
     opts: AttentionOptions;
   } | null = null;
 
+  /**
+   * @param probDropout dropout probability on the attention probabilities in train mode (GPT-2
+   *   attn_pdrop); 0 (CLIP, the mapper) never drops.
+   */
   constructor(
     readonly proj: AttentionProjections,
     readonly nHead: number,
     readonly width: number,
+    readonly probDropout = 0,
   ) {
     if (width % nHead !== 0) throw new Error(`attention width ${width} is not divisible by ${nHead} heads`);
+    if (!(probDropout >= 0 && probDropout < 1))
+      throw new Error(`attention dropout probability must be in [0, 1), got ${probDropout}`);
   }
 
-  /** x: (B, T, C) -> (B, T, C) */
-  forward(x: Tensor, ctx: AttentionContext, record = false): Tensor {
+  /**
+   * x: (B, T, C) -> (B, T, C). With `seeds` (train mode) and probDropout > 0, the probabilities are
+   * dropped with the next seed (none is drawn otherwise, so p = 0 leaves the seed sequence as it was).
+   */
+  forward(x: Tensor, ctx: AttentionContext, record = false, seeds: SeedSequence | null = null): Tensor {
     const b = x.backend;
     const [q, k, v] = this.project(x, record);
     const opts: AttentionOptions = { nHead: this.nHead, causal: ctx.causal, keyMask: ctx.keyMask };
+    if (seeds && this.probDropout > 0) opts.dropout = { p: this.probDropout, seed: seeds.next() };
     let att: Tensor;
     if (ctx.cache) {
       if (record) throw new Error('attention: a KV-cache step cannot record for backward');

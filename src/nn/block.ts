@@ -1,7 +1,8 @@
 /**
  * The pre-LayerNorm transformer block shared by GPT-2, both CLIP towers and the ClipCap transformer mapper:
  *   x1 = x + drop(attn(ln1(x)));  y = x1 + drop(mlp(ln2(x1)))
- * (dropout only in GPT-2's train mode: resid_pdrop after each residual branch, as Hugging Face applies it).
+ * (dropout only in GPT-2's train mode: resid_pdrop after each residual branch, as Hugging Face applies it,
+ * and attn_pdrop on the attention probabilities inside attn, see SelfAttention).
  */
 import type { Tensor } from '../engine/tensor.js';
 import { SelfAttention, type AttentionContext } from './attention.js';
@@ -38,7 +39,7 @@ export class PreLnBlock {
     const record = run.record ?? false;
     const seeds = run.seeds ?? null;
     const h = this.ln1.forward(x, record);
-    const a = this.attn.forward(h, ctx, record);
+    const a = this.attn.forward(h, ctx, record, seeds);
     const ad = this.dropAttn.forward(a, seeds, record);
     const x1 = b.add(x, ad);
     const h2 = this.ln2.forward(x1, record);

@@ -481,6 +481,7 @@ function attnOpts(s: AttnSetup) {
     keyMask: s.mask,
     kvLength: s.c.kvLength,
     scale: s.c.scale,
+    dropout: s.c.dropout,
   };
 }
 
@@ -530,6 +531,37 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       },
     ],
     ['CLIP ViT-B/32: B=2, T=50, C=768, 12 heads', { batch: 2, tq: 50, tk: 50, channels: 768, nHead: 12 }],
+    [
+      'dropout p=0.5 on self-attention',
+      { batch: 2, tq: 7, tk: 7, channels: 12, nHead: 3, dropout: { p: 0.5, seed: 11 } },
+    ],
+    [
+      'dropout p=0.3 with causal + key mask + kvLength (mask indexed by the stored 11 key rows)',
+      {
+        batch: 2,
+        tq: 3,
+        tk: 11,
+        channels: 8,
+        nHead: 2,
+        causal: true,
+        kvLength: 8,
+        keyMask: keyMask(2, 11, (b, j) => b === 1 && j < 2),
+        dropout: { p: 0.3, seed: -5 },
+      },
+    ],
+    [
+      'dropout p=0.1 on GPT-2: B=2, T=50, C=768, 12 heads, causal + padding',
+      {
+        batch: 2,
+        tq: 50,
+        tk: 50,
+        channels: 768,
+        nHead: 12,
+        causal: true,
+        keyMask: keyMask(2, 50, (b, j) => b === 1 && j >= 41),
+        dropout: { p: 0.1, seed: 2 ** 40 + 3 },
+      },
+    ],
   ];
   let seed = 300;
   for (const [name, c] of cases) {
@@ -558,6 +590,81 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
     });
   }
+
+  it('dropout p = 0 is bit-identical to no dropout (forward, probs and backward)', () => {
+    const c = { batch: 2, tq: 5, tk: 5, channels: 12, nHead: 3, causal: true };
+    const s = attnSetup(be, rand, c, 370);
+    const dout = rand([2, 5, 12], 375);
+    const run = (dropout?: { p: number; seed: number }) => {
+      const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), dropout, keepProbs: true });
+      const g = be.attentionBackward(dout, s.q, s.k, s.v, probs as Tensor, { ...attnOpts(s), dropout });
+      return [out, probs as Tensor, g.dq, g.dk, g.dv].map((t) => Array.from(be.download(t)));
+    };
+    const plain = run();
+    const p0 = run({ p: 0, seed: 123 });
+    plain.forEach((x, i) => expect(p0[i], `tensor ${i} (out, probs, dq, dk, dv)`).toEqual(x));
+  });
+
+  it('dropout mask: about 1-p kept, scaled by 1/(1-p), laid out as (B, nHead, Tq, Tk), seeded', () => {
+    // q = 0 gives uniform probabilities 1/kvLength, and v_j = e_j (one-hot in each head's channels), so
+    // out[b, i, h·hd + j] = M_bhij / kvLength exposes the mask. Stored rows tk = 64 > kvLength = 48 check
+    // that the mask index strides by the stored rows.
+    const [B, H, T, TK, KV] = [2, 4, 32, 64, 48];
+    const hd = TK;
+    const C = H * hd;
+    const vData = new Float32Array(B * TK * C);
+    for (let b = 0; b < B; b++)
+      for (let j = 0; j < TK; j++) for (let h = 0; h < H; h++) vData[(b * TK + j) * C + h * hd + j] = 1;
+    const q = be.zeros([B, T, C]);
+    const kv = be.upload(vData, [B, TK, C]);
+    const c = { batch: B, tq: T, tk: TK, channels: C, nHead: H, kvLength: KV };
+    const maskOf = (p: number, seed: number): Float64Array => {
+      const O = be.download(be.attention(q, kv, kv, { nHead: H, kvLength: KV, dropout: { p, seed } }).out);
+      const m = new Float64Array(B * H * T * KV);
+      let n = 0;
+      for (let b = 0; b < B; b++)
+        for (let h = 0; h < H; h++)
+          for (let i = 0; i < T; i++)
+            for (let j = 0; j < KV; j++) m[n++] = O[(b * T + i) * C + h * hd + j] * KV;
+      return m;
+    };
+    for (const [p, seed] of [
+      [0.1, 42],
+      [0.5, 7],
+    ]) {
+      const m = maskOf(p, seed);
+      const expected = naive.attentionDropoutNaive({ ...c, dropout: { p, seed } });
+      let kept = 0;
+      let worstScale = 0;
+      let disagree = 0;
+      let n = 0;
+      for (let b = 0; b < B; b++)
+        for (let h = 0; h < H; h++)
+          for (let i = 0; i < T; i++)
+            for (let j = 0; j < KV; j++) {
+              const e = expected[((b * H + h) * T + i) * TK + j];
+              const got = m[n++];
+              if (got !== 0) {
+                kept++;
+                worstScale = Math.max(worstScale, Math.abs(got * (1 - p) - 1));
+              }
+              if ((got !== 0) !== (e !== 0)) disagree++;
+            }
+      const sd = Math.sqrt((p * (1 - p)) / n);
+      console.log(
+        `${be.name} attention dropout p=${p}: kept ${(kept / n).toFixed(4)} of ${n} (sd ${sd.toExponential(1)}), ` +
+          `worst |kept·(1-p) - 1| ${worstScale.toExponential(1)}, ${disagree} disagreements with the naive mask`,
+      );
+      expect(disagree).toBe(0);
+      expect(worstScale).toBeLessThan(1e-5);
+      expect(Math.abs(kept / n - (1 - p))).toBeLessThan(6 * sd);
+      // same seed, same mask; another seed, a mask that agrees only by chance (p² + (1-p)² of the time)
+      expect(Array.from(maskOf(p, seed))).toEqual(Array.from(m));
+      const other = maskOf(p, seed + 1);
+      const same = m.filter((x, idx) => (x !== 0) === (other[idx] !== 0)).length;
+      expect(same / n).toBeLessThan(1 - p * (1 - p));
+    }
+  });
 
   it('fully masked rows are exactly zero', () => {
     const c = { batch: 2, tq: 3, tk: 4, channels: 4, nHead: 2, keyMask: keyMask(2, 4, (b) => b === 0) };
@@ -615,6 +722,17 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
     expect(() => be.attention(q, k, k, { nHead: 2, kvLength: 6 })).toThrow(ShapeError); // past capacity
     expect(() => be.attention(q, k, k, { nHead: 2, causal: true, kvLength: 2 })).toThrow(ShapeError); // < Tq
     expect(() => be.attention(q, k, k, { nHead: 2, keyMask: rand([2, 4], 4) })).toThrow(ShapeError);
+    for (const dropout of [
+      { p: 1, seed: 1 },
+      { p: -0.1, seed: 1 },
+      { p: NaN, seed: 1 },
+      { p: 0.1, seed: 1.5 },
+    ]) {
+      expect(() => be.attention(q, k, k, { nHead: 2, dropout })).toThrow(ShapeError);
+      expect(() => be.attentionBackward(q, q, k, k, be.zeros([2, 2, 3, 5]), { nHead: 2, dropout })).toThrow(
+        ShapeError,
+      );
+    }
   });
 }
 
@@ -983,6 +1101,27 @@ function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
     fd('attention dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
     fd('attention dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
     fd('attention dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
+  });
+
+  it('attentionBackward with dropout p=0.4 (the fixed mask of seed 77) + causal + key mask: dq, dk, dv', () => {
+    const c: naive.AttentionCase = {
+      batch: 2,
+      tq: 4,
+      tk: 6,
+      channels: 6,
+      nHead: 2,
+      causal: true,
+      keyMask: keyMask(2, 6, (b, j) => b === 1 && j === 0),
+      dropout: { p: 0.4, seed: 77 },
+    };
+    const s = attnSetup(be, rand, c, 1025);
+    const r = rand([2, 4, 6], 1029);
+    const [Q, K, V, R] = [s.q, s.k, s.v, r].map((t) => naive.f64(be.download(t)));
+    const { probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
+    const g = be.attentionBackward(r, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
+    fd('attention+dropout dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
+    fd('attention+dropout dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
+    fd('attention+dropout dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
   });
 
   it('embeddingBackward', () => {

@@ -263,6 +263,18 @@ export interface AttentionCase {
   keyMask?: ArrayLike<number>;
   kvLength?: number;
   scale?: number;
+  /** Dropout on the probabilities: see attentionDropoutNaive. */
+  dropout?: { p: number; seed: number };
+}
+
+/**
+ * The attention-dropout contract: probability (b, h, i, j) is multiplied by element
+ * ((b·nHead + h)·tq + i)·tk + j of the dropout mask of the same seed (0 or 1/(1-p), dropoutMaskNaive:
+ * the sequential generator), tk being the stored key rows. All ones without dropout.
+ */
+export function attentionDropoutNaive(c: AttentionCase): Float64Array {
+  const n = c.batch * c.nHead * c.tq * c.tk;
+  return c.dropout ? dropoutMaskNaive(n, c.dropout.p, c.dropout.seed) : new Float64Array(n).fill(1);
 }
 
 /** May query i of batch b attend key j? */
@@ -274,7 +286,10 @@ function allowed(c: AttentionCase, b: number, i: number, j: number): boolean {
   return true;
 }
 
-/** softmax(scale·q·kᵀ over allowed keys)·v per head; probs (batch, nHead, tq, tk), zero where not allowed. */
+/**
+ * dropout(softmax(scale·q·kᵀ over allowed keys))·v per head; probs (batch, nHead, tq, tk), zero where not
+ * allowed, before dropout.
+ */
 export function attentionNaive(
   q: ArrayLike<number>,
   k: ArrayLike<number>,
@@ -286,6 +301,7 @@ export function attentionNaive(
   const scale = c.scale ?? 1 / Math.sqrt(hd);
   const out = new Float64Array(batch * tq * C);
   const probs = new Float64Array(batch * nHead * tq * tk);
+  const drop = attentionDropoutNaive(c);
   for (let b = 0; b < batch; b++) {
     for (let h = 0; h < nHead; h++) {
       for (let i = 0; i < tq; i++) {
@@ -298,9 +314,10 @@ export function attentionNaive(
         });
         const p = keys.length ? softmaxNaive(scores, keys.length) : new Float64Array(0);
         keys.forEach((j, n) => (probs[((b * nHead + h) * tq + i) * tk + j] = p[n]));
+        const row = ((b * nHead + h) * tq + i) * tk;
         for (let d = 0; d < hd; d++) {
           let s = 0;
-          keys.forEach((j, n) => (s += p[n] * v[(b * tk + j) * C + h * hd + d]));
+          keys.forEach((j, n) => (s += p[n] * drop[row + j] * v[(b * tk + j) * C + h * hd + d]));
           out[(b * tq + i) * C + h * hd + d] = s;
         }
       }
@@ -309,7 +326,7 @@ export function attentionNaive(
   return { out, probs };
 }
 
-/** Analytic gradients of Σ dout ⊙ attention(q, k, v). */
+/** Analytic gradients of Σ dout ⊙ attention(q, k, v), through the fixed dropout mask (M below). */
 export function attentionBackwardNaive(
   dout: ArrayLike<number>,
   q: ArrayLike<number>,
@@ -321,6 +338,7 @@ export function attentionBackwardNaive(
   const hd = C / nHead;
   const scale = c.scale ?? 1 / Math.sqrt(hd);
   const { probs } = attentionNaive(q, k, v, c);
+  const drop = attentionDropoutNaive(c);
   const dq = new Float64Array(q.length);
   const dk = new Float64Array(k.length);
   const dv = new Float64Array(v.length);
@@ -330,17 +348,18 @@ export function attentionBackwardNaive(
     for (let h = 0; h < nHead; h++) {
       for (let i = 0; i < tq; i++) {
         const p = (j: number) => probs[((b * nHead + h) * tq + i) * tk + j];
-        // dP_ij = dout_i · v_j
+        const m = (j: number) => drop[((b * nHead + h) * tq + i) * tk + j];
+        // dP_ij = M_ij (dout_i · v_j): the gradient reaches p_ij only through the dropped p_ij M_ij
         const dp = Array.from({ length: tk }, (_, j) => {
           let s = 0;
           for (let d = 0; d < hd; d++) s += dout[qi(b, i, d, h)] * v[kj(b, j, d, h)];
-          return s;
+          return s * m(j);
         });
         const pdp = dp.reduce((s, x, j) => s + p(j) * x, 0);
         for (let j = 0; j < tk; j++) {
           const ds = p(j) * (dp[j] - pdp); // softmax backward
           for (let d = 0; d < hd; d++) {
-            dv[kj(b, j, d, h)] += p(j) * dout[qi(b, i, d, h)];
+            dv[kj(b, j, d, h)] += p(j) * m(j) * dout[qi(b, i, d, h)];
             dq[qi(b, i, d, h)] += scale * ds * k[kj(b, j, d, h)];
             dk[kj(b, j, d, h)] += scale * ds * q[qi(b, i, d, h)];
           }

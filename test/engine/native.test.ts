@@ -367,6 +367,28 @@ for (const simd of kernels())
         causal: true,
         kv: 12,
       },
+      {
+        name: 'GPT-2 train with attn dropout p=0.1: B=2, T=33, C=768, 12 heads, causal + padding',
+        b: 2,
+        tq: 33,
+        tk: 33,
+        c: 768,
+        h: 12,
+        causal: true,
+        mask: true,
+        drop: { p: 0.1, seed: 2 ** 40 + 3 },
+      },
+      {
+        name: 'dropout p=0.5 (seed -7), Tq=5, kvLength 12 of 16, causal',
+        b: 2,
+        tq: 5,
+        tk: 16,
+        c: 24,
+        h: 3,
+        causal: true,
+        kv: 12,
+        drop: { p: 0.5, seed: -7 },
+      },
     ];
 
     for (const a of ATTENTION) {
@@ -384,6 +406,7 @@ for (const simd of kernels())
           causal: a.causal,
           ...(a.kv !== undefined ? { kvLength: a.kv } : {}),
           ...(a.mask ? { keyMask: be.upload(maskData, [a.b, a.tk]) } : {}),
+          ...(a.drop ? { dropout: a.drop } : {}),
         });
         const oN = nat.attention(q[0], k[0], v[0], { ...opts(nat), keepProbs: true });
         const oR = ref.attention(q[1], k[1], v[1], { ...opts(ref), keepProbs: true });
@@ -396,6 +419,25 @@ for (const simd of kernels())
         check('attentionBackward', `dv ${a.name}`, gN.dv, gR.dv);
       });
     }
+
+    it('attention with dropout does not depend on the thread count (bit for bit)', () => {
+      const [B, T, C, H] = [2, 40, 96, 3];
+      const q = nat.upload(randomF32(B * T * C, 90), [B, T, C]);
+      const k = nat.upload(randomF32(B * T * C, 91), [B, T, C]);
+      const v = nat.upload(randomF32(B * T * C, 92), [B, T, C]);
+      const dout = nat.upload(randomF32(B * T * C, 93), [B, T, C]);
+      const opts = { nHead: H, causal: true, dropout: { p: 0.2, seed: 31 } };
+      const run = (): Float32Array[] => {
+        const o = nat.attention(q, k, v, { ...opts, keepProbs: true });
+        const g = nat.attentionBackward(dout, q, k, v, o.probs as Tensor, opts);
+        return [o.out, g.dq, g.dk, g.dv].map((t) => nat.download(t) as Float32Array);
+      };
+      nat.setThreads(1);
+      const single = run();
+      nat.setThreads(DEFAULT_THREADS);
+      const multi = run();
+      single.forEach((x, i) => expect(mismatches(multi[i], x), `out, dq, dk, dv [${i}]`).toBe(0));
+    });
 
     it('embedding gather and scatter-add (repeated ids), GPT-2 sizes', () => {
       for (const [V, C, n] of [
@@ -570,7 +612,14 @@ describe('native addon switches and errors', () => {
     expect(() => raw.layerNorm(f(10), f(5), f(5), 3, 5, 1e-5, f(15), f(3), f(3))).toThrow(RangeError);
     expect(() => raw.embedding(Int32Array.from([0, 9]), f(10), f(4), 5, 2)).toThrow(/outside the table/);
     expect(() => raw.crossEntropy(f(10), Int32Array.from([1, 7]), 2, 5, -1)).toThrow(/outside the classes/);
-    expect(() => raw.attention(f(8), f(8), f(8), null, f(8), null, 1, 2, 2, 3, 4, 2, 1, false)).toThrow(
+    // kvLength 3 > Tk 2; then a dropout p of 1; then the old argument count (no dropout arguments)
+    expect(() => raw.attention(f(8), f(8), f(8), null, f(8), null, 1, 2, 2, 3, 4, 2, 1, false, 0, 0)).toThrow(
+      /kvLength/,
+    );
+    expect(() => raw.attention(f(8), f(8), f(8), null, f(8), null, 1, 2, 2, 2, 4, 2, 1, false, 1, 0)).toThrow(
+      /dropoutP/,
+    );
+    expect(() => raw.attention(f(8), f(8), f(8), null, f(8), null, 1, 2, 2, 2, 4, 2, 1, false)).toThrow(
       RangeError,
     );
     const detached = f(16);

@@ -127,51 +127,68 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       for (const p of model.parameters()) p.zeroGrad();
     });
 
-    it('train-mode dropout is seeded, changes the output, and its backward matches a finite difference', async () => {
-      const { config, weights } = await tinyGpt2();
-      const m = Gpt2Model.fromWeights(
-        backend,
-        { ...config, embd_pdrop: 0.1, resid_pdrop: 0.1 },
-        weights,
-        'gpt2_tiny',
-      );
+    it('train mode with every dropout p = 0 equals eval mode exactly', () => {
+      // The tiny config has embd/resid/attn_pdrop 0: train mode must not draw or apply anything.
+      expect([model.config.embd_pdrop, model.config.resid_pdrop, model.config.attn_pdrop]).toEqual([0, 0, 0]);
       const e0 = f32(g, 'gpt2.inputs_embeds');
       const shape = get(g, 'gpt2.inputs_embeds').shape;
-      const run = (e: Float32Array, seed: number): Float32Array => {
-        m.setDropoutSeed(seed);
-        return m.forward({ embeds: backend.upload(e, shape), train: true }).logits!.toArray() as Float32Array;
-      };
-      // Eval mode ignores the dropout probabilities: still the golden logits.
-      const evalLogits = m.forward({ embeds: backend.upload(e0, shape) }).logits!.toArray() as Float32Array;
-      expectLogits(`${backend.name} eval mode with p=0.1`, evalLogits, V, g, 'gpt2.logits_from_embeds');
-      const a = run(e0, 7);
-      expect(relDiff(run(e0, 7), a), 'same seed, same masks').toBe(0);
-      expect(relDiff(a, run(e0, 8))).toBeGreaterThan(1e-3);
-      expect(relDiff(a, evalLogits)).toBeGreaterThan(1e-3);
-      // Gradient through fixed masks (the same seed for every evaluation) along a random direction.
-      const rng = (seed: number) => () =>
-        (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5;
-      const r1 = rng(3);
-      const R = new Float32Array(a.length).map(() => r1());
-      const r2 = rng(4);
-      const dir = new Float32Array(e0.length).map(() => r2());
-      const objective = (e: Float32Array): number => run(e, 7).reduce((s, x, i) => s + x * R[i], 0);
-      m.setDropoutSeed(7);
-      const out = m.forward({ embeds: backend.upload(e0, shape), train: true, record: true });
-      const de = m
-        .backward(m.lmHeadBackward(backend.upload(R, out.logits!.shape), out.hidden))
-        .toArray() as Float32Array;
-      const analytic = de.reduce((s, x, i) => s + x * dir[i], 0);
-      const eps = 1e-2;
-      const numeric =
-        (objective(e0.map((v, i) => v + eps * dir[i])) - objective(e0.map((v, i) => v - eps * dir[i]))) /
-        (2 * eps);
-      const rel = Math.abs(analytic - numeric) / Math.abs(numeric);
-      console.log(
-        `${backend.name} GPT-2 with dropout: gradient vs finite difference rel ${rel.toExponential(2)}`,
-      );
-      expect(rel).toBeLessThan(1e-2);
-      m.dispose();
+      const evalLogits = model.forward({ embeds: backend.upload(e0, shape) }).logits!.toArray();
+      model.setDropoutSeed(5);
+      const trainLogits = model.forward({ embeds: backend.upload(e0, shape), train: true }).logits!.toArray();
+      const d = relDiff(trainLogits, evalLogits);
+      console.log(`${backend.name} GPT-2 train (p = 0) vs eval: relative difference ${d}`);
+      expect(d).toBe(0);
     });
+
+    const dropoutCases: [string, { embd_pdrop: number; resid_pdrop: number; attn_pdrop: number }][] = [
+      ['embd, resid and attn dropout 0.1', { embd_pdrop: 0.1, resid_pdrop: 0.1, attn_pdrop: 0.1 }],
+      ['attention-probability dropout 0.2 alone', { embd_pdrop: 0, resid_pdrop: 0, attn_pdrop: 0.2 }],
+    ];
+    for (const [what, pdrop] of dropoutCases) {
+      it(`train-mode ${what}: seeded, changes the output, backward matches a finite difference`, async () => {
+        const { config, weights } = await tinyGpt2();
+        const m = Gpt2Model.fromWeights(backend, { ...config, ...pdrop }, weights, 'gpt2_tiny');
+        const e0 = f32(g, 'gpt2.inputs_embeds');
+        const shape = get(g, 'gpt2.inputs_embeds').shape;
+        const run = (e: Float32Array, seed: number): Float32Array => {
+          m.setDropoutSeed(seed);
+          return m
+            .forward({ embeds: backend.upload(e, shape), train: true })
+            .logits!.toArray() as Float32Array;
+        };
+        // Eval mode ignores the dropout probabilities: still the golden logits.
+        const evalLogits = m.forward({ embeds: backend.upload(e0, shape) }).logits!.toArray() as Float32Array;
+        expectLogits(`${backend.name} eval mode with ${what}`, evalLogits, V, g, 'gpt2.logits_from_embeds');
+        const a = run(e0, 7);
+        expect(relDiff(run(e0, 7), a), 'same seed, same masks').toBe(0);
+        expect(relDiff(a, run(e0, 8))).toBeGreaterThan(1e-3);
+        expect(relDiff(a, evalLogits)).toBeGreaterThan(1e-3);
+        // Gradient through fixed masks (the same seed for every evaluation) along a random direction.
+        const rng = (seed: number) => () =>
+          (seed = (Math.imul(seed, 1664525) + 1013904223) >>> 0) / 2 ** 32 - 0.5;
+        const r1 = rng(3);
+        const R = new Float32Array(a.length).map(() => r1());
+        const r2 = rng(4);
+        const dir = new Float32Array(e0.length).map(() => r2());
+        const objective = (e: Float32Array): number => run(e, 7).reduce((s, x, i) => s + x * R[i], 0);
+        m.setDropoutSeed(7);
+        const out = m.forward({ embeds: backend.upload(e0, shape), train: true, record: true });
+        const de = m
+          .backward(m.lmHeadBackward(backend.upload(R, out.logits!.shape), out.hidden))
+          .toArray() as Float32Array;
+        const analytic = de.reduce((s, x, i) => s + x * dir[i], 0);
+        const eps = 1e-2;
+        const numeric =
+          (objective(e0.map((v, i) => v + eps * dir[i])) - objective(e0.map((v, i) => v - eps * dir[i]))) /
+          (2 * eps);
+        const rel = Math.abs(analytic - numeric) / Math.abs(numeric);
+        console.log(
+          `${backend.name} GPT-2 with ${what}: gradient vs finite difference ${analytic} vs ${numeric} (rel ${rel.toExponential(2)})`,
+        );
+        // As the eval-mode check above: float32 central differences carry ~1e-3 noise.
+        expect(rel).toBeLessThan(1e-2);
+        m.dispose();
+      });
+    }
   },
 );
