@@ -24,28 +24,11 @@ import { LayerNorm } from '../nn/layernorm.js';
 import { Linear } from '../nn/linear.js';
 import { FeedForward } from '../nn/mlp.js';
 import { Parameter } from '../nn/parameter.js';
+import { clipTextKeySpec, clipVisionKeySpec } from '../weights/families/clip.js';
+import type { KeySpec } from '../weights/families/common.js';
 import type { StateDict } from '../weights/host.js';
 import type { ClipTextConfig, ClipVisionConfig } from './config.js';
-import { checkWeights, uploadParam, type WeightSpec } from './weights.js';
-
-/** Names and shapes of CLIP encoder layers under `prefix` (e.g. 'vision_model.encoder.layers.'). */
-function encoderSpec(spec: WeightSpec, prefix: string, layers: number, width: number, inner: number): void {
-  for (let i = 0; i < layers; i++) {
-    const p = `${prefix}${i}.`;
-    for (const ln of ['layer_norm1', 'layer_norm2']) {
-      spec.set(`${p}${ln}.weight`, [width]);
-      spec.set(`${p}${ln}.bias`, [width]);
-    }
-    for (const proj of ['q_proj', 'k_proj', 'v_proj', 'out_proj']) {
-      spec.set(`${p}self_attn.${proj}.weight`, [width, width]);
-      spec.set(`${p}self_attn.${proj}.bias`, [width]);
-    }
-    spec.set(`${p}mlp.fc1.weight`, [inner, width]);
-    spec.set(`${p}mlp.fc1.bias`, [inner]);
-    spec.set(`${p}mlp.fc2.weight`, [width, inner]);
-    spec.set(`${p}mlp.fc2.bias`, [width]);
-  }
-}
+import { checkWeights, uploadParam } from './weights.js';
 
 function buildEncoder(
   get: (name: string) => Parameter,
@@ -93,7 +76,7 @@ function runEncoder(blocks: PreLnBlock[], x: Tensor, causal: boolean, keyMask?: 
 function loadParams(
   backend: Backend,
   weights: StateDict,
-  spec: WeightSpec,
+  spec: KeySpec,
   reshape: Map<string, number[]>,
 ): (name: string) => Parameter {
   const byName = new Map<string, Parameter>();
@@ -103,22 +86,6 @@ function loadParams(
     byName.set(name, shape ? new Parameter(name, p.value.reshape(shape)) : p);
   }
   return (n) => byName.get(n) as Parameter;
-}
-
-export function clipVisionWeightSpec(c: ClipVisionConfig): WeightSpec {
-  const w = c.hidden_size;
-  const grid = c.image_size / c.patch_size;
-  const spec: WeightSpec = new Map();
-  spec.set('vision_model.embeddings.class_embedding', [w]);
-  spec.set('vision_model.embeddings.patch_embedding.weight', [w, c.num_channels, c.patch_size, c.patch_size]);
-  spec.set('vision_model.embeddings.position_embedding.weight', [grid * grid + 1, w]);
-  spec.set('vision_model.pre_layrnorm.weight', [w]);
-  spec.set('vision_model.pre_layrnorm.bias', [w]);
-  encoderSpec(spec, 'vision_model.encoder.layers.', c.num_hidden_layers, w, c.intermediate_size);
-  spec.set('vision_model.post_layernorm.weight', [w]);
-  spec.set('vision_model.post_layernorm.bias', [w]);
-  spec.set('visual_projection.weight', [c.projection_dim, w]);
-  return spec;
 }
 
 export interface ClipVisionOutput {
@@ -184,7 +151,7 @@ export class ClipVisionModel {
       );
     if (c.hidden_size % c.num_attention_heads !== 0)
       throw new ShapeError(`CLIP config: hidden_size ${c.hidden_size} is not divisible by the heads`);
-    const spec = clipVisionWeightSpec(c);
+    const spec = clipVisionKeySpec(c);
     checkWeights(
       weights,
       spec,
@@ -283,18 +250,6 @@ export class ClipVisionModel {
   }
 }
 
-export function clipTextWeightSpec(c: ClipTextConfig): WeightSpec {
-  const w = c.hidden_size;
-  const spec: WeightSpec = new Map();
-  spec.set('text_model.embeddings.token_embedding.weight', [c.vocab_size, w]);
-  spec.set('text_model.embeddings.position_embedding.weight', [c.max_position_embeddings, w]);
-  encoderSpec(spec, 'text_model.encoder.layers.', c.num_hidden_layers, w, c.intermediate_size);
-  spec.set('text_model.final_layer_norm.weight', [w]);
-  spec.set('text_model.final_layer_norm.bias', [w]);
-  spec.set('text_projection.weight', [c.projection_dim, w]);
-  return spec;
-}
-
 export interface ClipTextOutput {
   /** (B, T, C) after final_layer_norm. */
   lastHidden: Tensor;
@@ -350,7 +305,7 @@ export class ClipTextModel {
       throw new ShapeError(
         `CLIP text config: hidden_size ${config.hidden_size} is not divisible by the heads`,
       );
-    const spec = clipTextWeightSpec(config);
+    const spec = clipTextKeySpec(config);
     checkWeights(
       weights,
       spec,

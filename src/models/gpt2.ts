@@ -30,40 +30,14 @@ import { Linear } from '../nn/linear.js';
 import { FeedForward } from '../nn/mlp.js';
 import type { Parameter } from '../nn/parameter.js';
 import { SeedSequence } from '../nn/random.js';
+import { gpt2KeySpec, isGpt2Buffer } from '../weights/families/gpt2.js';
 import type { StateDict } from '../weights/host.js';
 import type { Gpt2Config } from './config.js';
-import { checkWeights, uploadParam, type WeightSpec } from './weights.js';
+import { checkWeights, uploadParam } from './weights.js';
 
 /** Keys a GPT-2 state dict may carry that are not parameters: causal-mask buffers and the tied head. */
 export function isGpt2IgnoredKey(name: string): boolean {
-  return /^h\.\d+\.attn\.(bias|masked_bias)$/.test(name) || name === 'lm_head.weight';
-}
-
-/** Every parameter name and shape of a GPT-2 with this config. */
-export function gpt2WeightSpec(c: Gpt2Config): WeightSpec {
-  const e = c.n_embd;
-  const inner = c.n_inner ?? 4 * e;
-  const spec: WeightSpec = new Map();
-  spec.set('wte.weight', [c.vocab_size, e]);
-  spec.set('wpe.weight', [c.n_positions, e]);
-  for (let i = 0; i < c.n_layer; i++) {
-    const p = `h.${i}.`;
-    spec.set(`${p}ln_1.weight`, [e]);
-    spec.set(`${p}ln_1.bias`, [e]);
-    spec.set(`${p}attn.c_attn.weight`, [e, 3 * e]);
-    spec.set(`${p}attn.c_attn.bias`, [3 * e]);
-    spec.set(`${p}attn.c_proj.weight`, [e, e]);
-    spec.set(`${p}attn.c_proj.bias`, [e]);
-    spec.set(`${p}ln_2.weight`, [e]);
-    spec.set(`${p}ln_2.bias`, [e]);
-    spec.set(`${p}mlp.c_fc.weight`, [e, inner]);
-    spec.set(`${p}mlp.c_fc.bias`, [inner]);
-    spec.set(`${p}mlp.c_proj.weight`, [inner, e]);
-    spec.set(`${p}mlp.c_proj.bias`, [e]);
-  }
-  spec.set('ln_f.weight', [e]);
-  spec.set('ln_f.bias', [e]);
-  return spec;
+  return isGpt2Buffer(name) || name === 'lm_head.weight';
 }
 
 export interface Gpt2ForwardOptions {
@@ -177,7 +151,7 @@ export class Gpt2Model implements CausalLM {
       throw new ShapeError(
         `GPT-2 config: n_embd ${config.n_embd} is not divisible by n_head ${config.n_head}`,
       );
-    const spec = gpt2WeightSpec(config);
+    const spec = gpt2KeySpec(config);
     checkWeights(weights, spec, source, isGpt2IgnoredKey);
     const params = [...spec.keys()].map((n) => uploadParam(backend, weights, n));
     const byName = new Map(params.map((p) => [p.name, p]));

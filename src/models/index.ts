@@ -3,19 +3,11 @@ export * from './config.js';
 export {
   Gpt2Model,
   Gpt2KvCache,
-  gpt2WeightSpec,
   isGpt2IgnoredKey,
   type Gpt2ForwardOptions,
   type Gpt2Output,
 } from './gpt2.js';
-export {
-  ClipVisionModel,
-  ClipTextModel,
-  clipVisionWeightSpec,
-  clipTextWeightSpec,
-  type ClipVisionOutput,
-  type ClipTextOutput,
-} from './clip.js';
+export { ClipVisionModel, ClipTextModel, type ClipVisionOutput, type ClipTextOutput } from './clip.js';
 export { createMapper, mapperWeightSpec, MlpMapper, TransformerMapper, type Mapper } from './mapper.js';
 export {
   ClipCapModel,
@@ -37,4 +29,4 @@ export {
   syntheticStateDict,
   syntheticValues,
 } from './synthetic.js';
-export { checkWeights, paramsToStateDict, type WeightSpec } from './weights.js';
+export { checkWeights, paramsToStateDict } from './weights.js';

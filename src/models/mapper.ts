@@ -22,9 +22,11 @@ import { LayerNorm } from '../nn/layernorm.js';
 import { Linear } from '../nn/linear.js';
 import { FeedForward } from '../nn/mlp.js';
 import type { Parameter } from '../nn/parameter.js';
+import { mapperKeySpec } from '../weights/families/clipcap.js';
+import type { KeySpec } from '../weights/families/common.js';
 import type { StateDict } from '../weights/host.js';
 import type { MapperConfig } from './config.js';
-import { checkWeights, uploadParam, type WeightSpec } from './weights.js';
+import { checkWeights, uploadParam } from './weights.js';
 
 /** LayerNorm epsilon of the transformer mapper (torch.nn.LayerNorm's default). */
 const MAPPER_LN_EPS = 1e-5;
@@ -44,43 +46,20 @@ export interface Mapper {
   dispose(): void;
 }
 
-/** Names and shapes of a mapper's weights. `width` is GPT-2's E. */
-export function mapperWeightSpec(config: MapperConfig, width: number): WeightSpec {
-  const spec: WeightSpec = new Map();
+/**
+ * Names and shapes of a mapper's weights (the key map's mapperKeySpec), after checking that the config can
+ * build a mapper for GPT-2 width `width` (E): a ShapeError names what does not fit.
+ */
+export function mapperWeightSpec(config: MapperConfig, width: number): KeySpec {
   if (config.kind === 'mlp') {
     const s = config.sizes;
     if (s.length < 2 || s[0] !== config.prefix_size || s[s.length - 1] !== config.prefix_length * width)
       throw new ShapeError(
         `MLP mapper: sizes [${s.join(', ')}] must run from prefix_size ${config.prefix_size} to prefix_length·E = ${config.prefix_length * width}`,
       );
-    for (let i = 0; i + 1 < s.length; i++) {
-      spec.set(`clip_project.model.${2 * i}.weight`, [s[i + 1], s[i]]);
-      spec.set(`clip_project.model.${2 * i}.bias`, [s[i + 1]]);
-    }
-    return spec;
-  }
-  const e = width;
-  if (e % config.num_heads !== 0)
-    throw new ShapeError(`transformer mapper: width ${e} is not divisible by ${config.num_heads} heads`);
-  spec.set('clip_project.linear.weight', [config.clip_length * e, config.prefix_size]);
-  spec.set('clip_project.linear.bias', [config.clip_length * e]);
-  spec.set('clip_project.prefix_const', [config.prefix_length, e]);
-  for (let i = 0; i < config.num_layers; i++) {
-    const p = `clip_project.transformer.layers.${i}.`;
-    spec.set(`${p}norm1.weight`, [e]);
-    spec.set(`${p}norm1.bias`, [e]);
-    spec.set(`${p}attn.to_queries.weight`, [e, e]);
-    spec.set(`${p}attn.to_keys_values.weight`, [2 * e, e]);
-    spec.set(`${p}attn.project.weight`, [e, e]);
-    spec.set(`${p}attn.project.bias`, [e]);
-    spec.set(`${p}norm2.weight`, [e]);
-    spec.set(`${p}norm2.bias`, [e]);
-    spec.set(`${p}mlp.fc1.weight`, [2 * e, e]);
-    spec.set(`${p}mlp.fc1.bias`, [2 * e]);
-    spec.set(`${p}mlp.fc2.weight`, [e, 2 * e]);
-    spec.set(`${p}mlp.fc2.bias`, [e]);
-  }
-  return spec;
+  } else if (width % config.num_heads !== 0)
+    throw new ShapeError(`transformer mapper: width ${width} is not divisible by ${config.num_heads} heads`);
+  return mapperKeySpec(config, width);
 }
 
 /** Build a mapper from clip_project.* weights; every key and shape is checked. */

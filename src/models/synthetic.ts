@@ -11,8 +11,10 @@
  *   half_width = 0.1 for LayerNorm weights, 0.02 for biases, 0.2 for 'wte.weight', 0.05 otherwise
  *   exception: tensors whose name ends in 'attn.bias' (GPT-2's c_attn.bias) are all zero
  */
+import { clipVisionKeySpec } from '../weights/families/clip.js';
+import type { KeySpec } from '../weights/families/common.js';
+import { gpt2KeySpec } from '../weights/families/gpt2.js';
 import type { StateDict } from '../weights/host.js';
-import { clipVisionWeightSpec } from './clip.js';
 import {
   CLIP_VIT_B32_VISION,
   GPT2_SMALL,
@@ -20,9 +22,7 @@ import {
   type Gpt2Config,
   type MapperConfig,
 } from './config.js';
-import { gpt2WeightSpec } from './gpt2.js';
 import { mapperWeightSpec } from './mapper.js';
-import type { WeightSpec } from './weights.js';
 
 /** Chris Wellons' lowbias32 integer hash. */
 export function lowbias32(x: number): number {
@@ -69,7 +69,7 @@ export function syntheticValues(
 }
 
 /** A state dict of every tensor in `spec`, built by the rule. */
-export function syntheticStateDict(spec: WeightSpec): StateDict {
+export function syntheticStateDict(spec: KeySpec): StateDict {
   const sd: StateDict = new Map();
   for (const [name, shape] of spec) {
     const n = shape.reduce((a, d) => a * d, 1);
@@ -80,7 +80,7 @@ export function syntheticStateDict(spec: WeightSpec): StateDict {
 
 /** GPT-2 (default: small, 124M) with hub names (no `transformer.` prefix). */
 export function syntheticGpt2(config: Gpt2Config = GPT2_SMALL): { config: Gpt2Config; weights: StateDict } {
-  return { config, weights: syntheticStateDict(gpt2WeightSpec(config)) };
+  return { config, weights: syntheticStateDict(gpt2KeySpec(config)) };
 }
 
 /** CLIP vision tower + visual_projection (default: ViT-B/32), HF names. */
@@ -88,7 +88,7 @@ export function syntheticClipVision(config: ClipVisionConfig = CLIP_VIT_B32_VISI
   config: ClipVisionConfig;
   weights: StateDict;
 } {
-  return { config, weights: syntheticStateDict(clipVisionWeightSpec(config)) };
+  return { config, weights: syntheticStateDict(clipVisionKeySpec(config)) };
 }
 
 /** The official MLP mapper for GPT-2 small and ViT-B/32: 512 -> 3840 -> 7680 (K = 10, E = 768). */

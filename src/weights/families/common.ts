@@ -12,27 +12,48 @@ function listSome(names: readonly string[], n = 8): string {
   return names.length > n ? `${shown} and ${names.length - n} more` : shown;
 }
 
+export interface KeyCheckOptions {
+  /** Keys that may be present or not: buffers, a tied head, another model's keys in a shared state dict. */
+  ignore?: (name: string) => boolean;
+  /** Also require f32 data (the models upload weights as they are). */
+  requireF32?: boolean;
+}
+
 /**
- * Check that `weights` holds exactly the keys of `spec` with their shapes; one UserError names every missing,
- * unexpected and wrongly shaped key. Returns the weights in spec order.
+ * What is wrong with `weights` against `spec`: one clause per kind of problem (missing, wrongly shaped,
+ * not f32 when asked, unexpected keys), each naming the keys; empty when they match. The one check behind
+ * both the key maps (checkKeys) and the models' constructors, so the two cannot drift apart.
  */
-export function checkKeys(weights: StateDict, spec: KeySpec, what: string, hint: string): StateDict {
+export function keyProblems(weights: StateDict, spec: KeySpec, opts: KeyCheckOptions = {}): string[] {
   const missing: string[] = [];
   const badShape: string[] = [];
-  const out: StateDict = new Map();
+  const badType: string[] = [];
   for (const [name, shape] of spec) {
     const t = weights.get(name);
     if (!t) missing.push(name);
     else if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
       badShape.push(`${name} is ${fmtShape(t.shape)}, expected ${fmtShape(shape)}`);
-    } else out.set(name, t);
+    } else if (opts.requireF32 && !(t.data instanceof Float32Array)) badType.push(`${name} (${t.dtype})`);
   }
-  const unexpected = [...weights.keys()].filter((k) => !spec.has(k));
+  const ignore = opts.ignore ?? (() => false);
+  const unexpected = [...weights.keys()].filter((k) => !spec.has(k) && !ignore(k));
   const problems: string[] = [];
   if (missing.length) problems.push(`missing ${listSome(missing)}`);
   if (badShape.length) problems.push(`wrong shape: ${listSome(badShape, 4)}`);
+  if (badType.length) problems.push(`not floating point: ${listSome(badType)}`);
   if (unexpected.length) problems.push(`unexpected ${listSome(unexpected)}`);
+  return problems;
+}
+
+/**
+ * Check that `weights` holds exactly the keys of `spec` with their shapes; one UserError names every missing,
+ * unexpected and wrongly shaped key. Returns the weights in spec order.
+ */
+export function checkKeys(weights: StateDict, spec: KeySpec, what: string, hint: string): StateDict {
+  const problems = keyProblems(weights, spec);
   if (problems.length) throw new UserError(`${what}: ${problems.join('; ')}; ${hint}`);
+  const out: StateDict = new Map();
+  for (const name of spec.keys()) out.set(name, weights.get(name) as HostTensor);
   return out;
 }
 

@@ -69,6 +69,11 @@ export function gpt2KeySpec(c: Gpt2Config): KeySpec {
 const PREFIXES = ['gpt.transformer.', 'transformer.', ''] as const;
 const BUFFER = /^h\.\d+\.attn\.(bias|masked_bias)$/;
 
+/** The causal-mask buffers h.N.attn.bias / h.N.attn.masked_bias (canonical names): not weights. */
+export function isGpt2Buffer(name: string): boolean {
+  return BUFFER.test(name);
+}
+
 /**
  * Strip the prefix, drop buffers and a tied lm_head. Keys outside the GPT-2 (e.g. a ClipCap checkpoint's
  * clip_project.*) are ignored when the prefix is `gpt.transformer.`, and unexpected otherwise.
@@ -90,7 +95,7 @@ export function canonicalGpt2(sd: StateDict, what: string): StateDict {
       continue;
     }
     const name = k.slice(prefix.length);
-    if (!BUFFER.test(name)) out.set(name, t);
+    if (!isGpt2Buffer(name)) out.set(name, t);
   }
   const lmHead = sd.get(lmHeadKey);
   if (lmHead && !sameTensor(lmHead, sd.get(`${prefix}wte.weight`) as typeof lmHead)) {
