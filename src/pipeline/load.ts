@@ -16,7 +16,7 @@ import type { Backend } from '../engine/backend.js';
 import { getBackend, type BackendName } from '../engine/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import type { Gpt2Config, MapperConfig } from '../models/config.js';
+import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../models/config.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UserError } from '../util/errors.js';
 import type { StateDict } from '../weights/host.js';
@@ -29,6 +29,7 @@ import {
   gpt2Weights,
   loadClipcapDir,
 } from '../weights/keymaps.js';
+import { loadOpenAIClipVision } from '../weights/families/openai-clip.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
 import { hubFile } from '../weights/hub.js';
 
@@ -206,11 +207,17 @@ async function resolveClipcap(
 
 // ---- CLIP ----
 
-/** The CLIP image encoder from a directory or hub repo (config.json + model.safetensors). */
+/**
+ * The CLIP image encoder from a directory or hub repo (config.json + model.safetensors), or from OpenAI's own
+ * TorchScript file (a `.pt` path, e.g. ~/.cache/clip/ViT-B-32.pt).
+ */
 export async function loadImageEncoder(
   spec: string,
   o: SourceOptions & { backend?: BackendName | Backend } = {},
 ): Promise<ImageEncoder> {
+  if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
+    return imageEncoder(await loadOpenAIClipVision(spec), spec, o.backend);
+  }
   const what = `CLIP ${spec}`;
   const config = await readJson(await modelFile(spec, 'config.json', o, what), what);
   expectModelType(config, ['clip', 'clip_vision_model'], what, DEFAULT_CLIP);
@@ -226,7 +233,15 @@ export async function loadImageEncoder(
   }
   const { vision } = clipWeights(sd, config, file);
   if (!vision) throw new UserError(`${file}: no CLIP vision tower (vision_model.*); give a CLIP image model`);
-  const model = ClipVisionModel.fromWeights(resolveBackend(o.backend), vision.config, vision.weights, file);
+  return imageEncoder(vision, file, o.backend);
+}
+
+function imageEncoder(
+  vision: { config: ClipVisionConfig; weights: StateDict },
+  file: string,
+  backend: BackendName | Backend | undefined,
+): ImageEncoder {
+  const model = ClipVisionModel.fromWeights(resolveBackend(backend), vision.config, vision.weights, file);
   return {
     projectionDim: model.embedDim,
     imageSize: vision.config.image_size,

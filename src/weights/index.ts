@@ -14,6 +14,8 @@ export {
 export type { SafetensorsFile, SafetensorsInfo, TensorToSave, TensorsToSave } from './safetensors.js';
 export { loadPickle, loadTorchCheckpoint, stateDictFrom, isHostTensor } from './torch.js';
 export type { PickleValue, PickleObject } from './torch.js';
+export { loadTorchScript, type TorchScriptModule, type TorchScriptOptions } from './torchscript.js';
+export { loadOpenAIClipVision, openaiClipVision } from './families/openai-clip.js';
 export * from './keymaps.js';
 export { convertClipcap, readGpt2ConfigSpec, type ConvertOptions, type ConvertResult } from './convert.js';
 export {

@@ -97,8 +97,8 @@ class StorageView {
   ) {}
 }
 
-/** A tensor waiting for its storage's bytes. */
-class TensorRef {
+/** A tensor waiting for its storage's bytes (`result` once materialized). */
+export class TensorRef {
   result: HostTensor | undefined;
   constructor(
     readonly storage: Storage,
@@ -163,8 +163,17 @@ function rebuildTensor(ctx: LoadContext, args: unknown[]): TensorRef {
   return ref;
 }
 
+/**
+ * Names and BUILD targets a zip mode adds to the allowlist (torchscript.ts: TorchScript archives). The base
+ * names come first and cannot be overridden.
+ */
+export interface PolicyExtension {
+  resolveGlobal(module: string, name: string): PyGlobal | undefined;
+  build(obj: unknown, state: unknown): boolean;
+}
+
 /** The names a torch pickle may use. Everything else is refused by the unpickler. */
-function torchPolicy(ctx: LoadContext): UnpicklePolicy {
+function torchPolicy(ctx: LoadContext, extension?: PolicyExtension): UnpicklePolicy {
   const rebuildV2 = new PyGlobal('torch._utils', '_rebuild_tensor_v2', (a) => rebuildTensor(ctx, a));
   const table = new Map<string, PyGlobal>();
   const add = (g: PyGlobal): void => void table.set(g.qualname, g);
@@ -219,7 +228,8 @@ function torchPolicy(ctx: LoadContext): UnpicklePolicy {
   );
 
   return {
-    resolveGlobal: (module, name) => table.get(`${module}.${name}`),
+    resolveGlobal: (module, name) => table.get(`${module}.${name}`) ?? extension?.resolveGlobal(module, name),
+    build: extension ? (obj, state) => extension.build(obj, state) : undefined,
     persistentLoad: ctx.persistent === 'none' ? undefined : (pid) => persistentLoad(ctx, pid),
   };
 }
@@ -397,9 +407,16 @@ function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean
   return { dtype, shape, data: out };
 }
 
-/** Read every referenced storage once (one at a time) and build its tensors. */
-async function materialize(ctx: LoadContext, read: (s: Storage) => Promise<Uint8Array>): Promise<void> {
-  const storages = new Set(ctx.refs.map((r) => r.storage));
+/**
+ * Read every referenced storage once (one at a time) and build its tensors. `keep`: only these tensors (the
+ * others keep `result` undefined and storages only they use are never read).
+ */
+async function materialize(
+  ctx: LoadContext,
+  read: (s: Storage) => Promise<Uint8Array>,
+  keep?: ReadonlySet<TensorRef>,
+): Promise<void> {
+  const storages = new Set(ctx.refs.filter((r) => !keep || keep.has(r)).map((r) => r.storage));
   for (const s of storages) {
     const bytes = s.bytes ?? (await read(s));
     const expected = s.numel * DTYPE_BYTES[s.dtype];
@@ -410,7 +427,8 @@ async function materialize(ctx: LoadContext, read: (s: Storage) => Promise<Uint8
     }
     // A buffer read for a single tensor may become that tensor's memory; shared storages are copied.
     const shareable = s.bytes === undefined && s.refs.length === 1;
-    for (const ref of s.refs) ref.result = tensorFromStorage(ref, bytes, shareable);
+    for (const ref of s.refs)
+      if (!keep || keep.has(ref)) ref.result = tensorFromStorage(ref, bytes, shareable);
     s.bytes = undefined;
   }
 }
@@ -524,7 +542,18 @@ async function readEntry(zip: ZipFile, entry: Entry, file: string, expected?: nu
   return out;
 }
 
-async function loadZip(path: string): Promise<unknown> {
+/**
+ * How loadZip reads an archive other than a torch.save checkpoint (torchscript.ts: TorchScript archives):
+ * extra allowed names, and which tensors of the unpickled root to read.
+ */
+export interface ZipMode {
+  extension: PolicyExtension;
+  /** The tensors to read, given the unpickled root (internal values); the others stay unread. */
+  select(root: unknown): ReadonlySet<TensorRef>;
+}
+
+/** A torch zip archive's data.pkl with its tensors read. Without `mode`, TorchScript archives are refused. */
+export async function loadZip(path: string, mode?: ZipMode): Promise<unknown> {
   let zip: ZipFile;
   try {
     zip = await yauzl.openPromise(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true });
@@ -549,11 +578,12 @@ async function loadZip(path: string): Promise<unknown> {
     if (!pkl) throw new UserError(`${path}: a zip file but not a PyTorch checkpoint (no <name>/data.pkl)`);
     const prefix = pkl.slice(0, -'data.pkl'.length);
     if (
-      entries.has(`${prefix}constants.pkl`) ||
-      [...entries.keys()].some((n) => n.startsWith(`${prefix}code/`))
+      !mode &&
+      (entries.has(`${prefix}constants.pkl`) ||
+        [...entries.keys()].some((n) => n.startsWith(`${prefix}code/`)))
     ) {
       throw new UserError(
-        `${path} is a TorchScript archive (torch.jit.save), which clipcap does not read; load it in Python and save model.state_dict() with torch.save, or use the Hugging Face safetensors weights`,
+        `${path} is a TorchScript archive (torch.jit.save), which clipcap reads only as OpenAI's CLIP (--clip FILE.pt); load it in Python and save model.state_dict() with torch.save, or use the Hugging Face safetensors weights`,
       );
     }
     const byteorder = entries.get(`${prefix}byteorder`);
@@ -563,14 +593,18 @@ async function loadZip(path: string): Promise<unknown> {
     const ctx: LoadContext = { file: path, refs: [], storages: new Map(), persistent: 'zip' };
     const root = unpickle(
       new MemorySource(await readEntry(zip, entries.get(pkl) as Entry, path)),
-      torchPolicy(ctx),
+      torchPolicy(ctx, mode?.extension),
       path,
     );
-    await materialize(ctx, async (s) => {
-      const entry = entries.get(`${prefix}data/${s.key}`);
-      if (!entry) throw new UserError(`${path}: storage data/${s.key} is missing from the archive`);
-      return readEntry(zip, entry, path, s.numel * DTYPE_BYTES[s.dtype]);
-    });
+    await materialize(
+      ctx,
+      async (s) => {
+        const entry = entries.get(`${prefix}data/${s.key}`);
+        if (!entry) throw new UserError(`${path}: storage data/${s.key} is missing from the archive`);
+        return readEntry(zip, entry, path, s.numel * DTYPE_BYTES[s.dtype]);
+      },
+      mode?.select(root),
+    );
     return root;
   } finally {
     zip.close();
