@@ -6,12 +6,19 @@ with every weight built by the rule of test/fixtures/fullsize_goldens.json (so t
 TypeScript benches build, and the scripts check that against the fixture goldens). The two decoders are the
 official predict.py `generate_beam` and `generate2`, ported as they are: each step runs GPT-2 over the whole
 sequence (prefix + every token so far) and computes logits for every position; there is no KV cache.
+
+Also the frame the two bench scripts share: their common options, the start (threads, torch, the weight-rule
+check), timing with peak RSS, result rows and the JSON document they print.
 """
+import argparse
 import json
 import math
 import os
 import resource
+import statistics
 import struct
+import sys
+import time
 
 import numpy as np
 
@@ -419,3 +426,60 @@ def peak_rss_mb():
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---- the frame of bench/pytorch_clip.py and bench/pytorch_caption.py ----
+
+
+def bench_arg_parser(runs, smoke_help):
+    """The options every full-size bench script takes (--threads, --runs, --smoke, --fixtures); add your own."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, required=True)
+    ap.add_argument("--runs", type=int, default=runs)
+    ap.add_argument("--smoke", action="store_true", help=smoke_help)
+    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "test", "fixtures"))
+    return ap
+
+
+def start_torch(args):
+    """Thread pools set to --threads, torch imported, and the weight rule itself checked against the first
+    values of five tensors (fullsize_rule_check.json; a WARNING line on stderr if it differs).
+    Returns (torch, the rule's worst difference)."""
+    set_threads(args.threads)
+    import torch
+
+    torch.set_num_threads(args.threads)
+    rule_diff = check_rule(os.path.join(args.fixtures, "fullsize_rule_check.json"))
+    if rule_diff != 0.0:
+        print(f"WARNING: the weight rule differs from fullsize_rule_check.json by {rule_diff:.3g}", file=sys.stderr)
+    return torch, rule_diff
+
+
+def timed(fn, runs, warmup=1):
+    """Median seconds of `runs` calls of fn after `warmup` untimed ones, and the peak RSS (MiB) of the timed ones."""
+    for _ in range(warmup):
+        fn()
+    reset_peak_rss()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), peak_rss_mb()
+
+
+def result(case, metric, value, runs, rss=None):
+    """One PyTorch row of the report (DESIGN.md "Contracts")."""
+    r = {"case": case, "backend": "pytorch", "metric": metric, "value": value, "runs": runs}
+    if rss is not None:
+        r["peak_rss_mb"] = rss
+    return r
+
+
+def print_report(torch, rule_diff, results, **extra):
+    """The document the TypeScript side reads: one JSON line on stdout."""
+    out = {"torch": torch.__version__, "threads": torch.get_num_threads(), "rule_check_max_diff": rule_diff}
+    out.update(extra)
+    out["results"] = results
+    json.dump(out, sys.stdout)
+    sys.stdout.write("\n")

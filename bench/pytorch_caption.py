@@ -15,12 +15,8 @@ Before timing, the model's 10 greedy tokens from both golden embeddings are chec
 `clipcap.greedy10`; a mismatch prints a WARNING line on stderr.
 Prints one JSON document on stdout: {"torch", "threads", "greedy10_ok", "results": [...]}.
 """
-import argparse
-import json
 import os
-import statistics
 import sys
-import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -34,23 +30,12 @@ def batch_embeddings(embeds, n):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--runs", type=int, default=1)
+    ap = ft.bench_arg_parser(runs=1, smoke_help="tiny models (same rule): checks the script runs")
     ap.add_argument("--tokens", type=int, default=20)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--batch-calls", type=int, default=2)
-    ap.add_argument("--smoke", action="store_true", help="tiny models (same rule): checks the script runs")
-    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "test", "fixtures"))
     args = ap.parse_args()
-    ft.set_threads(args.threads)
-    import torch
-
-    torch.set_num_threads(args.threads)
-    # The weight rule itself, against the first values of five tensors (fullsize_rule_check.json).
-    rule_diff = ft.check_rule(os.path.join(args.fixtures, "fullsize_rule_check.json"))
-    if rule_diff != 0.0:
-        print(f"WARNING: the weight rule differs from fullsize_rule_check.json by {rule_diff:.3g}", file=sys.stderr)
+    torch, rule_diff = ft.start_torch(args)
     mapper, gpt = ft.build_captioner(torch, smoke=args.smoke)
     golden = ft.read_safetensors(os.path.join(args.fixtures, "fullsize_goldens.safetensors"))
     if args.smoke:
@@ -82,12 +67,6 @@ def main():
     T = args.tokens
     results = []
 
-    def add(case, metric, value, runs, rss=None):
-        r = {"case": case, "backend": "pytorch", "metric": metric, "value": value, "runs": runs}
-        if rss is not None:
-            r["peak_rss_mb"] = rss
-        results.append(r)
-
     # Warm-up: one short call of each decoder (first-call allocations), not timed.
     ft.generate_beam(torch, gpt, prefix_of(embeds[0]), 5, min(T, 2), stop_token_index=None)
     ft.generate2(torch, gpt, prefix_of(embeds[0]), min(T, 2), stop_token_index=None)
@@ -96,44 +75,32 @@ def main():
         ("beam5_20tok", lambda p: ft.generate_beam(torch, gpt, p, 5, T, stop_token_index=None)),
         ("greedy_20tok", lambda p: ft.generate2(torch, gpt, p, T, stop_token_index=None)),
     ):
-        ft.reset_peak_rss()
-        times = []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
+        def run():
             out = decode(prefix_of(embeds[0]))  # the mapper is part of the latency, as on the TypeScript side
-            times.append(time.perf_counter() - t0)
             n = len(out[0]) if case.startswith("beam") else len(out)
             assert n == T, f"{case}: {n} tokens, expected {T}"
-        ms = statistics.median(times) * 1000
+
+        t, rss = ft.timed(run, args.runs, warmup=0)
+        ms = t * 1000
         print(f"pytorch {case}: {ms:.0f} ms", file=sys.stderr)
-        add(case, "ms", ms, args.runs, ft.peak_rss_mb())
-        add(f"{case}_per_token", "ms_per_token", ms / T, args.runs)
+        results.append(ft.result(case, "ms", ms, args.runs, rss))
+        results.append(ft.result(f"{case}_per_token", "ms_per_token", ms / T, args.runs))
 
     calls = max(1, min(args.batch_calls, args.batch))
     batch = batch_embeddings(embeds, args.batch)
-    ft.reset_peak_rss()
-    rates = []
-    for _ in range(args.runs):
-        t0 = time.perf_counter()
+
+    def run_calls():
         for i in range(calls):
             ft.generate_beam(torch, gpt, prefix_of(batch[i]), 5, T, stop_token_index=None)
-        rates.append(calls / (time.perf_counter() - t0))
-    rate = statistics.median(rates)
+
+    t, rss = ft.timed(run_calls, args.runs, warmup=0)
+    rate = calls / t
     print(
         f"pytorch batch32_beam5: {rate:.3f} captions/s ({calls} of {args.batch} sequential calls timed)",
         file=sys.stderr,
     )
-    add("batch32_beam5", "captions_per_s", rate, args.runs, ft.peak_rss_mb())
-
-    out = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "greedy10_ok": greedy_ok, "rule_check_max_diff": rule_diff,
-        "batch_calls_timed": calls,
-        "results": results,
-    }
-    json.dump(out, sys.stdout)
-    sys.stdout.write("\n")
+    results.append(ft.result("batch32_beam5", "captions_per_s", rate, args.runs, rss))
+    ft.print_report(torch, rule_diff, results, greedy10_ok=greedy_ok, batch_calls_timed=calls)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,9 @@ Before timing, the embeddings of the two fixture photos are compared with fullsi
 (a mismatch above 1e-4 of their scale prints a WARNING line on stderr).
 Prints one JSON document on stdout: {"torch", "threads", "embeds_max_rel_diff", "results": [...]}.
 """
-import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -26,23 +23,13 @@ import fullsize_torch as ft  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--threads", type=int, required=True)
-    ap.add_argument("--runs", type=int, default=5)
+    ap = ft.bench_arg_parser(runs=5, smoke_help="tiny model (same rule): checks the script runs")
     ap.add_argument("--images", required=True)
     ap.add_argument("--batch", type=int, default=16)
-    ap.add_argument("--smoke", action="store_true", help="tiny model (same rule): checks the script runs")
-    ap.add_argument("--fixtures", default=os.path.join(os.path.dirname(__file__), "..", "test", "fixtures"))
     args = ap.parse_args()
-    ft.set_threads(args.threads)
+    torch, rule_diff = ft.start_torch(args)
     import numpy as np
-    import torch
 
-    torch.set_num_threads(args.threads)
-    # The weight rule itself, against the first values of five tensors (fullsize_rule_check.json).
-    rule_diff = ft.check_rule(os.path.join(args.fixtures, "fullsize_rule_check.json"))
-    if rule_diff != 0.0:
-        print(f"WARNING: the weight rule differs from fullsize_rule_check.json by {rule_diff:.3g}", file=sys.stderr)
     clip = ft.build_clip(torch, smoke=args.smoke)
     names = sorted(n for n in os.listdir(args.images) if n.lower().endswith((".jpg", ".jpeg")))
     if not names:
@@ -65,16 +52,6 @@ def main():
     pixels = torch.stack([ft.preprocess(torch, f) for f in files])  # (B, 3, 224, 224)
     results = []
 
-    def timed(fn):
-        fn()  # warm-up
-        ft.reset_peak_rss()
-        times = []
-        for _ in range(args.runs):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return statistics.median(times), ft.peak_rss_mb()
-
     def encode(px):
         with torch.no_grad():
             return clip(px)
@@ -88,28 +65,11 @@ def main():
         (f"bs{args.batch}", args.batch, lambda: encode(pixels)),
         (f"bs{args.batch}_decode", args.batch, decode_and_encode),
     ):
-        t, rss = timed(fn)
+        t, rss = ft.timed(fn, args.runs)
         value = n / t
         print(f"pytorch {case}: {value:.2f} images/s", file=sys.stderr)
-        results.append(
-            {
-                "case": case,
-                "backend": "pytorch",
-                "metric": "images_per_s",
-                "value": value,
-                "runs": args.runs,
-                "peak_rss_mb": rss,
-            }
-        )
-    out = {
-        "torch": torch.__version__,
-        "threads": torch.get_num_threads(),
-        "embeds_max_rel_diff": diff,
-        "rule_check_max_diff": rule_diff,
-        "results": results,
-    }
-    json.dump(out, sys.stdout)
-    sys.stdout.write("\n")
+        results.append(ft.result(case, "images_per_s", value, args.runs, rss))
+    ft.print_report(torch, rule_diff, results, embeds_max_rel_diff=diff)
 
 
 if __name__ == "__main__":

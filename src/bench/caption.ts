@@ -18,15 +18,15 @@
 import path from 'node:path';
 import type { Backend } from '../engine/backend.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import type { Gpt2Config, MapperConfig } from '../models/config.js';
+import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../models/config.js';
 import { syntheticGpt2, syntheticMapper, syntheticValues } from '../models/synthetic.js';
 import { ClipCap } from '../pipeline/caption.js';
 import type { CaptionOptions, CaptionResult } from '../pipeline/types.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UsageError, UserError } from '../util/errors.js';
 import { loadSafetensors } from '../weights/safetensors.js';
-import { benchEngine, mergeTorchResults, repoPath, runsOf, runTorchScript, timeAsync } from './clip.js';
-import { machineInfo, median } from './report.js';
+import { benchEngine, repoPath, runsOf, runTorchBench, timeAsync } from './common.js';
+import { machineInfo, median, speedup } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
 const DEFAULT_RUNS = 3;
@@ -40,18 +40,8 @@ const SMOKE_TOKENS = 3;
 const BATCH = 32;
 const BEAM = 5;
 
-/** The tiny GPT-2 and mapper of the --smoke runs (the fixture models' shapes; weights by the same rule). */
-export const SMOKE_GPT2: Gpt2Config = {
-  vocab_size: 50257,
-  n_positions: 128,
-  n_embd: 32,
-  n_layer: 2,
-  n_head: 4,
-  layer_norm_epsilon: 1e-5,
-  resid_pdrop: 0.1,
-  embd_pdrop: 0.1,
-  attn_pdrop: 0.1,
-};
+/** The tiny GPT-2 and mapper of the --smoke runs: the fixture models' shapes (weights by the same rule). */
+export const SMOKE_GPT2: Gpt2Config = { ...GPT2_SMALL, n_positions: 128, n_embd: 32, n_layer: 2, n_head: 4 };
 export const SMOKE_MAPPER: MapperConfig = {
   kind: 'mlp',
   prefix_size: 24,
@@ -241,36 +231,25 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
       `running the official decoders on PyTorch (bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
         `${torchRuns} run(s); official beam search takes ~20 s per caption on 2 cores...`,
     );
-    const fixtures = repoPath('test/fixtures');
-    const torch = runTorchScript('pytorch_caption.py', [
-      '--threads',
-      String(eng.threads),
-      '--runs',
-      String(torchRuns),
-      '--tokens',
-      String(T),
-      '--batch',
-      String(BATCH),
-      '--batch-calls',
-      String(torchCalls),
-      ...(fixtures ? ['--fixtures', fixtures] : []),
-      ...(smoke ? ['--smoke'] : []),
-    ]);
-    extra.torch = torch.torch;
-    if (typeof torch.rule_check_max_diff === 'number')
-      extra.torch_rule_check_max_diff = torch.rule_check_max_diff;
+    const torch = runTorchBench(
+      'pytorch_caption.py',
+      { threads: eng.threads, runs: torchRuns, smoke },
+      ['--tokens', String(T), '--batch', String(BATCH), '--batch-calls', String(torchCalls)],
+      results,
+      extra,
+    );
     if (typeof torch.greedy10_ok === 'boolean') extra.torch_greedy10_ok = torch.greedy10_ok;
     if (torch.greedy10_ok === false)
       throw new UserError(
         'the PyTorch model does not reproduce clipcap.greedy10: the comparison would be invalid',
       );
     extra.torch_batch32_calls_timed = torchCalls;
-    mergeTorchResults(results, torch.results);
     for (const r of results.filter((x) => x.backend === eng.name)) {
       const p = results.find((x) => x.backend === 'pytorch' && x.case === r.case);
       if (!p) continue;
-      const speedup = r.metric === 'captions_per_s' ? r.value / p.value : p.value / r.value;
-      opts.log(`${r.case}: ${speedup.toFixed(1)}x faster than PyTorch's official decoder`);
+      opts.log(
+        `${r.case}: ${speedup(r.metric, r.value, p.value).toFixed(1)}x faster than PyTorch's official decoder`,
+      );
     }
   }
   return { bench: 'caption', machine: machineInfo(eng.threads, eng.avx2, extra), results };

@@ -13,18 +13,16 @@
  * the LM head (decoding 5 beams, and training), and the backward products: dX = dY·Wᵀ (_tB) and
  * dW = Xᵀ·dY (_tA).
  */
-import { spawn, spawnSync, type ChildProcessByStdio } from 'node:child_process';
+import { spawn, type ChildProcessByStdio } from 'node:child_process';
 import type { Readable, Writable } from 'node:stream';
-import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
-import { fileURLToPath } from 'node:url';
 import type { Backend } from '../engine/backend.js';
-import { loadNativeBackend, NativeBackend } from '../engine/native.js';
 import { ReferenceBackend } from '../engine/reference.js';
 import type { Tensor } from '../engine/tensor.js';
 import { UsageError, UserError } from '../util/errors.js';
-import { cpuHasAvx2, machineInfo, median, timeRuns } from './report.js';
+import { benchEngine, torchScript } from './common.js';
+import { machineInfo, median, timeRuns } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
 export const DEFAULT_GEMM_CASES: readonly string[] = [
@@ -127,28 +125,6 @@ function timeBackend(be: Backend, c: GemmCase, runs: number): number {
   return flops(c) / median(times) / 1e9;
 }
 
-/** The package root (bench/ lives there in the source repository), from src/bench or dist/src/bench. */
-function findScript(): string | null {
-  const here = path.dirname(fileURLToPath(import.meta.url));
-  for (const up of ['../..', '../../..']) {
-    const p = path.resolve(here, up, 'bench', 'pytorch_gemm.py');
-    if (existsSync(p)) return p;
-  }
-  return null;
-}
-
-/** A python3 that can import torch: $CLIPCAP_PYTHON, python3 on PATH, then /usr/bin/python3. */
-function findTorchPython(): string | null {
-  const candidates = [process.env.CLIPCAP_PYTHON, 'python3', '/usr/bin/python3'].filter(
-    (p): p is string => typeof p === 'string' && p !== '',
-  );
-  for (const py of new Set(candidates)) {
-    const r = spawnSync(py, ['-c', 'import torch'], { stdio: 'ignore', timeout: 120_000 });
-    if (r.status === 0) return py;
-  }
-  return null;
-}
-
 /**
  * bench/pytorch_gemm.py --stdin in a persistent python3, asked for one timed run at a time so that native
  * and PyTorch runs of a case alternate and see the same machine load.
@@ -166,18 +142,7 @@ class TorchRunner {
   }
 
   static async start(threads: number): Promise<TorchRunner> {
-    const script = findScript();
-    if (!script) {
-      throw new UserError(
-        '--pytorch needs bench/pytorch_gemm.py, which is in the clipcap source repository (not the npm package)',
-      );
-    }
-    const py = findTorchPython();
-    if (!py) {
-      throw new UserError(
-        '--pytorch needs a python3 that can `import torch` (e.g. apt-get install python3-torch, or pip install torch); set CLIPCAP_PYTHON to choose one',
-      );
-    }
+    const { py, file: script } = torchScript('pytorch_gemm.py', ['torch']);
     const runner = new TorchRunner(py, script, threads);
     const hello = (await runner.next()) as { torch?: string; ready?: boolean };
     if (hello.ready !== true) throw new UserError(`${path.basename(script)} did not start`);
@@ -218,18 +183,11 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   const cases = (typeof casesOpt === 'string' ? casesOpt.split(',') : DEFAULT_GEMM_CASES).map(parseGemmCase);
   const allReference = opts.extra.reference === true;
 
-  const loaded = loadNativeBackend();
-  const native = 'backend' in loaded && loaded.backend instanceof NativeBackend ? loaded.backend : null;
-  if (!native)
-    opts.log(
-      `native backend unavailable (${'error' in loaded ? loaded.error : 'unknown'}); timing reference only`,
-    );
-  if (native && opts.threads !== undefined) native.setThreads(opts.threads);
-  const info = native?.info();
-  const threads = info?.threads ?? opts.threads ?? 1;
+  const eng = benchEngine(opts, 'timing reference only');
+  const native = eng.name === 'native' ? eng.backend : null;
   const reference = new ReferenceBackend();
 
-  const torch = opts.extra.pytorch === true ? await TorchRunner.start(threads) : null;
+  const torch = opts.extra.pytorch === true ? await TorchRunner.start(eng.threads) : null;
   const results: BenchResult[] = [];
   const record = (c: GemmCase, backend: BenchResult['backend'], times: number[]) => {
     const value = flops(c) / median(times) / 1e9;
@@ -272,8 +230,7 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   } finally {
     torch?.close();
   }
-  const extra: Record<string, string> = {};
-  if (info) extra.gemm_kernel = info.gemmKernel;
+  const extra: Record<string, string> = { ...eng.extra };
   if (torch) extra.torch = torch.version;
-  return { bench: 'gemm', machine: machineInfo(threads, info?.avx2 ?? cpuHasAvx2(), extra), results };
+  return { bench: 'gemm', machine: machineInfo(eng.threads, eng.avx2, extra), results };
 }

@@ -18,6 +18,18 @@ export interface BenchEntry {
   run: (opts: BenchRunOptions) => Promise<BenchReport>;
 }
 
+/** Options of both full-size model benches (clip, caption). */
+const MODEL_BENCH_OPTIONS: readonly BenchOptionSpec[] = [
+  {
+    flags: '--pytorch',
+    description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
+  },
+  {
+    flags: '--smoke',
+    description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
+  },
+];
+
 export const BENCHES: Record<string, BenchEntry> = {
   gemm: {
     description: 'GEMM GFLOP/s on GPT-2/CLIP shapes (forward and the transposed backward products)',
@@ -37,14 +49,7 @@ export const BENCHES: Record<string, BenchEntry> = {
   clip: {
     description: 'full-size CLIP ViT-B/32 image embeddings/s at batch 1 and 16, and from JPEG files',
     options: [
-      {
-        flags: '--pytorch',
-        description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
-      },
-      {
-        flags: '--smoke',
-        description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
-      },
+      ...MODEL_BENCH_OPTIONS,
       {
         flags: '--clip <DIR|HUB_ID>',
         description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
@@ -56,14 +61,7 @@ export const BENCHES: Record<string, BenchEntry> = {
   caption: {
     description: 'full-size captioning: beam 5 / greedy latency for 20 tokens, captions/s for 32 images',
     options: [
-      {
-        flags: '--pytorch',
-        description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
-      },
-      {
-        flags: '--smoke',
-        description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
-      },
+      ...MODEL_BENCH_OPTIONS,
       {
         flags: '--clipcap <FILE>',
         description: 'caption: a ClipCap checkpoint instead of the synthetic weights',

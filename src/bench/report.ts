@@ -1,6 +1,7 @@
 /**
- * What every `clipcap bench WHAT` produces (DESIGN.md, "Contracts"), and the helpers the benches share:
- * timing (median of N runs), the machine description, and the text table.
+ * What every `clipcap bench WHAT` produces (DESIGN.md, "Contracts"), and the light helpers the benches share:
+ * timing (median of N runs), the machine description, which way each metric is better, and the text table
+ * (the CLI imports this module on every `clipcap bench`; what loads backends is in common.ts).
  *
  * JSON: { "bench": WHAT, "machine": {...}, "results": [ { "case", "backend", "metric", "value", "runs" } ] },
  * each value the median of `runs` timed runs.
@@ -97,8 +98,23 @@ export function machineInfo(
 }
 
 /**
- * The text format: one row per case, one column per backend (values in the results' metric), plus
- * native/pytorch and native/reference ratios when both were measured. Columns are aligned.
+ * Whether a larger value of `metric` is better: rates (gflops, images_per_s, captions_per_s, ...) are; times
+ * (`ms`, `ms_per_token`: a unit of time, optionally per something) are not.
+ */
+export function higherIsBetter(metric: string): boolean {
+  return !/^(ns|us|ms|s)(_per_.+)?$/.test(metric);
+}
+
+/** How many times faster `value` is than `baseline` in `metric` (> 1: faster), whichever way it is better. */
+export function speedup(metric: string, value: number, baseline: number): number {
+  return higherIsBetter(metric) ? value / baseline : baseline / value;
+}
+
+/**
+ * The text format: one row per case, one column per backend (values in the results' metric), plus how many
+ * times faster native is than pytorch and than reference when both were measured (per row, by the row's
+ * metric: a rate divided, a time inverted). Where every metric is a rate the ratio is the quotient and the
+ * column says so ("native/pytorch"); otherwise it is headed "speed-up vs pytorch". Columns are aligned.
  */
 export function formatTable(report: BenchReport): string {
   const backends = (['native', 'reference', 'pytorch'] as const).filter((b) =>
@@ -106,25 +122,24 @@ export function formatTable(report: BenchReport): string {
   );
   const cases = [...new Set(report.results.map((r) => r.case))];
   const metrics = [...new Set(report.results.map((r) => r.metric))];
-  const value = (c: string, b: BenchBackend) =>
-    report.results.find((r) => r.case === c && r.backend === b)?.value;
+  const result = (c: string, b: BenchBackend) => report.results.find((r) => r.case === c && r.backend === b);
   const ratios = (['pytorch', 'reference'] as const).filter(
     (b) => backends.includes('native') && backends.includes(b),
   );
   const header = [
     'case',
     ...backends.map((b) => `${b} (${metrics.join('/')})`),
-    ...ratios.map((b) => `native/${b}`),
+    ...ratios.map((b) => (metrics.every(higherIsBetter) ? `native/${b}` : `speed-up vs ${b}`)),
   ];
   const fmt = (v: number | undefined) =>
     v === undefined ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
   const rows = cases.map((c) => [
     c,
-    ...backends.map((b) => fmt(value(c, b))),
+    ...backends.map((b) => fmt(result(c, b)?.value)),
     ...ratios.map((b) => {
-      const n = value(c, 'native');
-      const o = value(c, b);
-      return n === undefined || o === undefined ? '-' : `${(n / o).toFixed(2)}x`;
+      const n = result(c, 'native');
+      const o = result(c, b);
+      return n === undefined || o === undefined ? '-' : `${speedup(n.metric, n.value, o.value).toFixed(2)}x`;
     }),
   ]);
   const widths = header.map((h, i) => Math.max(h.length, ...rows.map((r) => r[i].length)));

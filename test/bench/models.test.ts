@@ -9,8 +9,10 @@ import { describe, expect, it, vi } from 'vitest';
 import { Command } from 'commander';
 import { fileURLToPath } from 'node:url';
 import { benchEmbeddings, runCaptionBench } from '../../src/bench/caption.js';
-import { findTorchPython, mergeTorchResults, runClipBench } from '../../src/bench/clip.js';
+import { runClipBench } from '../../src/bench/clip.js';
+import { findTorchPython, mergeTorchResults } from '../../src/bench/common.js';
 import { BENCHES } from '../../src/bench/registry.js';
+import { formatTable, higherIsBetter, speedup } from '../../src/bench/report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from '../../src/bench/report.js';
 import { register } from '../../src/cli/commands/bench.js';
 import { UsageError, UserError } from '../../src/util/errors.js';
@@ -61,6 +63,19 @@ function checkReport(
   );
 }
 
+/** Without a torch-capable python3, --pytorch must fail with one clear line (naming CLIPCAP_PYTHON). */
+function itFailsWithoutTorch(run: (o: BenchRunOptions) => Promise<BenchReport>, timeout: number): void {
+  it(
+    'with --pytorch and no torch-capable python3, fails with one clear line',
+    async () => {
+      const e = await run(smoke({ pytorch: true })).catch((x: unknown) => x);
+      expect(e).toBeInstanceOf(UserError);
+      expect((e as Error).message).toMatch(/CLIPCAP_PYTHON/);
+    },
+    timeout,
+  );
+}
+
 const CLIP_CASES = [
   ['bs1', 'images_per_s', true],
   ['bs16', 'images_per_s', true],
@@ -104,13 +119,7 @@ describe('bench clip --smoke', () => {
         'bs16_decode',
       ]);
     }, 180_000);
-  } else {
-    it('with --pytorch and no torch-capable python3, fails with one clear line', async () => {
-      const e = await runClipBench(smoke({ pytorch: true })).catch((x: unknown) => x);
-      expect(e).toBeInstanceOf(UserError);
-      expect((e as Error).message).toMatch(/CLIPCAP_PYTHON/);
-    }, 120_000);
-  }
+  } else itFailsWithoutTorch(runClipBench, 120_000);
 });
 
 describe('bench caption --smoke', () => {
@@ -127,13 +136,7 @@ describe('bench caption --smoke', () => {
       expect(r.machine.torch_batch32_calls_timed).toBe(1);
       expect(r.machine.torch_rule_check_max_diff).toBe(0);
     }, 240_000);
-  } else {
-    it('with --pytorch and no torch-capable python3, fails with one clear line', async () => {
-      const e = await runCaptionBench(smoke({ pytorch: true })).catch((x: unknown) => x);
-      expect(e).toBeInstanceOf(UserError);
-      expect((e as Error).message).toMatch(/CLIPCAP_PYTHON/);
-    }, 180_000);
-  }
+  } else itFailsWithoutTorch(runCaptionBench, 180_000);
 
   it('refuses --gpt2 without --clipcap and a bad --pytorch-batch-calls', async () => {
     await expect(runCaptionBench(smoke({ gpt2: 'openai-community/gpt2' }))).rejects.toThrow(UsageError);
@@ -185,6 +188,46 @@ describe('bench helpers', () => {
     ]);
     expect(ours[3].peak_rss_mb).toBe(5);
     expect('peak_rss_mb' in ours[1]).toBe(false);
+  });
+
+  it('higherIsBetter: rates are, times (ms, ms_per_token) are not; speedup inverts times', () => {
+    for (const m of ['gflops', 'images_per_s', 'captions_per_s', 'samples_per_s'])
+      expect(higherIsBetter(m), m).toBe(true);
+    for (const m of ['ms', 'ms_per_token', 's', 'us_per_image']) expect(higherIsBetter(m), m).toBe(false);
+    expect(speedup('ms', 10, 40)).toBe(4);
+    expect(speedup('captions_per_s', 3, 1)).toBe(3);
+  });
+
+  it('formatTable: the ratio column is a speed-up for every metric (times inverted), labelled as one', () => {
+    const machine = { cpu: 'cpu', cores: 2, threads: 2, node: 'v20', avx2: true };
+    const row = (c: string, backend: BenchResult['backend'], metric: string, value: number): BenchResult => ({
+      case: c,
+      backend,
+      metric,
+      value,
+      runs: 1,
+    });
+    const caption = formatTable({
+      bench: 'caption',
+      machine,
+      results: [
+        row('beam5_20tok', 'native', 'ms', 10),
+        row('beam5_20tok', 'pytorch', 'ms', 40),
+        row('batch32_beam5', 'native', 'captions_per_s', 3),
+        row('batch32_beam5', 'pytorch', 'captions_per_s', 1),
+      ],
+    }).split('\n');
+    expect(caption[1]).toMatch(/\sspeed-up vs pytorch$/);
+    expect(caption[3]).toMatch(/^beam5_20tok\s.*\s4\.00x$/);
+    expect(caption[4]).toMatch(/^batch32_beam5\s.*\s3\.00x$/);
+    // Rates only: the ratio is the quotient, and the header says so.
+    const clip = formatTable({
+      bench: 'clip',
+      machine,
+      results: [row('bs1', 'native', 'images_per_s', 6), row('bs1', 'pytorch', 'images_per_s', 4)],
+    }).split('\n');
+    expect(clip[1]).toMatch(/\snative\/pytorch$/);
+    expect(clip[3]).toMatch(/\s1\.50x$/);
   });
 
   it('the registry lists clip and caption, and the CLI passes their options through (--format json)', async () => {
