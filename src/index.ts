@@ -94,6 +94,8 @@ export {
   loadPickle,
   loadSafetensors,
   loadTorchCheckpoint,
+  loadTorchScript,
+  loadOpenAIClipVision,
   readSafetensors,
   saveSafetensors,
   type HostTensor,

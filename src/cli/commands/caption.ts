@@ -72,7 +72,10 @@ export function addModelOptions(cmd: Command): Command {
       '--clipcap <FILE>',
       'a ClipCap checkpoint (.pt as the official code saves it, or a clipcap directory)',
     )
-    .option('--clip <DIR|HUB_ID>', 'CLIP model (default openai/clip-vit-base-patch32)')
+    .option(
+      '--clip <DIR|HUB_ID|FILE.pt>',
+      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
+    )
     .option(
       '--gpt2 <DIR|HUB_ID>',
       'GPT-2 config (and weights, when the checkpoint has none); default openai-community/gpt2',

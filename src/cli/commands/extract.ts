@@ -109,7 +109,10 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       '--captions <FILE>',
       'captions (COCO annotations, [{image_id, caption}] or JSON Lines): writes FILE.captions.jsonl beside --out',
     )
-    .option('--clip <DIR|HUB_ID>', 'CLIP model (default openai/clip-vit-base-patch32)')
+    .option(
+      '--clip <DIR|HUB_ID|FILE.pt>',
+      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
+    )
     .option('--batch-size <n>', 'images per CLIP batch', intArg('--batch-size', 1, 4096), 16)
     .option('--shard <i/N>', 'process only the i-th of N contiguous slices of the inputs (0-based)')
     .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
