@@ -1,6 +1,7 @@
 /**
- * Shape checks shared by the reference backend's kernels. Each throws `ShapeError` naming the op and the
- * shapes involved, before any work is done (backend.ts: "bad shapes throw ShapeError before any work").
+ * Shape checks shared by the host backends' ops (host-backend.ts, under the reference and native backends).
+ * Each throws `ShapeError` naming the op and the shapes involved, before any work is done (backend.ts: "bad
+ * shapes throw ShapeError before any work").
  */
 import { ShapeError } from './backend.js';
 import type { Tensor } from './tensor.js';
