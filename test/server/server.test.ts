@@ -4,6 +4,7 @@
  * get one-line JSON errors while the server keeps serving.
  */
 import { readFileSync } from 'node:fs';
+import http from 'node:http';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { ClipCap } from '../../src/pipeline/caption.js';
@@ -70,7 +71,7 @@ afterAll(async () => {
 
 async function post(
   pathAndQuery: string,
-  body: BodyInit,
+  body: string | Uint8Array,
   contentType?: string,
 ): Promise<{ status: number; json: { results?: Entry[]; error?: string } }> {
   const res = await fetch(base + pathAndQuery, {
@@ -203,7 +204,7 @@ describe('clipcap serve HTTP API', () => {
   });
 
   it('bad options, bodies and types get 400 / 415 with one line', async () => {
-    const cases: [string, BodyInit, string | undefined, number, RegExp][] = [
+    const cases: [string, string | Uint8Array, string | undefined, number, RegExp][] = [
       ['/caption?decode=fast', photoBytes(0), 'image/jpeg', 400, /decode must be/],
       ['/caption?beam_size=0', photoBytes(0), 'image/jpeg', 400, /beam size/],
       ['/caption?top_p=2', photoBytes(0), 'image/jpeg', 400, /top-p/],
@@ -236,6 +237,35 @@ describe('clipcap serve HTTP API', () => {
     expect((await fetch(`${base}/health`)).status).toBe(200);
   });
 
+  it('a chunked body (no Content-Length) is cut off with 413 once past the limit', async () => {
+    const status = await new Promise<number>((resolve, reject) => {
+      const req = http.request(`${base}/caption`, {
+        method: 'POST',
+        headers: { 'content-type': 'image/jpeg', 'transfer-encoding': 'chunked' },
+      });
+      req.on('response', (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      });
+      req.on('error', reject);
+      // Keep sending past the limit: the server answers without waiting for the end of the body.
+      const chunk = Buffer.alloc(64 * 1024, 1);
+      let sent = 0;
+      const pump = (): void => {
+        while (sent <= MAX_BODY + 4 * chunk.length) {
+          sent += chunk.length;
+          if (!req.write(chunk)) {
+            req.once('drain', pump);
+            return;
+          }
+        }
+      };
+      pump();
+    });
+    expect(status).toBe(413);
+    expect((await fetch(`${base}/health`)).status).toBe(200);
+  });
+
   it('unknown paths are 404 and wrong methods 405', async () => {
     expect((await fetch(`${base}/nope`)).status).toBe(404);
     const g = await fetch(`${base}/caption`);
@@ -243,6 +273,32 @@ describe('clipcap serve HTTP API', () => {
     expect(g.headers.get('allow')).toBe('POST');
     expect((await fetch(`${base}/health`, { method: 'POST', body: 'x' })).status).toBe(405);
     expect(logs.some((l) => /^GET \/nope 404 /.test(l))).toBe(true);
+  });
+});
+
+describe('graceful shutdown', () => {
+  it('close() answers a request already queued, then refuses connections', async () => {
+    const s = createServer(model, {
+      decodeDefaults: { maxTokens: 5 },
+      batchWindowMs: 300,
+      log: () => undefined,
+    });
+    const { port } = await s.listen(0, '127.0.0.1');
+    const url = `http://127.0.0.1:${port}/caption?decode=greedy`;
+    const pending = fetch(url, {
+      method: 'POST',
+      body: photoBytes(0),
+      headers: { 'content-type': 'image/jpeg' },
+    });
+    // Within the batch window: the request is read and waiting for its model call.
+    await new Promise((r) => setTimeout(r, 150));
+    const closed = s.close();
+    const res = await pending;
+    expect(res.status).toBe(200);
+    const j = (await res.json()) as { results: Entry[] };
+    expect(j.results[0].tokens!.length).toBeGreaterThan(0);
+    await closed;
+    await expect(fetch(url, { method: 'POST', body: 'x' })).rejects.toThrow();
   });
 });
 
