@@ -75,4 +75,10 @@ export const BENCHES: Record<string, BenchEntry> = {
     ],
     run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),
   },
+  train: {
+    description:
+      'training samples/s of one optimizer step: MLP + GPT-2 fine-tuned, transformer + frozen GPT-2',
+    options: [{ flags: '--smoke', description: 'train: tiny models, 1 run (checks the bench)' }],
+    run: async (opts) => (await import('./train.js')).runTrainBench(opts),
+  },
 };
