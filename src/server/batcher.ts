@@ -97,7 +97,11 @@ export class Batcher {
       this.calls++;
       results = await this.model.caption(all, { ...b.options, batchSize: this.opts.maxBatch });
     } catch (e) {
-      for (const j of b.jobs) j.reject(e);
+      if (b.jobs.length === 1) b.jobs[0].reject(e);
+      else
+        // A whole-call failure (e.g. images sent to a model without CLIP) must not fail the requests that
+        // happened to share the call: retry each alone, so only the request that causes it gets the error.
+        for (const j of b.jobs) await this.run({ ...b, jobs: [j], size: j.inputs.length });
       return;
     }
     let at = 0;
