@@ -48,13 +48,16 @@ export interface Tokenizer {
 export function officialMaxSeqLen(lengths: readonly number[]): number {
   if (lengths.length === 0) throw new Error('no captions');
   const n = lengths.length;
-  // torch computes these in float32 for an int64 tensor cast with .float(); float64 agrees except at exact
-  // integer boundaries, where the mean + 10·std rounding could differ by the last bit.
-  const mean = lengths.reduce((a, x) => a + x, 0) / n;
   const max = Math.max(...lengths);
   if (n < 2) return max;
+  // train.py does this on a float32 tensor: the mean is a float32 (the integer sum is exact below 2^24),
+  // the variance is accumulated in double (torch CPU's Welford) and rounded to float32 with its sqrt, and
+  // mean + std * 10 is rounded to float32 at each step before int() truncates it.
+  const mean = lengths.reduce((a, x) => a + x, 0) / n;
   const variance = lengths.reduce((a, x) => a + (x - mean) ** 2, 0) / (n - 1);
-  return Math.min(Math.trunc(mean + Math.sqrt(variance) * 10), max);
+  const f = Math.fround;
+  const bound = f(f(mean) + f(f(Math.sqrt(variance)) * 10));
+  return Math.min(Math.trunc(bound), max);
 }
 
 /**
