@@ -129,3 +129,6 @@ export {
   type CaptionSplitOptions,
   type CaptionSplitResult,
 } from './pipeline/eval-split.js';
+
+// ---- HTTP server ----
+export { createServer, type CaptionServer, type ServerOptions } from './server/index.js';
