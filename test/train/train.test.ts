@@ -1,6 +1,6 @@
-import { describe, it, expect } from 'vitest';
+import { afterAll, describe, it, expect } from 'vitest';
 import { Command, CommanderError } from 'commander';
-import { mkdtempSync, existsSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, existsSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -20,7 +20,15 @@ import { gpt2Weights } from '../../src/weights/families/gpt2.js';
 const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
 const PKL = path.join(FIX, 'official_features_tiny.pkl');
 const GPT2 = path.join(FIX, 'gpt2_tiny');
-const tmp = (): string => mkdtempSync(path.join(tmpdir(), 'clipcap-train-'));
+const made: string[] = [];
+const tmp = (): string => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'clipcap-train-'));
+  made.push(dir);
+  return dir;
+};
+afterAll(() => {
+  for (const dir of made) rmSync(dir, { recursive: true, force: true });
+});
 
 async function gpt2Fixture(): Promise<StateDict> {
   const f = await loadSafetensors(path.join(GPT2, 'model.safetensors'));
