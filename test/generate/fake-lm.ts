@@ -7,6 +7,7 @@
 import type { Backend } from '../../src/engine/backend.js';
 import { Tensor, shapeSize } from '../../src/engine/tensor.js';
 import type { CausalLM, KvCache } from '../../src/generate/lm.js';
+import { lowbias32 } from '../../src/models/synthetic.js';
 
 type Storage = Float32Array | Int32Array;
 
@@ -29,16 +30,6 @@ class HostStore {
   free(): void {
     this.live--;
   }
-}
-
-function hash32(x: number): number {
-  // lowbias32
-  x ^= x >>> 16;
-  x = Math.imul(x, 0x7feb352d);
-  x ^= x >>> 15;
-  x = Math.imul(x, 0x846ca68b);
-  x ^= x >>> 16;
-  return x >>> 0;
 }
 
 const f32bits = new Float32Array(1);
@@ -139,11 +130,11 @@ export class FakeLM implements CausalLM {
     let h = 0x811c9dc5;
     let generated = 0;
     for (const k of history) {
-      h = hash32(h ^ k);
+      h = lowbias32(h ^ k);
       if (k >= 0x40000000 && k < 0x40000000 + this.vocabSize) generated++;
     }
     const out = new Float32Array(this.vocabSize);
-    for (let v = 0; v < this.vocabSize; v++) out[v] = (hash32(h + v * 0x9e3779b9) / 2 ** 32) * this.scale;
+    for (let v = 0; v < this.vocabSize; v++) out[v] = (lowbias32(h + v * 0x9e3779b9) / 2 ** 32) * this.scale;
     out[this.stopToken] += this.stopBias * generated;
     if (this.quantum > 0)
       for (let v = 0; v < out.length; v++) out[v] = Math.round(out[v] / this.quantum) * this.quantum;
