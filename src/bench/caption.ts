@@ -21,8 +21,8 @@ import { ClipCapModel } from '../models/clipcap.js';
 import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../models/config.js';
 import { syntheticGpt2, syntheticMapper, syntheticValues } from '../models/synthetic.js';
 import { ClipCap } from '../pipeline/caption.js';
+import { captionerParts } from '../pipeline/load.js';
 import type { CaptionOptions, CaptionResult } from '../pipeline/types.js';
-import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UsageError, UserError } from '../util/errors.js';
 import { loadSafetensors } from '../weights/safetensors.js';
 import { benchEngine, repoPath, runsOf, runTorchBench, timeAsync } from './common.js';
@@ -106,15 +106,7 @@ async function buildCaptioner(
     ? 'tiny GPT-2 + MLP mapper (fixture rule, --smoke)'
     : 'GPT-2 small + MLP mapper 512-3840-7680, synthetic weights (fixture rule)';
   const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g }, what);
-  const captioner = new ClipCap({
-    backend,
-    lm: model.gpt2,
-    mapper: model,
-    tokenizer: await Gpt2Tokenizer.load(),
-    loadClip: null,
-    description: what,
-    dispose: () => model.dispose(),
-  });
+  const captioner = new ClipCap(await captionerParts(model, { description: what }));
   return { captioner, what, synthetic: !smoke };
 }
 

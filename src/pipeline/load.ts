@@ -284,15 +284,28 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
     },
     file,
   );
-  const tokenizer = await Gpt2Tokenizer.load();
   const clipSpec = o.clip ?? DEFAULT_CLIP;
+  return captionerParts(model, {
+    description: path.basename(file),
+    loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),
+  });
+}
+
+/**
+ * Captioner parts around an already-built ClipCap model (its GPT-2 decodes, it maps prefixes); without
+ * `loadClip` it captions embeddings only. Benchmarks and tests build models from synthetic weights this way.
+ */
+export async function captionerParts(
+  model: ClipCapModel,
+  o: { description: string; loadClip?: () => Promise<ImageEncoder> },
+): Promise<CaptionerParts> {
   return {
-    backend,
+    backend: model.backend,
     lm: model.gpt2,
     mapper: model,
-    tokenizer,
-    loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),
-    description: path.basename(file),
+    tokenizer: await Gpt2Tokenizer.load(),
+    loadClip: o.loadClip ?? null,
+    description: o.description,
     dispose: () => model.dispose(),
   };
 }

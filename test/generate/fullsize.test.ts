@@ -12,8 +12,8 @@ import { ClipCapModel } from '../../src/models/clipcap.js';
 import { GPT2_SMALL } from '../../src/models/config.js';
 import { syntheticGpt2, syntheticMapper } from '../../src/models/synthetic.js';
 import { ClipCap } from '../../src/pipeline/caption.js';
+import { captionerParts } from '../../src/pipeline/load.js';
 import type { CaptionSuccess } from '../../src/pipeline/types.js';
-import { Gpt2Tokenizer } from '../../src/text/gpt2-tokenizer.js';
 import { loadSafetensors } from '../../src/weights/safetensors.js';
 
 const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
@@ -30,15 +30,9 @@ describe('full-size greedy decoding', () => {
     const g = syntheticGpt2(GPT2_SMALL);
     const m = syntheticMapper();
     const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g });
-    const captioner = new ClipCap({
-      backend,
-      lm: model.gpt2,
-      mapper: model,
-      tokenizer: await Gpt2Tokenizer.load(),
-      loadClip: null,
-      description: 'synthetic full-size ClipCap',
-      dispose: () => model.dispose(),
-    });
+    const captioner = new ClipCap(
+      await captionerParts(model, { description: 'synthetic full-size ClipCap' }),
+    );
     try {
       const res = await captioner.caption(
         [0, 1].map((i) => ({ embedding: embeds.subarray(i * 512, (i + 1) * 512) })),
