@@ -107,7 +107,11 @@ export class PyDict {
   constructor(private readonly hasher: KeyHasher = new KeyHasher()) {}
 
   set(key: unknown, value: unknown): void {
-    this.items.set(this.hasher.key(key), [key, value]);
+    const k = this.hasher.key(key);
+    const item = this.items.get(k);
+    // As in Python, an equal key replaces the value but the first key object stays.
+    if (item) item[1] = value;
+    else this.items.set(k, [key, value]);
   }
 
   get(key: unknown): unknown {
