@@ -120,7 +120,7 @@ function sniff(bytes: Uint8Array): { format: string; supported: boolean } | unde
 
 /** libvips words for data it could not read: a damaged or cut file, not an unsupported one. */
 const CORRUPT =
-  /premature end|truncated|unexpected end|end of stream|end of (file|data)|corrupt|invalid|read error|bad |bogus|stream error|unable to (read|parse)|not defined|damaged|out of data/i;
+  /premature end|truncated|unexpected end|end of stream|end of (file|data)|corrupt|invalid|read error|bad |bogus|stream error|unable to (read|parse)|not defined|damaged|out of data|unsupported marker|not yet in table/i;
 
 /**
  * sharp says "Unknown error" when libvips failed with warnings only (its error buffer is empty) and drops the

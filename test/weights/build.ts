@@ -297,3 +297,28 @@ export function torchScriptZip(
     ['archive/code/__torch__.py', Buffer.from('')],
   ]);
 }
+
+/** The entries of a zip whose members are stored (as torch.save and torch.jit.save write them), in order. */
+export function readStoredZip(zip: Uint8Array): Array<[string, Uint8Array]> {
+  const b = Buffer.from(zip.buffer, zip.byteOffset, zip.length);
+  let end = b.length - 22;
+  while (end >= 0 && b.readUInt32LE(end) !== 0x06054b50) end--;
+  if (end < 0) throw new Error('no end of central directory');
+  const count = b.readUInt16LE(end + 10);
+  let at = b.readUInt32LE(end + 16);
+  const out: Array<[string, Uint8Array]> = [];
+  for (let i = 0; i < count; i++) {
+    if (b.readUInt32LE(at) !== 0x02014b50) throw new Error('bad central directory');
+    if (b.readUInt16LE(at + 10) !== 0) throw new Error('a compressed entry');
+    const size = b.readUInt32LE(at + 24);
+    const nameLen = b.readUInt16LE(at + 28);
+    const extraLen = b.readUInt16LE(at + 30);
+    const commentLen = b.readUInt16LE(at + 32);
+    const local = b.readUInt32LE(at + 42);
+    const name = b.subarray(at + 46, at + 46 + nameLen).toString('utf8');
+    const data = local + 30 + b.readUInt16LE(local + 26) + b.readUInt16LE(local + 28);
+    out.push([name, Uint8Array.from(b.subarray(data, data + size))]);
+    at += 46 + nameLen + extraLen + commentLen;
+  }
+  return out;
+}
