@@ -139,6 +139,9 @@ export class PySet {
   }
 }
 
+/** One strict decoder for every string (a decoder per string costs more than the string). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
 /** A malformed pickle (not a refusal): becomes a UserError naming the file and position. */
 class PickleError extends Error {}
 
@@ -324,7 +327,7 @@ function run(
   };
   const utf8 = (b: Uint8Array): string => {
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(b);
+      return UTF8.decode(b);
     } catch {
       throw new PickleError('invalid UTF-8 in a string');
     }

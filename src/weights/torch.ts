@@ -402,8 +402,17 @@ function isContiguous(shape: readonly number[], stride: readonly number[]): bool
   return true;
 }
 
-/** Build a contiguous row-major tensor from `ref`'s view of its storage bytes. */
-function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean): HostTensor {
+/**
+ * Build a contiguous row-major tensor from `ref`'s view of its storage bytes. `decoded` gives the whole storage
+ * decoded (once per storage, however many strided views read it: decoding the covered range per view would
+ * cost views x storage size).
+ */
+function tensorFromStorage(
+  ref: TensorRef,
+  bytes: Uint8Array,
+  shareable: boolean,
+  decoded: () => HostTensor['data'],
+): HostTensor {
   const { dtype } = ref.storage;
   const es = DTYPE_BYTES[dtype];
   const numel = checkedNumel(ref.shape) as number;
@@ -414,17 +423,15 @@ function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean
     const span = whole ? bytes : bytes.subarray(ref.offset * es, (ref.offset + numel) * es);
     return { dtype, shape, data: decodeElements(span, dtype, numel) };
   }
-  // Strided: decode the covered range, then gather in row-major order with an odometer over the dims.
-  let hi = ref.offset + 1;
-  for (let i = 0; i < shape.length; i++) hi += (shape[i] - 1) * ref.stride[i];
-  const src = decodeElements(bytes.subarray(ref.offset * es, hi * es), dtype, hi - ref.offset);
+  // Strided: gather from the decoded storage in row-major order with an odometer over the dims.
+  const src = decoded();
   const out = new (src.constructor as new (n: number) => HostTensor['data'])(numel);
   // Element access through one typed-array type: the loop only copies values between arrays of one kind.
   const from = src as unknown as Float32Array;
   const to = out as unknown as Float32Array;
   const rank = shape.length;
   const idx = new Array<number>(rank).fill(0);
-  let at = 0;
+  let at = ref.offset;
   for (let i = 0; i < numel; i++) {
     to[i] = from[at];
     for (let d = rank - 1; d >= 0; d--) {
@@ -435,6 +442,11 @@ function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean
       at -= (shape[d] - 1) * ref.stride[d];
       idx[d] = 0;
     }
+  }
+  if (out instanceof BigInt64Array) {
+    // The storage had an i64 beyond 32 bits; this view may not (decodeElements' rule, per tensor).
+    const small = Int32Array.from(out, Number);
+    if (small.every((v, i) => BigInt(v) === out[i])) return { dtype, shape, data: small };
   }
   return { dtype, shape, data: out };
 }
@@ -491,8 +503,10 @@ async function materialize(
     }
     // A buffer read for a single tensor may become that tensor's memory; shared storages are copied.
     const shareable = s.bytes === undefined && s.refs.length === 1;
+    let whole: HostTensor['data'] | undefined;
+    const decoded = (): HostTensor['data'] => (whole ??= decodeElements(bytes, s.dtype, s.numel));
     for (const ref of s.refs)
-      if (!keep || keep.has(ref)) ref.result = tensorFromStorage(ref, bytes, shareable);
+      if (!keep || keep.has(ref)) ref.result = tensorFromStorage(ref, bytes, shareable, decoded);
     s.bytes = undefined;
   }
 }

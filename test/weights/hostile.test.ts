@@ -120,6 +120,20 @@ describe('views that ask for more than the storages hold', () => {
     expect(e.data.every((v) => v === 7)).toBe(true);
   });
 
+  it('10,000 strided views of one 1 MB storage decode it once, not once per view', async () => {
+    const numel = 262_144;
+    // ~120 bytes of pickle per view; before, each view decoded the 1 MB it spans (10 GB of copies in all).
+    const q = new PickleWriter().proto(2).emptyDict().str('views').mark();
+    for (let i = 0; i < 10_000; i++) q.tensor({ key: '0', numel, size: [2], stride: [numel - 1 - (i % 7)] });
+    q.list().setitem().stop();
+    const data = new Float32Array(numel).map((_, i) => i);
+    const file = await write('strided.pt', torchZip(q.toBuffer(), { '0': new Uint8Array(data.buffer) }));
+    const v = (await loadPickle(file)) as PickleObject;
+    const views = v.views as HostTensor[];
+    expect(views).toHaveLength(10_000);
+    expect([...views[3].data]).toEqual([0, numel - 4]);
+  });
+
   it('a tensor of 100,000 dimensions is refused with a short message', async () => {
     const spec = {
       key: '0',
