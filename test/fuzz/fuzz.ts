@@ -125,7 +125,7 @@ export async function fuzz(t: FuzzTarget): Promise<FuzzReport> {
   const total = Math.max(1, Math.round(t.cases * (Number.isFinite(scale) && scale > 0 ? scale : 1)));
   const next = rng(t.seed);
   const report: FuzzReport = { cases: total, ok: 0, refused: 0, slowestMs: 0, messages: new Map() };
-  const caseMs = t.caseMs ?? 5000;
+  const caseMs = Number(process.env.CLIPCAP_FUZZ_CASE_MS ?? t.caseMs ?? 5000);
   for (let i = 0; i < total; i++) {
     const [seedName, seed] = t.seeds[Math.floor(next() * t.seeds.length)];
     const other = t.seeds[Math.floor(next() * t.seeds.length)][1];
