@@ -7,7 +7,8 @@
  * and saves the input under the system temp directory.
  *
  * CLIPCAP_FUZZ_SCALE (default 1) multiplies the number of cases, for longer runs by hand; CLIPCAP_FUZZ_VERBOSE=1
- * logs every kind of refusal message.
+ * logs every kind of refusal message; CLIPCAP_FUZZ_CASE_MS tightens the per-case time bound (default 5000 ms,
+ * loose because CI machines are shared while cases take milliseconds) to find the slowest inputs.
  */
 import { writeFileSync } from 'node:fs';
 import os from 'node:os';
