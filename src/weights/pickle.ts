@@ -449,9 +449,9 @@ function run(
         // FLOAT (text)
         // Python's repr: also inf, -inf, nan.
         const t = src.line().trim();
-        const special: Record<string, number> = { inf: Infinity, '-inf': -Infinity, nan: NaN };
-        const v = t in special ? special[t] : Number(t);
-        if (Number.isNaN(v) && t !== 'nan') throw new PickleError('bad float');
+        // A Map, not an object: "toString" must not find Object.prototype's.
+        const v = SPECIAL_FLOATS.get(t) ?? (FLOAT_TEXT.test(t) ? Number(t) : NaN);
+        if (Number.isNaN(v) && t !== 'nan') throw new PickleError(`bad float ${quoted(t, 40)}`);
         stack.push(v);
         break;
       }
@@ -715,6 +715,15 @@ function longLE(b: Uint8Array): number | bigint {
   return smallInt(v);
 }
 
+/** A float as Python's repr writes it (Number() alone would also take "", "0x10" and "Infinity"). */
+const FLOAT_TEXT = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
+const SPECIAL_FLOATS: ReadonlyMap<string, number> = new Map([
+  ['inf', Infinity],
+  ['-inf', -Infinity],
+  ['nan', NaN],
+]);
+
 /** A protocol-0 STRING argument: a Python 2 str repr, 'abc' or "abc", with backslash escapes. */
 function pyStringLiteral(s: string): string {
   const q = s[0];
@@ -737,7 +746,9 @@ function pyStringLiteral(s: string): string {
 
 /** Python's raw-unicode-escape: only \uXXXX and \UXXXXXXXX are escapes; other bytes are latin-1. */
 function rawUnicodeEscape(s: string): string {
-  return s.replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_, u4: string, u8: string) =>
-    String.fromCodePoint(parseInt(u4 ?? u8, 16)),
-  );
+  return s.replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_, u4: string, u8: string) => {
+    const code = parseInt(u4 ?? u8, 16);
+    if (code > 0x10ffff) throw new PickleError('bad \\U escape in a UNICODE string');
+    return String.fromCodePoint(code);
+  });
 }

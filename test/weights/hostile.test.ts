@@ -288,6 +288,26 @@ describe('names from the file in messages', () => {
     expect(msg).toContain('refusing to load os\\x1b[2J\\x1b]0;pwned\\x07.system\\x9b31m from ');
   });
 
+  it('text FLOATs named like Object.prototype members and bad \\U escapes are malformed, not internal errors', async () => {
+    for (const t of ['toString', 'constructor', '__proto__', '', '0x10']) {
+      const p = new PickleWriter().raw('F', t, '\n.');
+      expect(await userError(async () => loadPickle(await write('float.pkl', p.toBuffer())))).toMatch(
+        /malformed pickle \(bad float ".*" at byte 0/,
+      );
+    }
+    const ok = new PickleWriter().raw('(F1.5\nF-2e-3\nFinf\nF-inf\nl.');
+    expect(await loadPickle(await write('floats.pkl', ok.toBuffer()))).toEqual([
+      1.5,
+      -2e-3,
+      Infinity,
+      -Infinity,
+    ]);
+    const u = new PickleWriter().raw('V\\UFFFFFFFF\n.');
+    expect(await userError(async () => loadPickle(await write('u.pkl', u.toBuffer())))).toMatch(
+      /malformed pickle \(bad \\U escape in a UNICODE string/,
+    );
+  });
+
   it('a megabyte GLOBAL name is cut', async () => {
     const p = new PickleWriter()
       .proto(4)
