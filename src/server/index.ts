@@ -29,6 +29,8 @@ export interface CaptionServer {
   readonly server: http.Server;
   /** The batcher's count of model.caption calls (for logs and tests). */
   readonly modelCalls: number;
+  /** What the server holds now: requests queued or in model calls, request-body bytes, open connections. */
+  stats(): { queuedRequests: number; bodyBytes: number; connections: number };
   /** The options in force, defaults filled in. */
   readonly options: Readonly<ResolvedServerOptions>;
   /** Start listening; resolves with the bound address (port 0 picks a free port). */
@@ -363,7 +365,10 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     socket.destroySoon();
   });
   // A socket error after the exchange (client reset) must never become an uncaught exception.
+  let connections = 0;
   server.on('connection', (socket: Socket) => {
+    connections++;
+    socket.on('close', () => connections--);
     socket.on('error', () => undefined);
   });
 
@@ -372,6 +377,9 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     options: o,
     get modelCalls() {
       return batcher.calls;
+    },
+    stats() {
+      return { queuedRequests: queued, bodyBytes, connections };
     },
     listen(port = 8080, host = '127.0.0.1') {
       return new Promise<AddressInfo>((resolve, reject) => {

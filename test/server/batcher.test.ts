@@ -71,7 +71,7 @@ describe('Batcher', () => {
     // 4 rows per input: at most 2 inputs (8 rows) per call.
     const big = b.submit(emb(1, 2, 3, 4, 5), {}, 'beam4', { rowsPerInput: 4 });
     const r = await big;
-    expect(r.map((x) => [x.index, x.tokens[0]])).toEqual([
+    expect(r.map((x) => [x.index, x.tokens![0]])).toEqual([
       [0, 1],
       [1, 2],
       [2, 3],
