@@ -29,11 +29,11 @@ main{max-width:960px;margin:0 auto;padding:20px 24px}
 .card img{width:160px;height:160px;object-fit:cover;border-radius:6px;background:#dde1e8;flex:none}
 .card .body{flex:1;min-width:0}
 .name{font-size:12px;color:#6b7385;word-break:break-all}
-.caption{font-size:19px;font-weight:600;margin:4px 0 8px;color:#10141c}
+.caption{overflow-wrap:anywhere;font-size:19px;font-weight:600;margin:4px 0 8px;color:#10141c}
 .caption.pending{color:#8a94a8;font-weight:400}
 .error{color:#b42318;font-weight:600}
 .time{font-size:12px;color:#6b7385}
-ol.candidates{margin:6px 0 0;padding-left:22px;font-size:14px}
+ol.candidates{margin:6px 0 0;padding-left:22px;font-size:14px;overflow-wrap:anywhere}
 ol.candidates li span.score{color:#6b7385;font-variant-numeric:tabular-nums;margin-left:8px}
 `;
 
