@@ -2,6 +2,7 @@
  * `clipcap serve`: load the model once and caption images over HTTP (API in server/index.ts and DESIGN.md).
  * Runs until SIGINT/SIGTERM, then stops accepting, answers what is in flight and disposes the model.
  */
+import net from 'node:net';
 import { Option, type Command } from 'commander';
 import { ClipCap } from '../../pipeline/caption.js';
 import { createServer, DEFAULT_LIMITS, DEFAULT_TIMEOUTS } from '../../server/index.js';
@@ -58,8 +59,31 @@ function checkDefaultsFit(o: ServeCliOptions): void {
     throw new UsageError('give --batch-size only (--max-batch is its deprecated old name)');
 }
 
+/** Fail before the (slow) model load when the address cannot be bound; listen() still checks for real. */
+async function checkCanListen(host: string, port: number): Promise<void> {
+  if (port === 0) return;
+  const probe = net.createServer();
+  await new Promise<void>((resolve, reject) => {
+    probe.once('error', (e: Error & { code?: string }) => {
+      if (e.code === 'EADDRINUSE')
+        reject(
+          new UserError(
+            `cannot listen on ${host}:${port}: the port is in use: choose another --port (0 picks a free one) or stop the other server`,
+          ),
+        );
+      else if (e.code === 'EACCES')
+        reject(new UserError(`cannot listen on ${host}:${port}: permission denied: use a --port above 1023`));
+      else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN')
+        reject(new UserError(`cannot listen on ${host}:${port}: no such local address: check --host`));
+      else reject(e);
+    });
+    probe.listen(port, host, () => probe.close(() => resolve()));
+  });
+}
+
 export async function runServe(o: ServeCliOptions): Promise<void> {
   checkDefaultsFit(o);
+  await checkCanListen(o.host, o.port);
   const model = await ClipCap.load(loadOptionsFromCli(o));
   let srv;
   let addr;
