@@ -3,8 +3,9 @@
  * the 512 -> 3840 -> 7680 MLP mapper, weights by the fixture rule; tiny models with --smoke) listens on
  * 127.0.0.1; a load generator in a worker thread (so the server's event loop is not shared with the clients)
  * runs 1, 8 and 32 concurrent clients, each sending one embedding request after another (greedy, 20 tokens,
- * no stop token, so every request does the same work) for a fixed time after a warm-up: requests started in
- * that time are timed to their answer, and requests/s is their number over the time to the last answer.
+ * no stop token, so every request does the same work). After one untimed request per client, requests started
+ * within --seconds (each client at least one) are timed to their answer; requests/s is their number over the
+ * time to the last answer.
  *
  * Cases (metric): clientsN (requests_per_s, with peak_rss_mb), clientsN_p50 and clientsN_p99 (ms, request
  * latency). The generator is bounded: loopback only, at most 64 clients, at most 600 s per level.
@@ -31,13 +32,13 @@ const MAX_CLIENTS = 64;
 
 /**
  * The load generator, run as a CommonJS worker: `clients` loops, each POSTing its body to 127.0.0.1:port over a
- * keep-alive connection and waiting for the whole answer, until `seconds` after a `warmup` whose requests are
- * not counted. Posts back { latenciesMs, errors, seconds }.
+ * keep-alive connection and waiting for the whole answer: one untimed request each, then requests for `seconds`
+ * (each client at least one). Posts back { latenciesMs, errors, seconds }.
  */
 const GENERATOR = `
 const http = require('node:http');
 const { parentPort, workerData } = require('node:worker_threads');
-const { port, path, bodies, clients, seconds, warmup } = workerData;
+const { port, path, bodies, clients, seconds } = workerData;
 const agent = new http.Agent({ keepAlive: true, maxSockets: clients });
 function once(body) {
   return new Promise((resolve) => {
@@ -51,19 +52,19 @@ function once(body) {
   });
 }
 (async () => {
-  const t0 = performance.now();
-  const start = t0 + warmup * 1000;
+  // Warm-up: one untimed request per client, all at once.
+  await Promise.all(Array.from({ length: clients }, (_, c) => once(bodies[c % bodies.length])));
+  const start = performance.now();
   const end = start + seconds * 1000;
   const latenciesMs = [];
   let errors = 0;
   let last = start;
-  // Requests started before \`start\` warm up; those started before \`end\` are timed to their answer.
+  // Requests started before \`end\` are timed to their answer; every client times at least one.
   await Promise.all(Array.from({ length: clients }, async (_, c) => {
-    for (let i = 0; performance.now() < end; i++) {
+    for (let i = 1; performance.now() < end || i === 1; i++) {
       const s = performance.now();
       const status = await once(bodies[(c + i * clients) % bodies.length]);
       const e = performance.now();
-      if (s < start) continue;
       last = Math.max(last, e);
       if (status === 200) latenciesMs.push(e - s); else errors++;
     }
@@ -85,7 +86,6 @@ function runGenerator(data: {
   bodies: string[];
   clients: number;
   seconds: number;
-  warmup: number;
 }): Promise<LevelResult> {
   return new Promise((resolve, reject) => {
     const w = new Worker(GENERATOR, { eval: true, workerData: data });
@@ -124,7 +124,6 @@ function levelsOption(v: string | boolean | undefined): number[] {
 export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport> {
   const smoke = opts.extra.smoke === true;
   const seconds = secondsOption(opts.extra.seconds, smoke ? SMOKE_SECONDS : DEFAULT_SECONDS);
-  const warmup = smoke ? 0.2 : Math.min(2, seconds / 2);
   const levels = levelsOption(opts.extra.clients);
   const T = smoke ? SMOKE_TOKENS : TOKENS;
   const eng = benchEngine(opts);
@@ -187,7 +186,7 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
       await new Promise((r) => setTimeout(r, 50));
       resetPeakRss();
       const calls0 = srv.modelCalls;
-      const r = await runGenerator({ port, path: '/caption', bodies, clients, seconds, warmup });
+      const r = await runGenerator({ port, path: '/caption', bodies, clients, seconds });
       const rss = peakRssMb();
       const lat = [...r.latenciesMs].sort((a, b) => a - b);
       const rate = lat.length / r.seconds;
