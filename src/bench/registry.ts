@@ -81,4 +81,14 @@ export const BENCHES: Record<string, BenchEntry> = {
     options: [{ flags: '--smoke', description: 'train: tiny models, 1 run (checks the bench)' }],
     run: async (opts) => (await import('./train.js')).runTrainBench(opts),
   },
+  serve: {
+    description:
+      'HTTP serving: requests/s and p50/p99 latency at 1, 8, 32 concurrent clients (loopback), with peak RSS',
+    options: [
+      { flags: '--smoke', description: 'serve: tiny models, 1 s per level (checks the bench)' },
+      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default 10)' },
+      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default 1,8,32)' },
+    ],
+    run: async (opts) => (await import('./serve.js')).runServeBench(opts),
+  },
 };
