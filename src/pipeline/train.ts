@@ -24,6 +24,7 @@ import {
 import { officialMaxSeqLen, readTrainingFiles, TrainingSetBuilder, type TrainingSet } from '../train/data.js';
 import { initMapperWeights } from '../train/init.js';
 import {
+  LOSS_CHART_FILE,
   METRICS_FILE,
   runTrainingLoop,
   type LoopResult,
@@ -367,7 +368,8 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
     };
   } else {
     r = await resolveOptions(o);
-    const live = await liveEntries(r.out);
+    // A run killed before its first checkpoint leaves only its log and chart: nothing to resume, start over.
+    const live = (await liveEntries(r.out)).filter((e) => e !== METRICS_FILE && e !== LOSS_CHART_FILE);
     if (live.length > 0)
       throw new UserError(
         `--out ${r.out} is not empty; give a new or empty directory, or continue that run with clipcap train --resume ${r.out}`,
@@ -418,6 +420,8 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
   );
   try {
     await fs.mkdir(r.out, { recursive: true });
+    if (!resume)
+      for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
     for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
     if (resume) await truncateMetrics(path.join(r.out, METRICS_FILE), resume.state.step);
     const clip = sets.clipModels[0];
