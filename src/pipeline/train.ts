@@ -35,6 +35,7 @@ import { UserError } from '../util/errors.js';
 import { deriveSeed, mulberry32, shuffled } from '../util/random.js';
 import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
+import { saveTorchStateDict } from '../weights/torch-write.js';
 import { captionsSidecarPath } from './extract.js';
 import { expandGlob, hasGlobMagic } from './inputs.js';
 import { DEFAULT_GPT2, loadGpt2, looksLikeRepoId } from './load.js';
@@ -78,6 +79,8 @@ export interface TrainOptions {
   keepLast?: number;
   /** Stop after this many optimizer steps (the schedule still spans every epoch). */
   maxSteps?: number;
+  /** Also write the final model as the official `torch.save(ClipCaptionModel.state_dict())` .pt file. */
+  exportTorch?: string;
   backend?: BackendName | Backend;
   offline?: boolean;
   revision?: string;
@@ -252,6 +255,7 @@ interface Resolved {
   saveEverySteps: number;
   keepLast?: number;
   maxSteps?: number;
+  exportTorch?: string;
 }
 
 async function resolveOptions(o: TrainOptions): Promise<Resolved> {
@@ -287,6 +291,7 @@ async function resolveOptions(o: TrainOptions): Promise<Resolved> {
     saveEverySteps: positiveInt('--save-every-steps', o.saveEverySteps ?? 0, 0),
     ...(o.keepLast !== undefined ? { keepLast: positiveInt('--keep-last', o.keepLast) } : {}),
     ...(o.maxSteps !== undefined ? { maxSteps: positiveInt('--max-steps', o.maxSteps) } : {}),
+    ...(o.exportTorch !== undefined ? { exportTorch: path.resolve(o.exportTorch) } : {}),
   };
   return r;
 }
@@ -359,6 +364,7 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
         `${checkpoint.dir}: this run is complete (step ${checkpoint.state.step}); nothing to resume`,
       );
     r = await optionsFromState(checkpoint.state.options, run);
+    if (o.exportTorch !== undefined) r.exportTorch = path.resolve(o.exportTorch);
     const opt = await readOptimizerState(checkpoint.dir);
     resume = {
       dir: checkpoint.dir,
@@ -467,6 +473,12 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
       resume,
       { onEvent: control.onEvent, signal: control.signal },
     );
+    if (!result.interrupted && r.exportTorch !== undefined) {
+      // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
+      // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
+      await saveTorchStateDict(r.exportTorch, model.stateDict());
+      emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+    }
     if (!result.interrupted) control.onFinish?.(model);
     return { ...result, out: r.out };
   } finally {

@@ -34,6 +34,7 @@ interface TrainCliOptions {
   saveEverySteps: number;
   keepLast?: number;
   maxSteps?: number;
+  exportTorch?: string;
   logEvery: number;
   backend?: 'native' | 'reference';
   offline?: boolean;
@@ -68,6 +69,7 @@ class Progress {
 
   event(e: TrainEvent): void {
     if (e.type === 'warning') this.print(`clipcap: warning: ${e.message}\n`);
+    else if (e.type === 'checkpoint' && e.path.endsWith('.pt')) this.print(`clipcap: wrote ${e.path}\n`);
     else if (e.type === 'start') {
       const resumed = e.resumedFrom !== undefined ? `, resuming ${e.resumedFrom} at step ${e.startStep}` : '';
       const val = e.valCaptions > 0 ? ` (+${e.valCaptions} for validation)` : '';
@@ -179,6 +181,7 @@ export async function runTrain(
     saveEverySteps: o.saveEverySteps,
     keepLast: o.keepLast,
     maxSteps: o.maxSteps,
+    exportTorch: o.exportTorch,
     backend: o.backend,
     offline: o.offline,
   };
@@ -306,6 +309,10 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     )
     .option('--keep-last <k>', 'keep only the newest k epoch-/step- checkpoints', intArg('--keep-last', 1))
     .option('--max-steps <n>', 'stop after n optimizer steps', intArg('--max-steps', 1))
+    .option(
+      '--export-torch <FILE.pt>',
+      'also write the final model as the official torch.save(ClipCaptionModel.state_dict()) file',
+    )
     .option(
       '--log-every <seconds>',
       'off a terminal: one progress line every this many seconds',
