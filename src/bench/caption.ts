@@ -2,7 +2,8 @@
  * `clipcap bench caption`: captioning latency and throughput at full size (GPT-2 small + the 512 -> 3840 -> 7680
  * MLP mapper, weights by the fixture rule unless --clipcap gives a checkpoint), through the library API
  * (ClipCap.caption: mapper, decoder with the KV cache, BPE decode), and with --pytorch the official predict.py
- * decoders on plain PyTorch (bench/pytorch_caption.py), which recompute the whole sequence at every step.
+ * decoders on plain PyTorch (bench/pytorch_caption.py), which recompute the whole sequence at every step, and
+ * PyTorch with a KV cache (backend "pytorch_kv": the tuned peer; --pytorch-decoders picks which run).
  *
  * Every case starts from a CLIP embedding (fullsize_goldens `clip.image_embeds`), so it times the mapper and the
  * decoder; the CLIP forward is `clipcap bench clip`. Tokens: 20, with no stop token, so every run does the same
@@ -140,6 +141,10 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
     '--pytorch-batch-calls',
     smoke ? 1 : DEFAULT_PYTORCH_BATCH_CALLS,
   );
+  const decoders =
+    typeof opts.extra.pytorchDecoders === 'string' ? opts.extra.pytorchDecoders : 'official,kv';
+  if (!/^(official|kv)(,(official|kv))?$/.test(decoders))
+    throw new UsageError(`--pytorch-decoders takes official, kv or official,kv, got "${decoders}"`);
   const eng = benchEngine(opts);
   if (typeof opts.extra.clip === 'string')
     opts.log('bench caption starts from CLIP embeddings: --clip is not used (see bench clip)');
@@ -148,6 +153,8 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
   const extra: Record<string, string | number | boolean> = { ...eng.extra, model: what, tokens: T };
   if (smoke) extra.smoke = true;
   const results: BenchResult[] = [];
+  /** Our tokens for the first embedding per single-image case (the best beam), to compare with PyTorch's. */
+  const firstTokens: Record<string, number[]> = {};
   try {
     const D = captioner.embeddingSize;
     const embeds = benchEmbeddings(goldens?.embeds ?? null, BATCH, D);
@@ -175,7 +182,11 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
       { id: 'greedy_20tok', o: { method: 'greedy' } },
     ];
     for (const c of single) {
-      const t = await timeAsync(async () => void checkTokens(await caption(1, c.o), T, c.id), runs, warmup);
+      const t = await timeAsync(
+        async () => void (firstTokens[c.id] = checkTokens(await caption(1, c.o), T, c.id)[0]),
+        runs,
+        warmup,
+      );
       const ms = median(t.seconds) * 1000;
       opts.log(`${c.id}: ${eng.name} ${ms.toFixed(0)} ms (${(ms / T).toFixed(1)} ms/token)`);
       results.push({
@@ -220,13 +231,22 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
     if (!synthetic && !smoke)
       opts.log('PyTorch uses the synthetic GPT-2 small + mapper (same shapes, so the same work)');
     opts.log(
-      `running the official decoders on PyTorch (bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
+      `running PyTorch decoders (${decoders}; bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
         `${torchRuns} run(s); official beam search takes ~20 s per caption on 2 cores...`,
     );
     const torch = runTorchBench(
       'pytorch_caption.py',
       { threads: eng.threads, runs: torchRuns, smoke },
-      ['--tokens', String(T), '--batch', String(BATCH), '--batch-calls', String(torchCalls)],
+      [
+        '--tokens',
+        String(T),
+        '--batch',
+        String(BATCH),
+        '--batch-calls',
+        String(torchCalls),
+        '--decoders',
+        decoders,
+      ],
       results,
       extra,
     );
@@ -235,13 +255,33 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
       throw new UserError(
         'the PyTorch model does not reproduce clipcap.greedy10: the comparison would be invalid',
       );
-    extra.torch_batch32_calls_timed = torchCalls;
+    if (typeof torch.batch_calls_timed === 'number')
+      extra.torch_batch32_calls_timed = torch.batch_calls_timed;
+    if (typeof torch.kv_matches_official === 'boolean')
+      extra.torch_kv_matches_official = torch.kv_matches_official;
+    const kv = torch.kv_tokens as Record<string, number[]> | undefined;
+    if (kv && synthetic) {
+      // Same work on both sides: PyTorch's KV-cache decoders must produce our tokens.
+      const same = Object.keys(firstTokens).every(
+        (id) => JSON.stringify(kv[id]) === JSON.stringify(firstTokens[id]),
+      );
+      extra.torch_kv_tokens_identical = same;
+      if (!same)
+        opts.log(
+          `WARNING: PyTorch KV tokens ${JSON.stringify(kv)} differ from ours ${JSON.stringify(firstTokens)}`,
+        );
+    }
     for (const r of results.filter((x) => x.backend === eng.name)) {
       const p = results.find((x) => x.backend === 'pytorch' && x.case === r.case);
       if (!p) continue;
       opts.log(
         `${r.case}: ${speedup(r.metric, r.value, p.value).toFixed(1)}x faster than PyTorch's official decoder`,
       );
+    }
+    for (const r of results.filter((x) => x.backend === eng.name)) {
+      const p = results.find((x) => x.backend === 'pytorch_kv' && x.case === r.case);
+      if (p)
+        opts.log(`${r.case}: ${speedup(r.metric, r.value, p.value).toFixed(2)}x PyTorch with a KV cache`);
     }
   }
   return { bench: 'caption', machine: machineInfo(eng.threads, eng.avx2, extra), results };

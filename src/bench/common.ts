@@ -173,13 +173,13 @@ export function mergeTorchResults(results: BenchResult[], torch: readonly BenchR
   for (const r of torch) {
     const entry: BenchResult = {
       case: r.case,
-      backend: 'pytorch',
+      backend: r.backend === 'pytorch_kv' ? 'pytorch_kv' : 'pytorch',
       metric: r.metric,
       value: r.value,
       runs: r.runs,
       ...(typeof r.peak_rss_mb === 'number' ? { peak_rss_mb: r.peak_rss_mb } : {}),
     };
-    const last = results.map((x) => x.case).lastIndexOf(r.case);
+    const last = results.map((x) => x.case).lastIndexOf(r.case); // after native's and earlier peers'
     if (last < 0) results.push(entry);
     else results.splice(last + 1, 0, entry);
   }

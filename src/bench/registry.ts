@@ -68,6 +68,11 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
       { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
       {
+        flags: '--pytorch-decoders <LIST>',
+        description:
+          'caption: PyTorch decoders to time: official (predict.py, no cache), kv (KV cache) (default: official,kv)',
+      },
+      {
         flags: '--pytorch-batch-calls <N>',
         description:
           'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default 2)',

@@ -40,12 +40,16 @@ function checkReport(
   expect(r.machine.smoke).toBe(true);
   // The JSON document is what --format json prints: it must survive a round trip unchanged.
   expect(JSON.parse(JSON.stringify(r))).toEqual(r);
-  const ours = r.results.filter((x) => x.backend !== 'pytorch');
+  const peers = ['pytorch', 'pytorch_kv'];
+  const ours = r.results.filter((x) => !peers.includes(x.backend));
   expect(new Set(ours.map((x) => x.backend)).size).toBe(1);
   expect(['native', 'reference']).toContain(ours[0].backend);
+  expect([...new Set(r.results.map((x) => x.backend))].filter((b) => peers.includes(b)).sort()).toEqual(
+    backends.filter((b) => b !== 'ours').sort(),
+  );
   for (const backend of backends) {
     const rows = r.results.filter((x) =>
-      backend === 'pytorch' ? x.backend === 'pytorch' : x.backend !== 'pytorch',
+      backend === 'ours' ? !peers.includes(x.backend) : x.backend === backend,
     );
     expect(rows.map((x) => [x.case, x.metric])).toEqual(expected.map(([c, m]) => [c, m]));
     rows.forEach((x, i) => {
@@ -132,7 +136,8 @@ describe('bench caption --smoke', () => {
   if (hasTorch) {
     it('with --pytorch, runs the official decoders on PyTorch with a weight rule that matches the fixture', async () => {
       const r = await runCaptionBench(smoke({ pytorch: true }));
-      checkReport(r, 'caption', CAPTION_CASES, ['ours', 'pytorch']);
+      checkReport(r, 'caption', CAPTION_CASES, ['ours', 'pytorch', 'pytorch_kv']);
+      expect(r.machine.torch_kv_matches_official).toBe(true);
       expect(r.machine.torch_batch32_calls_timed).toBe(1);
       expect(r.machine.torch_rule_check_max_diff).toBe(0);
     }, 240_000);
