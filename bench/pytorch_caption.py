@@ -6,7 +6,8 @@ Usage: python3 bench/pytorch_caption.py --threads N --runs R [--tokens 20] [--ba
 
 Full-size GPT-2 small + the ClipCap MLP mapper with weights by the fixture rule (bench/fullsize_torch.py), and
 predict.py's `generate_beam` / `generate2` as they are (no KV cache: every step recomputes the whole sequence).
-Each case starts from a CLIP embedding (fullsize_goldens `clip.image_embeds`), like the TypeScript side:
+Each case starts from a CLIP embedding made by the weight rule (tensor names `bench.clip_embedding.0` / `.1`),
+like the TypeScript side (src/bench/caption.ts benchEmbeddings), so neither side needs fixture files:
 - beam5_20tok / greedy_20tok: one prefix, `--tokens` tokens, no stop token; metric ms (+ *_per_token ms/token).
 - batch32_beam5: the official code captions a batch by calling generate_beam once per image, so this is
   `--batch` sequential calls; only the first `--batch-calls` of them are timed (each takes as long as
@@ -26,12 +27,20 @@ import sys
 sys.dont_write_bytecode = True  # no __pycache__ in the source tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fullsize_torch as ft  # noqa: E402
+import numpy as np  # noqa: E402
 
 
 def batch_embeddings(embeds, n):
-    """n distinct CLIP embeddings from the two golden ones: row i = embeds[i % 2] * (1 + 0.05 * (i // 2))
+    """n distinct CLIP embeddings from the two base ones: row i = embeds[i % 2] * (1 + 0.05 * (i // 2))
     (the same rule as src/bench/caption.ts)."""
-    return [embeds[i % 2] * (1.0 + 0.05 * (i // 2)) for i in range(n)]
+    base = embeds.numpy().astype(np.float64)  # v * s in float64, rounded once, as Math.fround(v * s)
+    return [torch_from((base[i % 2] * (1.0 + 0.05 * (i // 2))).astype(np.float32)) for i in range(n)]
+
+
+def torch_from(a):
+    import torch
+
+    return torch.from_numpy(a)
 
 
 def main():
@@ -47,18 +56,15 @@ def main():
         ap.error("--decoders takes official, kv or official,kv")
     torch, rule_diff = ft.start_torch(args)
     mapper, gpt = ft.build_captioner(torch, smoke=args.smoke)
-    golden = ft.read_safetensors(os.path.join(args.fixtures, "fullsize_goldens.safetensors"))
-    if args.smoke:
-        # The tiny mapper takes 24-d embeddings: use the first 24 values of the golden ones.
-        embeds = torch.from_numpy(golden["clip.image_embeds"][:, :24].copy())
-    else:
-        embeds = torch.from_numpy(golden["clip.image_embeds"].copy())  # (2, 512)
+    D = 24 if args.smoke else 512  # the tiny mapper takes 24-d embeddings
+    embeds = torch.from_numpy(np.stack([ft.synthetic_values(f"bench.clip_embedding.{i}", D) for i in (0, 1)]))
 
     greedy_ok = None
     if not args.smoke:
-        # Same model as the TypeScript side? Ten argmax tokens from each golden prefix, batched, no cache.
+        # Same model as the fixtures? Ten argmax tokens from each golden prefix, batched, no cache.
+        golden = ft.read_safetensors(os.path.join(args.fixtures, "fullsize_goldens.safetensors"))
         with torch.no_grad():
-            gen = mapper(embeds)
+            gen = mapper(torch.from_numpy(golden["clip.image_embeds"].copy()))
             toks = []
             for _ in range(10):
                 nxt = gpt(gen)[:, -1, :].argmax(-1)
