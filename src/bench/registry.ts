@@ -54,7 +54,10 @@ export const BENCHES: Record<string, BenchEntry> = {
         flags: '--clip <DIR|HUB_ID>',
         description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
       },
-      { flags: '--images <DIR>', description: 'clip: JPEG photos to read (default: test/fixtures/images)' },
+      {
+        flags: '--images <DIR>',
+        description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
+      },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
   },
@@ -67,6 +70,11 @@ export const BENCHES: Record<string, BenchEntry> = {
         description: 'caption: a ClipCap checkpoint instead of the synthetic weights',
       },
       { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
+      {
+        flags: '--pytorch-decoders <LIST>',
+        description:
+          'caption: PyTorch decoders to time: official (predict.py, no cache), kv (KV cache) (default: official,kv)',
+      },
       {
         flags: '--pytorch-batch-calls <N>',
         description:
