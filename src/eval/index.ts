@@ -31,9 +31,12 @@ export {
   readPredictions,
   parseReferences,
   parsePredictions,
+  cocoIdFromFileName,
+  imageIdForPath,
   type ReferenceSet,
   type PredictionSet,
   type ReadReferencesOptions,
+  type ReadPredictionsOptions,
 } from './readers.js';
 
 export type Tokenization = 'ptb' | 'none';

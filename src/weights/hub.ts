@@ -61,7 +61,8 @@ export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(os.homedir(), '.cache', 'huggingface', 'hub');
 }
 
-function isOfflineEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+/** HF_HUB_OFFLINE as huggingface_hub reads it (1, true, yes, on). */
+export function isOfflineEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return ['1', 'true', 'yes', 'on'].includes((env.HF_HUB_OFFLINE ?? '').trim().toLowerCase());
 }
 
@@ -106,15 +107,50 @@ export async function cachedHubFile(o: HubFileOptions): Promise<string | null> {
   return (await fs.stat(p).catch(() => null))?.isFile() ? p : null;
 }
 
-/** Where a user can put the file by hand (the commit, when unknown, as a placeholder). */
+/**
+ * Where a user can put the file by hand. When the cache knows no commit for the revision, the path holds a
+ * `<commit>` placeholder and says what goes there: the repo's 40-hex commit hash, also written into refs/.
+ */
 async function expectedPath(o: HubFileOptions, revision: string): Promise<string> {
   const repoDir = repoCacheDir(o.repo, o.cacheDir ?? hubCacheDir(), o.repoType);
   let commit = COMMIT.test(revision) ? revision : null;
-  if (!commit)
-    commit =
-      (await fs.readFile(path.join(repoDir, 'refs', revision), 'utf8').catch(() => null))?.trim() ?? null;
+  if (!commit) {
+    const ref = (await fs.readFile(path.join(repoDir, 'refs', revision), 'utf8').catch(() => null))?.trim();
+    commit = ref !== undefined && COMMIT.test(ref) ? ref : null;
+  }
   const where = path.join(repoDir, 'snapshots', commit ?? '<commit>', ...o.file.split('/'));
-  return commit ? where : `${where} (and the commit hash in ${path.join(repoDir, 'refs', revision)})`;
+  return commit
+    ? where
+    : `${where} (<commit>: the repo's 40-hex commit hash, e.g. from its page on the hub, also written alone ` +
+        `into ${path.join(repoDir, 'refs', revision)})`;
+}
+
+/**
+ * Offline (the option or HF_HUB_OFFLINE): the files among `files` that the cache lacks, each with the exact
+ * path to put it at. Empty when online (downloads fetch them) or when everything is cached.
+ */
+export async function missingOfflineFiles(
+  files: readonly HubFileOptions[],
+): Promise<Array<{ file: string; path: string }>> {
+  const out: Array<{ file: string; path: string }> = [];
+  for (const o of files) {
+    if (!(o.offline || isOfflineEnv())) continue;
+    const revision = o.revision ?? 'main';
+    checkInputs(o.repo, o.file, revision);
+    if ((await cachedHubFile(o)) !== null) continue;
+    const what = `${o.repo}/${o.file}${revision === 'main' ? '' : ` (revision ${revision})`}`;
+    out.push({ file: what, path: await expectedPath(o, revision) });
+  }
+  return out;
+}
+
+/** One error naming every missing file and where each goes (see missingOfflineFiles). */
+export function offlineMissingError(missing: ReadonlyArray<{ file: string; path: string }>): UserError {
+  const list = missing.map((m, i) => `(${i + 1}) ${m.file} at ${m.path}`).join('; ');
+  return new UserError(
+    `offline mode is on and ${missing.length === 1 ? '1 file is' : `${missing.length} files are`} not in the ` +
+      `Hugging Face cache: download once online, or put ${missing.length === 1 ? 'it' : 'each'} by hand: ${list}`,
+  );
 }
 
 interface Head {
@@ -374,9 +410,7 @@ export async function hubFile(o: HubFileOptions): Promise<string> {
   if (cached && !o.refresh) return cached;
   if (o.offline || isOfflineEnv()) {
     if (cached) return cached;
-    throw new UserError(
-      `${what} is not in the Hugging Face cache and offline mode is on; download it once online, or put it at ${await expectedPath(o, revision)}`,
-    );
+    throw offlineMissingError([{ file: what, path: await expectedPath(o, revision) }]);
   }
   const endpoint = o.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT;
   const token = o.token ?? process.env.HF_TOKEN ?? undefined;

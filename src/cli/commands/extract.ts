@@ -2,7 +2,7 @@
  * `clipcap extract IMAGES_OR_DIR... --out FILE.safetensors [--captions FILE] [--clip ...] [--batch-size N]
  * [--shard i/N]`: CLIP embeddings of images into one file (see DESIGN.md and pipeline/extract.ts).
  */
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import path from 'node:path';
 import { expandInputs } from '../../pipeline/inputs.js';
 import {
@@ -16,7 +16,8 @@ import {
 } from '../../pipeline/extract.js';
 import { loadImageEncoder, DEFAULT_CLIP } from '../../pipeline/load.js';
 import { UsageError } from '../../util/errors.js';
-import { intArg, processContext, progressBar, type CliContext, type CliIO } from './caption.js';
+import { processContext, progressBar, type CliContext, type CliIO } from './caption.js';
+import { backendOption, batchSizeOption, clipOption, maxPixelsOption, offlineOption } from '../options.js';
 
 interface ExtractCliOptions {
   out: string;
@@ -109,19 +110,12 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       '--captions <FILE>',
       'captions (COCO annotations, [{image_id, caption}] or JSON Lines): writes FILE.captions.jsonl beside --out',
     )
-    .option(
-      '--clip <DIR|HUB_ID|FILE.pt>',
-      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
-    )
-    .option('--batch-size <n>', 'images per CLIP batch', intArg('--batch-size', 1, 4096), 16)
+    .addOption(clipOption())
+    .addOption(batchSizeOption('images per CLIP batch', 16))
     .option('--shard <i/N>', 'process only the i-th of N contiguous slices of the inputs (0-based)')
-    .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
-    .option('--offline', 'use only files already in the Hugging Face cache')
-    .option(
-      '--max-pixels <n>',
-      'refuse images with more pixels (default 100000000)',
-      intArg('--max-pixels', 1),
-    )
+    .addOption(backendOption())
+    .addOption(offlineOption())
+    .addOption(maxPixelsOption())
     .option('--apply-exif', 'rotate images as their EXIF orientation says')
     .action(async (images: string[], o: ExtractCliOptions) => {
       const failed = await runExtract(images, o, ctx.io());
