@@ -107,49 +107,64 @@ export async function cachedHubFile(o: HubFileOptions): Promise<string | null> {
   return (await fs.stat(p).catch(() => null))?.isFile() ? p : null;
 }
 
-/**
- * Where a user can put the file by hand. When the cache knows no commit for the revision, the path holds a
- * `<commit>` placeholder and says what goes there: the repo's 40-hex commit hash, also written into refs/.
- */
-async function expectedPath(o: HubFileOptions, revision: string): Promise<string> {
+/** What stands for an unknown commit in a snapshot path, and what goes there. */
+const COMMIT_HELP =
+  "<commit>: the repo's 40-hex commit hash (from its page on the hub), also written alone into refs/main " +
+  'beside snapshots/';
+
+/** Where a user can put the file by hand: the snapshot path, with `<commit>` when the cache knows none. */
+async function snapshotPath(
+  o: HubFileOptions,
+  revision: string,
+): Promise<{ where: string; placeholder: boolean }> {
   const repoDir = repoCacheDir(o.repo, o.cacheDir ?? hubCacheDir(), o.repoType);
   let commit = COMMIT.test(revision) ? revision : null;
   if (!commit) {
     const ref = (await fs.readFile(path.join(repoDir, 'refs', revision), 'utf8').catch(() => null))?.trim();
     commit = ref !== undefined && COMMIT.test(ref) ? ref : null;
   }
-  const where = path.join(repoDir, 'snapshots', commit ?? '<commit>', ...o.file.split('/'));
-  return commit
-    ? where
-    : `${where} (<commit>: the repo's 40-hex commit hash, e.g. from its page on the hub, also written alone ` +
-        `into ${path.join(repoDir, 'refs', revision)})`;
+  return {
+    where: path.join(repoDir, 'snapshots', commit ?? '<commit>', ...o.file.split('/')),
+    placeholder: !commit,
+  };
+}
+
+/** snapshotPath with the placeholder explained. */
+async function expectedPath(o: HubFileOptions, revision: string): Promise<string> {
+  const p = await snapshotPath(o, revision);
+  return p.placeholder ? `${p.where} (${COMMIT_HELP})` : p.where;
 }
 
 /**
  * Offline (the option or HF_HUB_OFFLINE): the files among `files` that the cache lacks, each with the exact
- * path to put it at. Empty when online (downloads fetch them) or when everything is cached.
+ * path to put it at (`placeholder`: the path holds `<commit>`). Empty when online or when all are cached.
  */
 export async function missingOfflineFiles(
   files: readonly HubFileOptions[],
-): Promise<Array<{ file: string; path: string }>> {
-  const out: Array<{ file: string; path: string }> = [];
+): Promise<Array<{ file: string; path: string; placeholder: boolean }>> {
+  const out: Array<{ file: string; path: string; placeholder: boolean }> = [];
   for (const o of files) {
     if (!(o.offline || isOfflineEnv())) continue;
     const revision = o.revision ?? 'main';
     checkInputs(o.repo, o.file, revision);
     if ((await cachedHubFile(o)) !== null) continue;
     const what = `${o.repo}/${o.file}${revision === 'main' ? '' : ` (revision ${revision})`}`;
-    out.push({ file: what, path: await expectedPath(o, revision) });
+    const p = await snapshotPath(o, revision);
+    out.push({ file: what, path: p.where, placeholder: p.placeholder });
   }
   return out;
 }
 
 /** One error naming every missing file and where each goes (see missingOfflineFiles). */
-export function offlineMissingError(missing: ReadonlyArray<{ file: string; path: string }>): UserError {
+export function offlineMissingError(
+  missing: ReadonlyArray<{ file: string; path: string; placeholder: boolean }>,
+): UserError {
   const list = missing.map((m, i) => `(${i + 1}) ${m.file} at ${m.path}`).join('; ');
+  const n = missing.length;
   return new UserError(
-    `offline mode is on and ${missing.length === 1 ? '1 file is' : `${missing.length} files are`} not in the ` +
-      `Hugging Face cache: download once online, or put ${missing.length === 1 ? 'it' : 'each'} by hand: ${list}`,
+    `offline mode is on and ${n === 1 ? '1 file is' : `${n} files are`} not in the Hugging Face cache: ` +
+      `download once online, or put ${n === 1 ? 'it' : 'each'} by hand: ${list}` +
+      (missing.some((m) => m.placeholder) ? ` (${COMMIT_HELP})` : ''),
   );
 }
 
@@ -410,7 +425,8 @@ export async function hubFile(o: HubFileOptions): Promise<string> {
   if (cached && !o.refresh) return cached;
   if (o.offline || isOfflineEnv()) {
     if (cached) return cached;
-    throw offlineMissingError([{ file: what, path: await expectedPath(o, revision) }]);
+    const p = await snapshotPath(o, revision);
+    throw offlineMissingError([{ file: what, path: p.where, placeholder: p.placeholder }]);
   }
   const endpoint = o.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT;
   const token = o.token ?? process.env.HF_TOKEN ?? undefined;

@@ -263,7 +263,7 @@ describe('hubFile', () => {
     );
     // No commit known for the revision: the placeholder is explained (a 40-hex hash, also written into refs/main).
     expect(await failure(hubFile(opts('org/other', 'config.json')))).toMatch(
-      /\(1\) org\/other\/config\.json at .*models--org--other\/snapshots\/<commit>\/config\.json \(<commit>: the repo's 40-hex commit hash, .*into .*models--org--other\/refs\/main\)$/,
+      /\(1\) org\/other\/config\.json at .*models--org--other\/snapshots\/<commit>\/config\.json \(<commit>: the repo's 40-hex commit hash \(from its page on the hub\), also written alone into refs\/main beside snapshots\/\)$/,
     );
     expect(seen).toEqual([]);
   });
