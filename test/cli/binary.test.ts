@@ -59,7 +59,9 @@ describe('clipcap binary', () => {
     const offline = clipcap(['caption', '--model', 'coco', path.join(FIX, 'images')]);
     expect(offline.code).toBe(1);
     expect(offline.err.split('\n').length).toBe(2); // one line + the final newline
-    expect(offline.err).toMatch(/offline mode is on and .* not in the Hugging Face cache: .*coco_weights\.pt at /);
+    expect(offline.err).toMatch(
+      /offline mode is on and .* not in the Hugging Face cache: .*coco_weights\.pt at /,
+    );
   });
 
   it('one bad image among good ones: its entry has the error, the rest are captioned, exit 1', () => {
