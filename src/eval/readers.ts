@@ -18,6 +18,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 
 export type ReferenceFormat = 'coco' | 'karpathy' | 'jsonl' | 'json-records';
 export type PredictionFormat = 'coco-results' | 'jsonl';
@@ -406,6 +407,11 @@ async function readText(file: string, what: string): Promise<string> {
 }
 
 export async function readReferences(file: string, opts: ReadReferencesOptions = {}): Promise<ReferenceSet> {
+  checkOptionKeys(
+    opts,
+    optionKeys<ReadReferencesOptions>({ split: true, tokenize: true }),
+    'readReferences options',
+  );
   return parseReferences(await readText(file, 'references'), file, opts);
 }
 
@@ -413,5 +419,6 @@ export async function readPredictions(
   file: string,
   opts: ReadPredictionsOptions = {},
 ): Promise<PredictionSet> {
+  checkOptionKeys(opts, optionKeys<ReadPredictionsOptions>({ references: true }), 'readPredictions options');
   return parsePredictions(await readText(file, 'predictions'), file, opts);
 }

@@ -25,6 +25,7 @@ import path from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import cliProgress from 'cli-progress';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
 
@@ -53,6 +54,20 @@ export interface HubFileOptions {
   /** Idle network timeout in ms (default 60 s). */
   timeoutMs?: number;
 }
+
+const HUB_FILE_KEYS = optionKeys<HubFileOptions>({
+  repo: true,
+  file: true,
+  revision: true,
+  repoType: true,
+  offline: true,
+  endpoint: true,
+  token: true,
+  cacheDir: true,
+  refresh: true,
+  onProgress: true,
+  timeoutMs: true,
+});
 
 /** The cache root, as huggingface_hub computes it. */
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
@@ -418,6 +433,7 @@ async function fetchBlob(
  * cache path where it can be put by hand.
  */
 export async function hubFile(o: HubFileOptions): Promise<string> {
+  checkOptionKeys(o, HUB_FILE_KEYS, 'hubFile options');
   const revision = o.revision ?? 'main';
   checkInputs(o.repo, o.file, revision);
   const what = `${o.repo}/${o.file}${revision === 'main' ? '' : ` (revision ${revision})`}`;
