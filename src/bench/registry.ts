@@ -70,7 +70,7 @@ export const BENCHES: Record<string, BenchEntry> = {
       {
         flags: '--pytorch-batch-calls <N>',
         description:
-          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default 2)',
+          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default: 2)',
       },
     ],
     run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),

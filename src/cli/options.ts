@@ -31,7 +31,7 @@ export function floatArg(name: string, ok: (x: number) => boolean, range: string
 // ---- one flag, one text ----
 
 export const BACKEND_HELP =
-  'compute backend: native (the C++ addon, CLIPCAP_THREADS threads, default every core) or reference ' +
+  'compute backend: native (the C++ addon; threads: CLIPCAP_THREADS, else every core) or reference ' +
   '(pure TypeScript); also CLIPCAP_BACKEND (default: native when it loads)';
 
 /** --backend native|reference. */
