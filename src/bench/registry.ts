@@ -78,7 +78,7 @@ export const BENCHES: Record<string, BenchEntry> = {
       {
         flags: '--pytorch-batch-calls <N>',
         description:
-          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default 2)',
+          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default: 2)',
       },
     ],
     run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),
@@ -94,8 +94,8 @@ export const BENCHES: Record<string, BenchEntry> = {
       'HTTP serving: requests/s and p50/p99 latency at 1, 8, 32 concurrent clients (loopback), with peak RSS',
     options: [
       { flags: '--smoke', description: 'serve: tiny models, 1 s per level (checks the bench)' },
-      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default 10)' },
-      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default 1,8,32)' },
+      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default: 10)' },
+      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default: 1,8,32)' },
     ],
     run: async (opts) => (await import('./serve.js')).runServeBench(opts),
   },

@@ -7,12 +7,14 @@ import { Command, CommanderError } from 'commander';
 import { UsageError, UserError, errorMessage } from '../util/errors.js';
 import { oneLine } from '../util/text.js';
 import { COMMANDS } from './commands/index.js';
+import { packageVersion } from './version.js';
 
 export async function main(argv: readonly string[]): Promise<number> {
   const program = new Command();
   program
     .name('clipcap')
     .description('ClipCap image captioning: CLIP prefix + mapping network + GPT-2')
+    .version(packageVersion(), '-V, --version', 'print the version of clipcap')
     .exitOverride()
     .showHelpAfterError('(run clipcap --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });

@@ -68,7 +68,7 @@ function pixelLimit(opts: DecodeOptions): number {
 function overLimit(name: string, width: number, height: number, limit: number): UserError {
   return new UserError(
     `${name}: ${width}x${height} = ${width * height} pixels is over the limit of ${limit}; ` +
-      'raise the pixel limit (limitInputPixels) if you trust this file',
+      'raise it with --max-pixels (limitInputPixels in the library) if you trust this file',
   );
 }
 
@@ -148,7 +148,7 @@ function decodeError(name: string, e: unknown, limit: number, bytes: Uint8Array,
   const kind = sniff(bytes);
   if (/exceeds pixel limit/i.test(raw)) {
     return new UserError(
-      `${name}: the image has more than ${limit} pixels; raise the pixel limit (limitInputPixels) if you trust this file`,
+      `${name}: the image has more than ${limit} pixels; raise it with --max-pixels (limitInputPixels in the library) if you trust this file`,
       { cause: e },
     );
   }

@@ -3,6 +3,7 @@
  * `clip_embedding` [N, D] f32 in input order, with `__metadata__` and an optional captions sidecar in the
  * layout of the official parse_coco.py (`{image_id, caption, embedding: row}`), ready for training.
  */
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 import { preprocessImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -28,6 +29,13 @@ export interface ExtractedRow {
   error?: string;
 }
 
+const EXTRACT_KEYS = optionKeys<ExtractOptions>({
+  batchSize: true,
+  limitInputPixels: true,
+  applyExif: true,
+  onProgress: true,
+});
+
 /**
  * CLIP embeddings of image files, batch by batch, in input order; a bad image yields its error and the
  * rest continue. The next batch is decoded while CLIP runs on the current one.
@@ -37,6 +45,7 @@ export async function* extractEmbeddings(
   images: readonly string[],
   options: ExtractOptions = {},
 ): AsyncGenerator<ExtractedRow> {
+  checkOptionKeys(options, EXTRACT_KEYS, 'extractEmbeddings options');
   const batchSize = options.batchSize ?? 16;
   if (!Number.isInteger(batchSize) || batchSize < 1)
     throw new UserError(`batch size must be a positive integer, got ${batchSize}`);

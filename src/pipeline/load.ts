@@ -31,7 +31,7 @@ import {
 } from '../weights/keymaps.js';
 import { loadOpenAIClipVision } from '../weights/families/openai-clip.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
-import { hubFile } from '../weights/hub.js';
+import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
 
 export const DEFAULT_CLIP = 'openai/clip-vit-base-patch32';
 export const DEFAULT_GPT2 = 'openai-community/gpt2';
@@ -271,13 +271,41 @@ async function checkpointPath(o: ClipCapLoadOptions): Promise<string> {
     return hubFile({ repo: p.repo, file: p.file, offline: o.offline });
   }
   if (await isDirectory(model)) return model;
-  throw new UserError(`--model ${model}: use coco, conceptual or a clipcap checkpoint directory`);
+  if (await exists(model))
+    throw new UserError(
+      `--model ${model}: a file, not a clipcap checkpoint directory; give an official .pt checkpoint as --clipcap FILE`,
+    );
+  throw new UserError(
+    `--model ${model}: no such directory; --model takes coco, conceptual or a clipcap checkpoint directory`,
+  );
+}
+
+/**
+ * Offline, every hub file the load will need that the cache lacks, checked before anything loads so that one
+ * error lists them all (instead of one per run): a published checkpoint, CLIP's files when CLIP was named or
+ * comes with a published checkpoint (`clip`: images will be captioned), a named GPT-2's config.
+ */
+export async function checkOfflineFiles(o: ClipCapLoadOptions, need: { clip: boolean }): Promise<void> {
+  const src = { offline: o.offline, revision: o.revision };
+  const files: HubFileOptions[] = [];
+  const preset = o.clipcap === undefined && (o.model ?? 'coco') in PRETRAINED;
+  if (preset) files.push({ ...PRETRAINED[(o.model ?? 'coco') as PretrainedName], offline: o.offline });
+  const isHubId = async (spec: string): Promise<boolean> =>
+    looksLikeRepoId(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
+  const clip = o.clip ?? (preset ? DEFAULT_CLIP : undefined);
+  if (need.clip && clip !== undefined && (await isHubId(clip)))
+    for (const file of ['config.json', 'model.safetensors']) files.push({ repo: clip, file, ...src });
+  if (o.gpt2 !== undefined && (await isHubId(o.gpt2)))
+    files.push({ repo: o.gpt2, file: 'config.json', ...src });
+  const missing = await missingOfflineFiles(files);
+  if (missing.length > 0) throw offlineMissingError(missing);
 }
 
 /** Load every part of a captioner (CLIP lazily). */
 export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<CaptionerParts> {
   const backend = resolveBackend(o.backend);
   const src: SourceOptions = { offline: o.offline, revision: o.revision };
+  await checkOfflineFiles(o, { clip: false });
   const file = await checkpointPath(o);
   const ck = await resolveClipcap(file, o.gpt2, src);
   const model = ClipCapModel.create(

@@ -11,6 +11,7 @@ import { register as registerCaption, type CliContext, type CliIO } from '../../
 import { register as registerDemo } from '../../src/cli/commands/demo.js';
 import { register as registerExtract } from '../../src/cli/commands/extract.js';
 import { register as registerMerge } from '../../src/cli/commands/merge.js';
+import { register as registerEval } from '../../src/cli/commands/eval.js';
 import { UsageError, UserError } from '../../src/util/errors.js';
 import { startHub, type HubServer } from './hub-server.js';
 
@@ -39,6 +40,7 @@ export async function cli(args: string[]): Promise<CliRun> {
   registerExtract(program, ctx);
   registerMerge(program, ctx);
   registerDemo(program, ctx);
+  registerEval(program, ctx);
   try {
     await program.parseAsync(args, { from: 'user' });
   } catch (e) {

@@ -9,7 +9,7 @@
 import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import { Option, type Command } from 'commander';
+import type { Command } from 'commander';
 import { pairCaptions, readCaptionsFile, type CaptionsFile } from '../../data/captions.js';
 import { expandInputs } from '../../pipeline/inputs.js';
 import {
@@ -23,7 +23,8 @@ import { loadImageEncoder, DEFAULT_CLIP } from '../../pipeline/load.js';
 import { UsageError, UserError } from '../../util/errors.js';
 import { writeFileAtomic } from '../../util/atomic.js';
 import { loadSafetensors } from '../../weights/safetensors.js';
-import { intArg, processContext, progressBar, type CliContext, type CliIO } from './caption.js';
+import { processContext, progressBar, type CliContext, type CliIO } from './caption.js';
+import { backendOption, batchSizeOption, clipOption, maxPixelsOption, offlineOption } from '../options.js';
 
 interface ExtractCliOptions {
   out: string;
@@ -238,19 +239,12 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       "Karpathy's dataset_coco.json: only these splits (comma-separated, e.g. train,restval)",
     )
     .option('--strict', 'fail (before extracting) when any caption or image is left unpaired')
-    .option(
-      '--clip <DIR|HUB_ID|FILE.pt>',
-      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
-    )
-    .option('--batch-size <n>', 'images per CLIP batch', intArg('--batch-size', 1, 4096), 16)
+    .addOption(clipOption())
+    .addOption(batchSizeOption('images per CLIP batch', 16))
     .option('--shard <i/N>', 'process only the i-th of N contiguous slices of the inputs (0-based)')
-    .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
-    .option('--offline', 'use only files already in the Hugging Face cache')
-    .option(
-      '--max-pixels <n>',
-      'refuse images with more pixels (default 100000000)',
-      intArg('--max-pixels', 1),
-    )
+    .addOption(backendOption())
+    .addOption(offlineOption())
+    .addOption(maxPixelsOption())
     .option('--apply-exif', 'rotate images as their EXIF orientation says')
     .action(async (images: string[], o: ExtractCliOptions) => {
       const failed = await runExtract(images, o, ctx.io());

@@ -9,6 +9,7 @@ import { Option, type Command } from 'commander';
 import { train, type TrainEvent, type TrainOptions } from '../../pipeline/train.js';
 import { UsageError } from '../../util/errors.js';
 import { floatArg, intArg, processContext, type CliContext, type CliIO } from './caption.js';
+import { backendOption, DEFAULT_GPT2_SPEC, offlineOption } from '../options.js';
 
 interface TrainCliOptions {
   data?: string[];
@@ -265,7 +266,7 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     )
     .option('--only-prefix', 'train only the mapper, GPT-2 frozen (the default for transformer)')
     .option('--finetune-gpt2', 'also train GPT-2 (the default for mlp)')
-    .option('--gpt2 <DIR|HUB_ID>', 'GPT-2 to start from (default openai-community/gpt2)')
+    .option('--gpt2 <DIR|HUB_ID>', `GPT-2 to start from (default: ${DEFAULT_GPT2_SPEC})`)
     .option('--prefix-length <n>', 'prefix length K', intArg('--prefix-length', 1, 1024), 10)
     .option(
       '--clip-length <n>',
@@ -319,8 +320,8 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       floatArg('--log-every', (x) => x >= 0, 'a number >= 0'),
       30,
     )
-    .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
-    .option('--offline', 'use only files already in the Hugging Face cache')
+    .addOption(backendOption())
+    .addOption(offlineOption())
     .addOption(new Option('--format <fmt>', 'summary format').choices(['text', 'json']).default('text'))
     .action(async (o: TrainCliOptions) => {
       const code = await withSignals((signal, name) => runTrain(o, ctx.io(), { signal, signalName: name }));
