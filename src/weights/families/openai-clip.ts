@@ -36,6 +36,7 @@
  * taken to use OpenAI's QuickGELU.
  */
 import { UserError } from '../../util/errors.js';
+import { promises as fs } from 'node:fs';
 import yauzl from 'yauzl';
 import type { ClipResNetConfig, ClipVisionConfig } from '../../models/config.js';
 import type { HostTensor, StateDict } from '../host.js';
@@ -385,6 +386,11 @@ async function isTorchScriptZip(file: string): Promise<boolean> {
  */
 export async function loadOpenAIClip(file: string): Promise<OpenAIClipVision> {
   let m: TorchScriptModule;
+  const stat = await fs.stat(file).catch((e: NodeJS.ErrnoException) => e);
+  if (stat instanceof Error || !stat.isFile()) {
+    const code = stat instanceof Error ? stat.code : 'a directory';
+    throw new UserError(`cannot open ${file}: ${code === 'ENOENT' ? 'no such file; check the path' : code}`);
+  }
   if (await isTorchScriptZip(file)) {
     m = await loadTorchScript(file, {
       select: (name) => name.startsWith('visual.') || name === 'input_resolution',
