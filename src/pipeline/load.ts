@@ -278,6 +278,14 @@ function resolveBackend(b: BackendName | Backend | undefined): Backend {
   return typeof b === 'object' ? b : getBackend(b);
 }
 
+/**
+ * The CLIP a checkpoint runs on when none is given: 640-d prefixes are RN50x4's (the official Transformer COCO
+ * model; no other published CLIP is 640 wide), anything else the default ViT-B/32.
+ */
+export function defaultClipFor(prefixSize: number): string {
+  return prefixSize === 640 ? 'RN50x4' : DEFAULT_CLIP;
+}
+
 // ---- everything together ----
 
 /** Resolve options to a checkpoint path (downloading a preset when needed). */
@@ -308,7 +316,7 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
     },
     file,
   );
-  const clipSpec = o.clip ?? DEFAULT_CLIP;
+  const clipSpec = o.clip ?? defaultClipFor(ck.mapper.prefix_size);
   return captionerParts(model, {
     description: path.basename(file),
     loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),

@@ -73,8 +73,8 @@ export function addModelOptions(cmd: Command): Command {
       'a ClipCap checkpoint (.pt as the official code saves it, or a clipcap directory)',
     )
     .option(
-      '--clip <DIR|HUB_ID|FILE.pt>',
-      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
+      '--clip <DIR|HUB_ID|FILE.pt|NAME>',
+      "CLIP model: a Hugging Face directory or repo, OpenAI's .pt file (ViT or ResNet), or OpenAI's name (RN50x4, ViT-B/32, ...: downloaded to ~/.cache/clip); default openai/clip-vit-base-patch32 (RN50x4 for 640-d checkpoints)",
     )
     .option(
       '--gpt2 <DIR|HUB_ID>',

@@ -110,8 +110,8 @@ export function register(program: Command, ctx: CliContext = processContext): vo
       'captions (COCO annotations, [{image_id, caption}] or JSON Lines): writes FILE.captions.jsonl beside --out',
     )
     .option(
-      '--clip <DIR|HUB_ID|FILE.pt>',
-      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
+      '--clip <DIR|HUB_ID|FILE.pt|NAME>',
+      "CLIP model: a Hugging Face directory or repo, OpenAI's .pt file (ViT or ResNet), or OpenAI's name (RN50x4, ViT-B/32, ...: downloaded to ~/.cache/clip); default openai/clip-vit-base-patch32",
     )
     .option('--batch-size <n>', 'images per CLIP batch', intArg('--batch-size', 1, 4096), 16)
     .option('--shard <i/N>', 'process only the i-th of N contiguous slices of the inputs (0-based)')
