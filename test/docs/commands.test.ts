@@ -31,7 +31,8 @@ function readmeCommands(): string[] {
   const out: string[] = [];
   for (const m of README.matchAll(/```sh\n([\s\S]*?)```/g))
     for (const line of m[1].split('\n')) {
-      const cmd = line.replace(/\s+#.*$/, '').trim();
+      // a whole-line comment (`# open http://...`) is prose, not a command
+      const cmd = line.trim().startsWith('#') ? '' : line.replace(/\s+#.*$/, '').trim();
       if (cmd !== '') out.push(cmd);
     }
   return out;
@@ -130,8 +131,12 @@ beforeAll(async () => {
       })),
     }),
   );
-  put(fixture('images', 'CONCEPTUAL_03.jpg'), 'train_images/one.jpg');
-  writeFileSync(path.join(work, 'captions.json'), JSON.stringify(cocoAnnotations(['one.jpg'])));
+  put(fixture('images', 'CONCEPTUAL_03.jpg'), 'train2014/one.jpg');
+  put(fixture('images', 'CONCEPTUAL_04.jpg'), 'train2014/two.jpg');
+  writeFileSync(
+    path.join(work, 'captions_train2014.json'),
+    JSON.stringify(cocoAnnotations(['one.jpg', 'two.jpg'])),
+  );
   put(fixture('official_features_tiny.pkl'), 'coco_val_features.pkl');
 });
 
