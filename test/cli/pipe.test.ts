@@ -10,6 +10,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import sharp from 'sharp';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { grayPng } from '../image/helpers.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const BIN = path.join(ROOT, 'dist/src/cli/main.js');
@@ -68,12 +69,7 @@ describe('clipcap caption in a pipe', () => {
 
   it('hostile images fail alone: the others are captioned, one escaped line each', async () => {
     const strip = path.join(tmp, 'strip.png');
-    writeFileSync(
-      strip,
-      await sharp(Buffer.alloc(1_000_000 * 3, 128), { raw: { width: 1, height: 1_000_000, channels: 3 } })
-        .png()
-        .toBuffer(),
-    );
+    writeFileSync(strip, grayPng(1, 1_000_000));
     const tiff = await sharp(readFileSync(path.join(FIX, 'formats/rgb.png')))
       .tiff()
       .toBuffer();
