@@ -72,10 +72,13 @@ const RASTER_FORMATS: ReadonlySet<string> = new Set(['jpeg', 'png', 'webp', 'gif
 
 const ADVICE = 'check that it is a valid JPEG, PNG, WebP, GIF, TIFF or AVIF image';
 
-/** How messages name an input: its path, or `opts.name`. */
+/**
+ * How messages name an input: its path, or `opts.name`, with control characters escaped (file names found by a
+ * directory walk are as untrusted as file contents).
+ */
 export function describeInput(input: ImageInput, opts: DecodeOptions): string {
-  if (typeof input === 'string') return input;
-  return opts.name ?? (input instanceof Uint8Array ? 'image data' : 'RGB pixel input');
+  if (typeof input === 'string') return safeText(input, 1000);
+  return safeText(opts.name ?? (input instanceof Uint8Array ? 'image data' : 'RGB pixel input'), 1000);
 }
 
 function pixelLimit(opts: DecodeOptions): number {

@@ -82,7 +82,7 @@ describe('clipcap caption in a pipe', () => {
     const entries = lines.map((l) => JSON.parse(l) as { caption?: string; error?: string });
     expect(entries.map((e) => (e.error ? 'error' : 'ok'))).toEqual(['ok', 'error', 'error', 'ok']);
     expect(entries[1].error).toMatch(/strip\.png: a 1x1000000 image is too elongated/);
-    expect(entries[2].error).toMatch(/TIFF/);
+    expect(entries[2].error).toContain('cut\\x1b[31m.tif: a TIFF file that is truncated or damaged');
     expect(entries[0].caption).toBe(entries[3].caption);
     expect(r.err).toBe('clipcap: 2 of 4 inputs failed\n');
   });
