@@ -21,7 +21,13 @@ import {
   readOptimizerState,
   truncateMetrics,
 } from '../train/checkpoint.js';
-import { officialMaxSeqLen, readTrainingFiles, TrainingSetBuilder, type TrainingSet } from '../train/data.js';
+import {
+  officialMaxSeqLen,
+  readTrainingFiles,
+  splitByImage,
+  TrainingSetBuilder,
+  type TrainingSet,
+} from '../train/data.js';
 import { initMapperWeights } from '../train/init.js';
 import {
   LOSS_CHART_FILE,
@@ -32,7 +38,6 @@ import {
   type TrainEvent,
 } from '../train/loop.js';
 import { UserError } from '../util/errors.js';
-import { deriveSeed, mulberry32, shuffled } from '../util/random.js';
 import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
 import { saveTorchStateDict } from '../weights/torch-write.js';
@@ -185,44 +190,6 @@ export async function dataDigest(files: readonly string[]): Promise<string> {
   return `sha256:${h.digest('hex')}`;
 }
 
-/** Split a set by embedding row: a seeded `fraction` of the images (with all their captions) is held out. */
-export function splitByImage(
-  set: TrainingSet,
-  fraction: number,
-  seed: number,
-): { train: TrainingSet; val: TrainingSet } {
-  const nVal = Math.round(set.rows * fraction);
-  if (nVal < 1 || nVal >= set.rows)
-    throw new UserError(
-      `--val-fraction ${fraction} of ${set.rows} images holds out ${nVal}; give a fraction that leaves images on both sides`,
-    );
-  const order = shuffled(set.rows, mulberry32(deriveSeed(seed, 0x5641)));
-  const isVal = new Uint8Array(set.rows);
-  for (let i = 0; i < nVal; i++) isVal[order[i]] = 1;
-  const pick = (want: number): TrainingSet => {
-    const idx: number[] = [];
-    for (let c = 0; c < set.count; c++) if (isVal[set.captionRow[c]] === want) idx.push(c);
-    const offsets = new Int32Array(idx.length + 1);
-    let total = 0;
-    idx.forEach((c, i) => {
-      total += set.tokenOffsets[c + 1] - set.tokenOffsets[c];
-      offsets[i + 1] = total;
-    });
-    const ids = new Int32Array(total);
-    idx.forEach((c, i) =>
-      ids.set(set.tokenIds.subarray(set.tokenOffsets[c], set.tokenOffsets[c + 1]), offsets[i]),
-    );
-    return {
-      ...set,
-      count: idx.length,
-      tokenIds: ids,
-      tokenOffsets: offsets,
-      captionRow: Int32Array.from(idx, (c) => set.captionRow[c]),
-    };
-  };
-  return { train: pick(0), val: pick(1) };
-}
-
 /** A model reference as a checkpoint records it: hub ids as they are, local paths relative to the checkpoint. */
 function sourceRef(spec: string, outAbs: string): string {
   if (spec.startsWith('bundled:')) return spec;
@@ -365,6 +332,7 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
       );
     r = await optionsFromState(checkpoint.state.options, run);
     if (o.exportTorch !== undefined) r.exportTorch = path.resolve(o.exportTorch);
+    if (o.keepLast !== undefined) r.keepLast = positiveInt('--keep-last', o.keepLast);
     const opt = await readOptimizerState(checkpoint.dir);
     resume = {
       dir: checkpoint.dir,

@@ -11,6 +11,7 @@ import { promises as fs } from 'node:fs';
 import { captionsSidecarPath } from '../pipeline/extract.js';
 import { readEmbeddings } from '../pipeline/embeddings.js';
 import { UserError } from '../util/errors.js';
+import { deriveSeed, mulberry32, shuffled } from '../util/random.js';
 import { isHostTensor, loadPickle, type PickleValue } from '../weights/torch.js';
 
 /** The caption side of a training set before tokenization. */
@@ -402,4 +403,42 @@ export async function readExtracted(file: string): Promise<RawTrainingData> {
 export async function readTrainingData(file: string): Promise<RawTrainingData> {
   await checkDataFile(file);
   return /\.safetensors$/i.test(file) ? readExtracted(file) : readOfficialPickle(file);
+}
+
+/** Split a set by embedding row: a seeded `fraction` of the images (with all their captions) is held out. */
+export function splitByImage(
+  set: TrainingSet,
+  fraction: number,
+  seed: number,
+): { train: TrainingSet; val: TrainingSet } {
+  const nVal = Math.round(set.rows * fraction);
+  if (nVal < 1 || nVal >= set.rows)
+    throw new UserError(
+      `--val-fraction ${fraction} of ${set.rows} images holds out ${nVal}; give a fraction that leaves images on both sides`,
+    );
+  const order = shuffled(set.rows, mulberry32(deriveSeed(seed, 0x5641)));
+  const isVal = new Uint8Array(set.rows);
+  for (let i = 0; i < nVal; i++) isVal[order[i]] = 1;
+  const pick = (want: number): TrainingSet => {
+    const idx: number[] = [];
+    for (let c = 0; c < set.count; c++) if (isVal[set.captionRow[c]] === want) idx.push(c);
+    const offsets = new Int32Array(idx.length + 1);
+    let total = 0;
+    idx.forEach((c, i) => {
+      total += set.tokenOffsets[c + 1] - set.tokenOffsets[c];
+      offsets[i + 1] = total;
+    });
+    const ids = new Int32Array(total);
+    idx.forEach((c, i) =>
+      ids.set(set.tokenIds.subarray(set.tokenOffsets[c], set.tokenOffsets[c + 1]), offsets[i]),
+    );
+    return {
+      ...set,
+      count: idx.length,
+      tokenIds: ids,
+      tokenOffsets: offsets,
+      captionRow: Int32Array.from(idx, (c) => set.captionRow[c]),
+    };
+  };
+  return { train: pick(0), val: pick(1) };
 }

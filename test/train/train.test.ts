@@ -296,9 +296,9 @@ describe('clipcap train', () => {
       /^clipcap: step 4\/4 epoch 2 \(2\/2\) loss \d+\.\d{4} lr \d\.\d{2}e-\d+ [\d.]+ samples\/s elapsed \d+s ETA \d+s$/,
     );
     expect(r.err).toMatch(/warning: the run stops after 4 steps, inside the 10-step warmup/);
-    const both = await cli(['--resume', out, '--data', PKL]);
+    const both = await cli(['--resume', out, '--data', PKL, '--epochs', '3']);
     expect(both.code).toBe(2);
-    expect(both.err).toMatch(/--resume continues a run with its recorded data/);
+    expect(both.err).toMatch(/--resume continues the run with its recorded options; drop --data, --epochs/);
     const none = await cli(['--gpt2', GPT2]);
     expect(none.code).toBe(2);
     expect(none.err).toMatch(/give --data FILE\.\.\. and --out DIR, or --resume DIR/);
