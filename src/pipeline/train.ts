@@ -277,42 +277,53 @@ async function readSets(
 ): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
   const tok = await Gpt2Tokenizer.load();
   const b = new TrainingSetBuilder(tok);
-  const { clipModels } = await readTrainingFiles(r.data, b);
+  const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
+    b.close();
+    throw e;
+  });
   let train = b.build(r.data.length === 1 ? r.data[0] : `${r.data.length} data files`);
-  let val: TrainingSet | undefined;
-  if (r.valFraction !== undefined) ({ train, val } = splitByImage(train, r.valFraction, r.seed));
-  // max_seq_len over the captions trained on (as train.py computes it over its dataset).
-  const lengths = new Int32Array(train.count);
-  for (let c = 0; c < train.count; c++) lengths[c] = train.tokenOffsets[c + 1] - train.tokenOffsets[c];
-  let maxSeqLen = officialMaxSeqLen(lengths);
-  const room = nPositions - r.prefixLength;
-  if (room < 1)
-    throw new UserError(
-      `--prefix-length ${r.prefixLength} leaves no room for tokens in GPT-2's ${nPositions} positions; lower it`,
-    );
-  if (maxSeqLen > room) {
-    warn(
-      `captions of up to ${maxSeqLen} tokens do not fit GPT-2's ${nPositions} positions after a ${r.prefixLength}-vector prefix; ` +
-        `cutting them to ${room} tokens`,
-    );
-    maxSeqLen = room;
+  const built = train.features;
+  try {
+    let val: TrainingSet | undefined;
+    if (r.valFraction !== undefined) ({ train, val } = splitByImage(train, r.valFraction, r.seed));
+    // max_seq_len over the captions trained on (as train.py computes it over its dataset).
+    const lengths = new Int32Array(train.count);
+    for (let c = 0; c < train.count; c++) lengths[c] = train.tokenOffsets[c + 1] - train.tokenOffsets[c];
+    let maxSeqLen = officialMaxSeqLen(lengths);
+    const room = nPositions - r.prefixLength;
+    if (room < 1)
+      throw new UserError(
+        `--prefix-length ${r.prefixLength} leaves no room for tokens in GPT-2's ${nPositions} positions; lower it`,
+      );
+    if (maxSeqLen > room) {
+      warn(
+        `captions of up to ${maxSeqLen} tokens do not fit GPT-2's ${nPositions} positions after a ${r.prefixLength}-vector prefix; ` +
+          `cutting them to ${room} tokens`,
+      );
+      maxSeqLen = room;
+    }
+    train = { ...train, maxSeqLen };
+    if (r.val) {
+      const vb = new TrainingSetBuilder(tok);
+      const v = await readTrainingFiles(r.val, vb);
+      const other = v.clipModels.find((m) => !clipModels.includes(m));
+      if (other && clipModels.length > 0)
+        throw new UserError(
+          `--val was extracted with CLIP ${other} but --data with ${clipModels.join(', ')}`,
+        );
+      val = vb.build(r.val.length === 1 ? r.val[0] : `${r.val.length} validation files`, maxSeqLen);
+      if (val.dim !== train.dim)
+        throw new UserError(`--val embeddings are ${val.dim}-d but --data's are ${train.dim}-d`);
+    } else if (val) val = { ...val, maxSeqLen };
+    if (clipModels.length > 1)
+      throw new UserError(
+        `the data files were extracted with different CLIP models (${clipModels.join(', ')}); train on one model's features`,
+      );
+    return { train, val, clipModels };
+  } catch (e) {
+    built.close();
+    throw e;
   }
-  train = { ...train, maxSeqLen };
-  if (r.val) {
-    const vb = new TrainingSetBuilder(tok);
-    const v = await readTrainingFiles(r.val, vb);
-    const other = v.clipModels.find((m) => !clipModels.includes(m));
-    if (other && clipModels.length > 0)
-      throw new UserError(`--val was extracted with CLIP ${other} but --data with ${clipModels.join(', ')}`);
-    val = vb.build(r.val.length === 1 ? r.val[0] : `${r.val.length} validation files`, maxSeqLen);
-    if (val.dim !== train.dim)
-      throw new UserError(`--val embeddings are ${val.dim}-d but --data's are ${train.dim}-d`);
-  } else if (val) val = { ...val, maxSeqLen };
-  if (clipModels.length > 1)
-    throw new UserError(
-      `the data files were extracted with different CLIP models (${clipModels.join(', ')}); train on one model's features`,
-    );
-  return { train, val, clipModels };
 }
 
 /**
@@ -360,97 +371,103 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
   const loadOpts = { offline: o.offline, revision: o.revision };
   const gpt2 = await loadGpt2(r.gpt2, loadOpts);
   const sets = await readSets(r, gpt2.config.n_positions, warn);
-  if (sets.train.count < r.batchSize)
-    throw new UserError(
-      `${r.data.join(', ')}: ${sets.train.count} training captions make no full batch of ${r.batchSize}; lower --batch-size`,
-    );
-  const mapper = trainMapperConfig(r, sets.train.dim, gpt2.config.n_embd);
-  const mode: ClipCapMode = r.onlyPrefix ? 'frozen' : 'finetune';
-  if (resume && resume.state.max_seq_len !== sets.train.maxSeqLen)
-    throw new UserError(
-      `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
-    );
-  const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
-  let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
-  if (resume) {
-    const ck = await loadClipcapDir(resume.dir);
-    if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
-      throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
-    parts = {
-      mapperWeights: ck.mapperWeights,
-      gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
-    };
-  } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
-  const model = ClipCapModel.create(
-    backend,
-    {
-      mapper,
-      mapperWeights: parts.mapperWeights,
-      gpt2: parts.gpt2,
-      mode,
-      normalizePrefix: r.normalizePrefix,
-    },
-    r.gpt2,
-  );
   try {
-    await fs.mkdir(r.out, { recursive: true });
-    if (!resume)
-      for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
-    for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
-    if (resume) await truncateMetrics(path.join(r.out, METRICS_FILE), resume.state.step);
-    const clip = sets.clipModels[0];
-    const options: Record<string, unknown> = { ...r };
-    delete options.out;
-    const result = await runTrainingLoop(
-      model,
-      sets.train,
-      sets.val,
+    if (sets.train.count < r.batchSize)
+      throw new UserError(
+        `${r.data.join(', ')}: ${sets.train.count} training captions make no full batch of ${r.batchSize}; lower --batch-size`,
+      );
+    const mapper = trainMapperConfig(r, sets.train.dim, gpt2.config.n_embd);
+    const mode: ClipCapMode = r.onlyPrefix ? 'frozen' : 'finetune';
+    if (resume && resume.state.max_seq_len !== sets.train.maxSeqLen)
+      throw new UserError(
+        `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
+      );
+    const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
+    let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
+    if (resume) {
+      const ck = await loadClipcapDir(resume.dir);
+      if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
+        throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
+      parts = {
+        mapperWeights: ck.mapperWeights,
+        gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
+      };
+    } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
+    const model = ClipCapModel.create(
+      backend,
       {
-        out: r.out,
-        epochs: r.epochs,
-        batchSize: r.batchSize,
-        lr: r.lr,
-        warmup: r.warmup,
-        seed: r.seed,
-        lossMode: r.loss,
-        maxSteps: r.maxSteps,
-        saveEvery: r.saveEvery,
-        saveEverySteps: r.saveEverySteps,
-        keepLast: r.keepLast,
+        mapper,
+        mapperWeights: parts.mapperWeights,
+        gpt2: parts.gpt2,
+        mode,
+        normalizePrefix: r.normalizePrefix,
       },
-      {
-        config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
-        source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
-        extraConfig: {
-          sources: {
-            ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
-            gpt2: sourceRef(r.gpt2, r.out),
-          },
-          training: options,
-          data: {
-            files: r.data,
-            digest,
-            captions: sets.train.count,
-            images: sets.train.rows,
-            max_seq_len: sets.train.maxSeqLen,
-          },
-        },
-        options,
-        dataDigest: digest,
-      },
-      resume,
-      { onEvent: control.onEvent, signal: control.signal },
+      r.gpt2,
     );
-    if (!result.interrupted && r.exportTorch !== undefined) {
-      // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
-      // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
-      await saveTorchStateDict(r.exportTorch, model.stateDict());
-      emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+    try {
+      await fs.mkdir(r.out, { recursive: true });
+      if (!resume)
+        for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
+      for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
+      if (resume) await truncateMetrics(path.join(r.out, METRICS_FILE), resume.state.step);
+      const clip = sets.clipModels[0];
+      const options: Record<string, unknown> = { ...r };
+      delete options.out;
+      const result = await runTrainingLoop(
+        model,
+        sets.train,
+        sets.val,
+        {
+          out: r.out,
+          epochs: r.epochs,
+          batchSize: r.batchSize,
+          lr: r.lr,
+          warmup: r.warmup,
+          seed: r.seed,
+          lossMode: r.loss,
+          maxSteps: r.maxSteps,
+          saveEvery: r.saveEvery,
+          saveEverySteps: r.saveEverySteps,
+          keepLast: r.keepLast,
+        },
+        {
+          config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
+          source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
+          extraConfig: {
+            sources: {
+              ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
+              gpt2: sourceRef(r.gpt2, r.out),
+            },
+            training: options,
+            data: {
+              files: r.data,
+              digest,
+              captions: sets.train.count,
+              images: sets.train.rows,
+              max_seq_len: sets.train.maxSeqLen,
+            },
+          },
+          options,
+          dataDigest: digest,
+        },
+        resume,
+        { onEvent: control.onEvent, signal: control.signal },
+      );
+      if (!result.interrupted && r.exportTorch !== undefined) {
+        // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
+        // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
+        await saveTorchStateDict(r.exportTorch, model.stateDict());
+        emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+      }
+      if (!result.interrupted) control.onFinish?.(model);
+      return { ...result, out: r.out };
+    } finally {
+      model.dispose();
     }
-    if (!result.interrupted) control.onFinish?.(model);
-    return { ...result, out: r.out };
   } finally {
-    model.dispose();
+    // File handles of on-disk features (the validation split shares the training store).
+    sets.train.features.close();
+    if (sets.val && sets.val.features !== sets.train.features) sets.val.features.close();
   }
 }
 

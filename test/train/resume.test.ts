@@ -260,6 +260,52 @@ describe('checkpoints, metrics and failures', () => {
     expect(warnings.join('\n')).toMatch(/do not fit GPT-2's 128 positions.*cutting them to 118 tokens/);
   });
 
+  it('features read from disk per batch (extract files, split in two shards) train exactly as in memory', async () => {
+    const d = tmp();
+    const raw = await readTrainingData(PKL);
+    // Two shards: rows 0..1 and 2..3, captions re-pointed to their shard's rows.
+    for (const [i, lo, hi] of [
+      [0, 0, 2],
+      [1, 2, 4],
+    ] as const) {
+      const st = path.join(d, `part-${i}.safetensors`);
+      await saveSafetensors(
+        st,
+        new Map([
+          [
+            'clip_embedding',
+            {
+              dtype: 'f32',
+              shape: [hi - lo, raw.dim],
+              data: raw.embeddings.slice(lo * raw.dim, hi * raw.dim),
+            },
+          ],
+        ]),
+      );
+      const lines = raw.captions
+        .filter((c) => c.row >= lo && c.row < hi)
+        .map((c) => JSON.stringify({ image_id: c.row, caption: c.caption, embedding: c.row - lo }));
+      writeFileSync(path.join(d, `part-${i}.captions.jsonl`), lines.join('\n') + '\n');
+    }
+    // Same captions in the same order as the pickle (its captions are sorted by row).
+    expect(raw.captions.map((c) => c.row)).toEqual([...raw.captions.map((c) => c.row)].sort((a, b) => a - b));
+    const mem = await train(base(path.join(d, 'mem'), { epochs: 2 }));
+    const disk = await train(
+      base(path.join(d, 'disk'), { epochs: 2, data: path.join(d, 'part-*.safetensors') }),
+    );
+    expect(disk.losses).toEqual(mem.losses);
+    // (model.safetensors names its data files in its metadata, so compare the tensors.)
+    const a = await loadClipcapDir(disk.checkpoint);
+    const b = await loadClipcapDir(mem.checkpoint);
+    for (const [k, t] of a.mapperWeights)
+      expect([...t.data], k).toEqual([...(b.mapperWeights.get(k)?.data ?? [])]);
+    expect(
+      readFileSync(path.join(disk.checkpoint, 'optimizer.safetensors')).equals(
+        readFileSync(path.join(mem.checkpoint, 'optimizer.safetensors')),
+      ),
+    ).toBe(true);
+  });
+
   it('warns when the schedule makes no sense', async () => {
     const warnings: string[] = [];
     await train(base(path.join(tmp(), 'run'), { warmup: 5000, maxSteps: 3 }), {
