@@ -409,7 +409,12 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
       if (!resume)
         for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
       for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
-      if (resume) await truncateMetrics(path.join(r.out, METRICS_FILE), resume.state.step);
+      if (resume)
+        await truncateMetrics(
+          path.join(r.out, METRICS_FILE),
+          resume.state.step,
+          resume.state.val_losses.some((v) => v.step === resume?.state.step),
+        );
       const clip = sets.clipModels[0];
       const options: Record<string, unknown> = { ...r };
       delete options.out;

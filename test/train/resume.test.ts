@@ -144,6 +144,22 @@ describe('--resume is bit-identical', () => {
     });
   }
 
+  it('with validation: resuming from a checkpoint taken before its epoch validation logs it once', async () => {
+    const out = path.join(tmp(), 'run');
+    const ref = await train(base(out, { valFraction: 0.25, saveEverySteps: 2, epochs: 3 }));
+    const want = weights(ref.checkpoint);
+    // step-0000004 is the last step of epoch 2, saved before epoch 2's validation ran.
+    const res = await train({ resume: path.join(out, 'step-0000004') });
+    expect(weights(res.checkpoint).equals(want)).toBe(true);
+    expect(res.val_losses).toEqual(ref.val_losses);
+    const val = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { step: number; val_loss?: number })
+      .filter((m) => m.val_loss !== undefined);
+    expect(val.map((v) => v.step)).toEqual(ref.val_losses.map((v) => v.step));
+  });
+
   it('--save-every-steps checkpoints resume exactly; --keep-last prunes; a complete run is not resumed', async () => {
     const out = path.join(tmp(), 'run');
     const ref = await train(base(out, { saveEverySteps: 1, keepLast: 3 }));
