@@ -322,6 +322,18 @@ describe('checkpoints, metrics and failures', () => {
     ).toBe(true);
   });
 
+  it('--val FILE: a validation loss after every epoch; not together with --val-fraction', async () => {
+    const res = await train(base(path.join(tmp(), 'run'), { val: PKL, epochs: 2 }));
+    expect(res.val_losses.map((v) => [v.epoch, v.step])).toEqual([
+      [1, 2],
+      [2, 4],
+    ]);
+    expect(res.val_losses.every((v) => Number.isFinite(v.loss) && v.loss > 0)).toBe(true);
+    await expect(train(base(path.join(tmp(), 'run'), { val: PKL, valFraction: 0.5 }))).rejects.toThrow(
+      /--val or --val-fraction, not both/,
+    );
+  });
+
   it('warns when the schedule makes no sense', async () => {
     const warnings: string[] = [];
     await train(base(path.join(tmp(), 'run'), { warmup: 5000, maxSteps: 3 }), {
