@@ -351,7 +351,9 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
   server.maxConnections = o.maxConnections;
   // Requests Node refuses before our handler: answer in one line if the socket can take it, then close.
   server.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // A response already under way on this socket cannot be followed by another: just close.
+    const current = (socket as unknown as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (err.code === 'ECONNRESET' || !socket.writable || current?.headersSent === true) {
       socket.destroy();
       return;
     }

@@ -523,6 +523,21 @@ describe('load', () => {
     }
   });
 
+  it('a long computation is not cut off by the body timeout (that is for receiving the request)', async () => {
+    const s = createServer(slowModel(1200), { timeouts: { headersMs: 300, bodyMs: 400 }, batchWindowMs: 0 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    try {
+      const r = await fetch(`http://127.0.0.1:${p}/caption`, {
+        method: 'POST',
+        body: '{"embedding":[1]}',
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(r.status).toBe(200);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a request past its compute deadline is a 503 and the server goes on', async () => {
     const s = createServer(slowModel(300), { timeouts: { computeMs: 100 }, batchWindowMs: 0 });
     const p = (await s.listen(0, '127.0.0.1')).port;
