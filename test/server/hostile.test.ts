@@ -192,6 +192,22 @@ describe('request targets and headers', () => {
       expect(r.status, JSON.stringify(req.slice(0, 60))).toBe(want);
       expect(r.closed).toBe(true);
     }
+    // Protocol switches nobody here speaks: answered as plain HTTP/1.1 or refused, and the connection closed.
+    for (const req of [
+      'GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n',
+      'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n',
+    ]) {
+      const r = await raw(port, [req]);
+      expect(r.closed, req.slice(0, 20)).toBe(true);
+      expect(r.status === 0 || r.status === 200 || r.status >= 400, req.slice(0, 20)).toBe(true);
+    }
+    // Pipelined requests in one packet are answered in order.
+    const piped = await raw(port, [
+      'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    ]);
+    expect(piped.headers).toMatch(/^HTTP\/1\.1 200/);
+    expect(piped.body).toMatch(/HTTP\/1\.1 404/);
     await healthy();
   });
 
