@@ -254,8 +254,12 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
         'x-content-type-options': 'nosniff',
         ...extra,
       };
-      // A body we did not read to its end would be parsed as the next request: close after answering.
-      const unread = !req.complete;
+      // A body we did not read to its end would be parsed as the next request: close after answering. (A
+      // request without a body is not yet `complete` while its handler runs: it has nothing unread.)
+      const hasBody =
+        req.headers['transfer-encoding'] !== undefined ||
+        (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      const unread = hasBody && !req.complete;
       if (unread || closing) headers.connection = 'close';
       res.writeHead(status, headers);
       res.end(method === 'HEAD' ? undefined : body);
