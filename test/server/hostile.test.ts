@@ -659,3 +659,58 @@ describe('createServer options', () => {
     }
   });
 });
+
+describe('keep-alive while the event loop is blocked', () => {
+  // (Node reads the waiting request before its idle timer drops the connection; this keeps it that way.)
+  it('a request sent on an idle keep-alive connection during a long model call is answered, not dropped', async () => {
+    // The model blocks the JS thread (as compute on it does today) for longer than the idle timeout.
+    const blocking: CaptionModel = {
+      caption: (inputs: readonly CaptionInput[]): Promise<CaptionResult[]> => {
+        const t = Date.now();
+        while (Date.now() - t < 1000) {
+          // busy: nothing else runs on this thread
+        }
+        return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
+      },
+    };
+    const s = createServer(blocking, { timeouts: { idleMs: 200 }, batchWindowMs: 0 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    // The client runs in a worker: its own event loop keeps time while the server's is blocked.
+    const code = `
+      const net = require('node:net');
+      const { parentPort, workerData: port } = require('node:worker_threads');
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      (async () => {
+        const a = net.connect(port, '127.0.0.1');
+        let data = '';
+        let closed = false;
+        a.on('data', (d) => (data += d));
+        a.on('close', () => (closed = true));
+        a.on('error', () => undefined);
+        a.write('GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');
+        while (!/\\}$/.test(data)) await sleep(5);
+        data = '';
+        const b = net.connect(port, '127.0.0.1');
+        b.on('error', () => undefined);
+        const body = '{"embedding":[1]}';
+        b.write('POST /caption HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n' + body);
+        await sleep(400); // the server is blocked; A's idle timer has expired
+        a.write('GET /nope HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');
+        for (let i = 0; i < 400 && !closed; i++) await sleep(10);
+        b.destroy();
+        parentPort.postMessage(data.slice(0, 40));
+      })();
+    `;
+    try {
+      const { Worker } = await import('node:worker_threads');
+      const answer = await new Promise<string>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: p });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 404/);
+    } finally {
+      await s.close();
+    }
+  });
+});
