@@ -160,8 +160,25 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       const chunks: Buffer[] = [];
       let size = 0;
       let done = false;
+      // The body deadline is ours, not Node's requestTimeout: while a model call blocks the event loop, the
+      // rest of a body can wait unread in the socket, and after the call timers run before sockets are read.
+      // So when the deadline fires, let one poll phase read what has arrived before deciding.
+      const timer = setTimeout(
+        () =>
+          setImmediate(() => {
+            if (!done)
+              stop(
+                new HttpError(
+                  408,
+                  `the request body took longer than ${(timeouts.bodyMs / 1000).toFixed(1)} s to arrive`,
+                ),
+              );
+          }),
+        timeouts.bodyMs,
+      );
       const stop = (e: HttpError): void => {
         done = true;
+        clearTimeout(timer);
         req.pause();
         reject(e);
       };
@@ -181,14 +198,17 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       req.on('end', () => {
         if (!done) resolve(Buffer.concat(chunks));
         done = true;
+        clearTimeout(timer);
       });
       req.on('aborted', () => {
         if (!done) reject(new HttpError(400, 'the client closed the connection mid-request'));
         done = true;
+        clearTimeout(timer);
       });
       req.on('error', (e) => {
         if (!done) reject(new HttpError(400, `reading the request failed: ${errorMessage(e)}`));
         done = true;
+        clearTimeout(timer);
       });
     });
   }
@@ -343,8 +363,8 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
   const server = http.createServer(
     {
       headersTimeout: timeouts.headersMs,
-      // Node requires requestTimeout >= headersTimeout (0 disables it; ours are positive).
-      requestTimeout: Math.max(timeouts.bodyMs, timeouts.headersMs),
+      // Off: readBody enforces the body deadline (see there why Node's own check is not used).
+      requestTimeout: 0,
       keepAliveTimeout: timeouts.idleMs,
       // How often Node checks the header/request timers (its default, 30 s, would let slow sockets linger).
       connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(timeouts.headersMs / 2))),
