@@ -660,7 +660,57 @@ describe('createServer options', () => {
   });
 });
 
-describe('keep-alive while the event loop is blocked', () => {
+describe('while a model call blocks the event loop', () => {
+  it('a body that finished arriving while a model call blocked the loop is read, not timed out', async () => {
+    const blocking: CaptionModel = {
+      caption: (inputs: readonly CaptionInput[]): Promise<CaptionResult[]> => {
+        const t = Date.now();
+        while (Date.now() - t < 1000) {
+          // busy
+        }
+        return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
+      },
+    };
+    const s = createServer(blocking, { timeouts: { headersMs: 300, bodyMs: 300 }, batchWindowMs: 0 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    const code = `
+      const net = require('node:net');
+      const { parentPort, workerData: port } = require('node:worker_threads');
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const body = '{"embedding":[1]}';
+      const head = 'POST /caption HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nConnection: close\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n';
+      (async () => {
+        const a = net.connect(port, '127.0.0.1');
+        let data = '';
+        let closed = false;
+        a.on('data', (d) => (data += d));
+        a.on('close', () => (closed = true));
+        a.on('error', () => undefined);
+        a.write(head + body.slice(0, 5)); // A's body starts...
+        await sleep(50);
+        const b = net.connect(port, '127.0.0.1'); // ...B's request blocks the server for 1 s...
+        b.on('error', () => undefined);
+        b.write(head + body);
+        await sleep(350);
+        a.write(body.slice(5)); // ...and the rest of A's body arrives during the block, after A's deadline
+        for (let i = 0; i < 500 && !closed; i++) await sleep(10);
+        b.destroy();
+        parentPort.postMessage(data.slice(0, 40));
+      })();
+    `;
+    try {
+      const { Worker } = await import('node:worker_threads');
+      const answer = await new Promise<string>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: p });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 200/);
+    } finally {
+      await s.close();
+    }
+  });
+
   // (Node reads the waiting request before its idle timer drops the connection; this keeps it that way.)
   it('a request sent on an idle keep-alive connection during a long model call is answered, not dropped', async () => {
     // The model blocks the JS thread (as compute on it does today) for longer than the idle timeout.
