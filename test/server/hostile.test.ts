@@ -723,7 +723,7 @@ describe('while a model call blocks the event loop', () => {
         return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
       },
     };
-    const s = createServer(blocking, { timeouts: { idleMs: 200 }, batchWindowMs: 0 });
+    const s = createServer(blocking, { timeouts: { idleMs: 200 }, batchWindowMs: 10 });
     const p = (await s.listen(0, '127.0.0.1')).port;
     // The client runs in a worker: its own event loop keeps time while the server's is blocked.
     const code = `
