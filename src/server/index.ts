@@ -142,7 +142,11 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     new HttpError(503, `the server is busy (${what}): retry later`, retryAfter());
 
   /** Read the body within the size limit and the server's body budget; `held` tracks this request's bytes. */
-  function readBody(req: http.IncomingMessage, held: { bytes: number }): Promise<Buffer> {
+  function readBody(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    held: { bytes: number },
+  ): Promise<Buffer> {
     const limit = o.maxBodyBytes;
     const tooBig = (): HttpError => new HttpError(413, `the body is over the ${limit}-byte limit`);
     const reserve = (n: number): void => {
@@ -156,6 +160,9 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       if (declared > limit) return Promise.reject(tooBig());
       reserve(declared); // the whole body up front: a client cannot promise small and hold large
     }
+    // "Expect: 100-continue": the client waits for this before sending the body, so it is sent only now,
+    // when every check the headers allow has passed.
+    if (/^100-continue$/i.test(req.headers.expect ?? '')) res.writeContinue();
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
@@ -215,6 +222,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
 
   async function caption(
     req: http.IncomingMessage,
+    res: http.ServerResponse,
     query: string,
     held: { bytes: number },
   ): Promise<{ body: unknown; n: number }> {
@@ -223,7 +231,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     // Everything the headers alone can refuse is refused before a byte of the body is read.
     const raw = queryOptions(query);
     const { kind, boundary } = bodyKind(req.headers['content-type']);
-    const body = await readBody(req, held);
+    const body = await readBody(req, res, held);
     const inputs = parseBody(body, kind, boundary, raw, limits, embeddingSize);
     const { options: co, key, rowsPerInput } = requestOptions(raw, o.decodeDefaults, limits, o.maxPixels);
     if (closing) throw new HttpError(503, 'the server is shutting down', 5);
@@ -332,7 +340,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
           return;
         case '/caption':
           if (method !== 'POST') throw new HttpError(405, 'use POST /caption');
-          caption(req, query, held).then(
+          caption(req, res, query, held).then(
             (r) => sendJson(200, r.body, {}, ` ${r.n} input${r.n === 1 ? '' : 's'}`),
             (e: unknown) => {
               try {
@@ -373,6 +381,8 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     onRequest,
   );
   server.maxConnections = o.maxConnections;
+  // Without this listener Node would answer "100 Continue" before any check; readBody sends it when due.
+  server.on('checkContinue', onRequest);
   // Requests Node refuses before our handler: answer in one line if the socket can take it, then close.
   server.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
     // A response already under way on this socket cannot be followed by another: just close.

@@ -236,6 +236,22 @@ describe('bodies', () => {
     await settled();
   });
 
+  it('Expect: 100-continue gets "100 Continue" only when the body will be read', async () => {
+    const big = await raw(port, [
+      'POST /caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\nContent-Length: 999999999\r\n\r\n',
+    ]);
+    expect(big.status).toBe(413); // straight away: no "100 Continue" first
+    const bytes = photo(0);
+    const ok = await raw(port, [
+      `POST /caption?decode=greedy HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: ${bytes.length}\r\n\r\n`,
+      sleep(200),
+      bytes,
+    ]);
+    expect(ok.headers).toMatch(/^HTTP\/1\.1 100 Continue/);
+    expect(ok.body).toMatch(/HTTP\/1\.1 200/);
+    await settled();
+  });
+
   it('slow headers, slow bodies, endless chunked bodies and idle sockets are closed within their timeouts', async () => {
     const slowHeaders = raw(
       port,
