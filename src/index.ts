@@ -142,4 +142,13 @@ export {
 } from './pipeline/eval-split.js';
 
 // ---- HTTP server ----
-export { createServer, type CaptionServer, type ServerOptions } from './server/index.js';
+export {
+  createServer,
+  DEFAULT_LIMITS,
+  DEFAULT_TIMEOUTS,
+  type CaptionModel,
+  type CaptionServer,
+  type ServerLimits,
+  type ServerOptions,
+  type ServerTimeouts,
+} from './server/index.js';
