@@ -104,7 +104,14 @@ interface NativeAddon extends Pick<
     dlogits: F32,
   ): void;
   // ---- convolution and pooling (native/conv.cc) ----
-  conv2d(x: F32, w: F32, bias: F32 | null, y: F32, ...geometryAndRelu: [...ConvGeometry, boolean]): void;
+  conv2d(
+    x: F32,
+    w: F32,
+    bias: F32 | null,
+    residual: F32 | null,
+    y: F32,
+    ...geometryAndRelu: [...ConvGeometry, boolean]
+  ): void;
   avgPool2d(x: F32, y: F32, B: number, H: number, W: number, C: number, ...window: ConvWindow): void;
   adamw(
     param: F32,
@@ -304,8 +311,8 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     // mulberry32At(seed, i) as the addon hashes each index, so masks match the reference's at any thread count
     dropout: (x, p, seed, y, mask) => addon.dropout(x, p, uint32(seed), y, mask),
     // convolution and pooling: native/conv.cc
-    conv2d: (x, w, bias, y, d, relu) =>
-      addon.conv2d(x, w, bias, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
+    conv2d: (x, w, bias, residual, y, d, relu) =>
+      addon.conv2d(x, w, bias, residual, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
     avgPool2d: (x, y, d) => addon.avgPool2d(x, y, d.batch, d.H, d.W, d.C, ...convWindow(d)),
   };
 }

@@ -214,11 +214,11 @@ export class ClipResNetVisionModel {
     };
   }
 
-  /** conv -> BatchNorm (folded or not) -> ReLU when asked. x is not consumed. */
-  private applyConvBn(x: Tensor, cb: ConvBn, relu: boolean): Tensor {
+  /** conv -> BatchNorm (folded or not) (+ residual) -> ReLU when asked. x and residual are not consumed. */
+  private applyConvBn(x: Tensor, cb: ConvBn, relu: boolean, residual?: Tensor): Tensor {
     const b = this.backend;
     const geometry = { padding: cb.padding, stride: cb.stride };
-    if (!cb.bn) return b.conv2d(x, cb.weight, { ...geometry, bias: cb.bias ?? undefined, relu });
+    if (!cb.bn) return b.conv2d(x, cb.weight, { ...geometry, bias: cb.bias ?? undefined, residual, relu });
     // x: (N, H, W, C); the per-channel vectors broadcast over the last axis
     let y = b.conv2d(x, cb.weight, geometry);
     for (const [op, v] of [
@@ -230,6 +230,12 @@ export class ClipResNetVisionModel {
       const next = op === 'add' ? b.add(y, v) : b.mul(y, v);
       b.free(y);
       y = next;
+    }
+    if (residual) {
+      // PyTorch's order: out = bn3(conv3(...)); out += identity; relu
+      const sum = b.add(y, residual);
+      b.free(y);
+      y = sum;
     }
     if (!relu) return y;
     const r = b.relu(y);
@@ -247,19 +253,16 @@ export class ClipResNetVisionModel {
       b.free(h2);
       h2 = pooled;
     }
-    const h3 = this.applyConvBn(h2, blk.conv3, false);
-    b.free(h2);
     let identity = x;
     if (blk.downsample) {
       const pooled = blk.stride > 1 ? b.avgPool2d(x, { kernel: blk.stride }) : x;
       identity = this.applyConvBn(pooled, blk.downsample, false);
       if (pooled !== x) b.free(pooled);
     }
-    const sum = b.add(h3, identity);
-    b.free(h3);
+    // y = ReLU(BN(conv3(h2)) + identity): one fused conv when BatchNorm is folded
+    const y = this.applyConvBn(h2, blk.conv3, true, identity);
+    b.free(h2);
     if (identity !== x) b.free(identity);
-    const y = b.relu(sum);
-    b.free(sum);
     return y;
   }
 
