@@ -316,12 +316,17 @@ export class ClipResNetVisionModel {
 
   /** encodeImages, also keeping the stem and stage outputs (NHWC; the caller frees them). */
   forwardWithTaps(pixelValues: Float32Array): { embeds: Tensor } & ClipResNetTaps {
-    const taps: ClipResNetTaps = { stem: null as unknown as Tensor, layers: [] };
-    const embeds = this.run(pixelValues, taps);
-    return { embeds, ...taps };
+    const layers: Tensor[] = [];
+    let stem: Tensor | undefined;
+    const embeds = this.run(pixelValues, (t) => {
+      if (stem) layers.push(this.backend.clone(t));
+      else stem = this.backend.clone(t);
+    });
+    return { embeds, stem: stem as Tensor, layers };
   }
 
-  private run(pixelValues: Float32Array, taps: ClipResNetTaps | null): Tensor {
+  /** The tower; `tap` sees the stem's output and each stage's (not consumed: tap clones what it keeps). */
+  private run(pixelValues: Float32Array, tap: ((t: Tensor) => void) | null): Tensor {
     const b = this.backend;
     let x = this.uploadNhwc(pixelValues);
     for (const cb of this.stem) {
@@ -332,14 +337,14 @@ export class ClipResNetVisionModel {
     const pooled = b.avgPool2d(x, { kernel: 2 });
     b.free(x);
     x = pooled;
-    if (taps) taps.stem = b.clone(x);
+    tap?.(x);
     for (const stage of this.stages) {
       for (const blk of stage) {
         const y = this.bottleneck(x, blk);
         b.free(x);
         x = y;
       }
-      if (taps) taps.layers.push(b.clone(x));
+      tap?.(x);
     }
     const embeds = this.attentionPool(x);
     b.free(x);
