@@ -3,8 +3,9 @@
 //   output pixels (M = B·Ho·Wo rows) x output channels (N = O) = im2col rows (K = kh·kw·C) · wᵀ, with w
 //   (O, kh, kw, C) read as an (N, K) matrix (transB: no weight copy).
 // - A 1x1, stride-1, unpadded convolution is exactly x (M, C) · wᵀ: no im2col at all (most of a ResNet).
-// - Otherwise im2col is built a block of output rows at a time (about 4 MiB of scratch, so big images and
-//   batches never allocate a 9x copy of the input), in parallel, then multiplied; the GEMM itself is
+// - Otherwise im2col is built a block of output rows at a time (32 MiB of scratch at most, so big images and
+//   batches never allocate a 9x copy of the input; a batch-1 RN50x4 conv fits one block: fewer, larger GEMMs
+//   pack the weight fewer times), in parallel, then multiplied; the GEMM itself is
 //   multi-threaded. A row of the im2col matrix is the (ky, kx, c) taps of one output pixel: each (ky, kx)
 //   tap is a contiguous run of C channels, copied with memcpy, or zeros where the window leaves the image.
 // - A residual (the ResNet block's identity branch) is copied into y first and the GEMM accumulates onto it;
@@ -22,7 +23,7 @@ namespace clipcap {
 
 namespace {
 
-constexpr int64_t kIm2colFloats = int64_t{1} << 20;  // scratch per block: 4 MiB
+constexpr int64_t kIm2colFloats = int64_t{1} << 23;  // scratch per block: 32 MiB
 
 // The caller's (JS thread's) im2col scratch; pool threads fill it for one call at a time.
 thread_local std::vector<float> t_cols;
