@@ -106,19 +106,30 @@ export {
   loadSafetensors,
   loadTorchCheckpoint,
   loadTorchScript,
+  loadOpenAIClip,
   loadOpenAIClipVision,
+  openaiClipFile,
+  OPENAI_CLIP_MODELS,
   readSafetensors,
   saveSafetensors,
   type HostTensor,
   type HubFileOptions,
+  type OpenAIClipVision,
   type SafetensorsFile,
   type StateDict,
 } from './weights/index.js';
 
 // ---- models ----
-export { ClipCapModel, ClipTextModel, ClipVisionModel, Gpt2Model } from './models/index.js';
+export {
+  ClipCapModel,
+  ClipResNetVisionModel,
+  ClipTextModel,
+  ClipVisionModel,
+  Gpt2Model,
+} from './models/index.js';
 export type {
   ClipCapConfig,
+  ClipResNetConfig,
   ClipVisionConfig,
   ClipTextConfig,
   Gpt2Config,
