@@ -289,6 +289,20 @@ describe('caption output details', () => {
     ]);
     expect(ev.code).toBe(2);
     expect(ev.err).toMatch(/--temperature does nothing with --decode greedy/);
+    // Image options with --embeddings (no image read, no CLIP loaded).
+    const emb = await cli([
+      'caption',
+      '--embeddings',
+      fixture('official_features_tiny.pkl'),
+      '--max-pixels',
+      '5',
+      '--clip',
+      'openai/clip-vit-base-patch32',
+    ]);
+    expect(emb.code).toBe(2);
+    expect(emb.err).toBe(
+      'clipcap: --max-pixels and --clip do nothing with --embeddings (no image is read and no CLIP loads)\n',
+    );
   });
 });
 
