@@ -34,6 +34,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"crossEntropyBackward", CrossEntropyBackward},
       {"adamw", AdamW},
       {"dropout", Dropout},
+      {"logSoftmaxTopK", LogSoftmaxTopK},
   };
   for (const auto& f : functions) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
   return exports;

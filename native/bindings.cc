@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "decoding.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "threadpool.h"
@@ -389,6 +390,19 @@ Napi::Value Dropout(const Napi::CallbackInfo& info) {
   if (!(p >= 0.0 && p <= 1.0)) fail(info, "dropout: p must be in [0, 1]");
   const auto seed = static_cast<uint32_t>(integer(info, 2, "seed", 0, UINT32_MAX));
   dropout(f32(info, 0, "x", n), n, p, seed, f32(info, 3, "y", n), f32(info, 4, "mask", n));
+  return info.Env().Undefined();
+}
+
+// logSoftmaxTopK(x, rows, V, k, t, values, indices): decoding.h
+Napi::Value LogSoftmaxTopK(const Napi::CallbackInfo& info) {
+  need_args(info, 7, "logSoftmaxTopK");
+  const int64_t rows = integer(info, 1, "rows"), V = integer(info, 2, "V");
+  const int64_t k = integer(info, 3, "k", 1, V < 1 ? 1 : V);
+  const double t = number(info, 4, "t");
+  if (!(t > 0.0) || !std::isfinite(t)) fail(info, "logSoftmaxTopK: t must be finite and positive");
+  if (V > 0x7fffffffLL) fail(info, "logSoftmaxTopK: V must fit in int32");
+  const int64_t n = checked_mul(info, rows, V), nk = checked_mul(info, rows, k);
+  log_softmax_topk(f32(info, 0, "x", n), rows, V, k, t, f32(info, 5, "values", nk), i32(info, 6, "indices", nk));
   return info.Env().Undefined();
 }
 

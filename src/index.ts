@@ -56,6 +56,17 @@ export {
 } from './pipeline/embeddings.js';
 export { expandInputs, IMAGE_EXTENSIONS, type ExpandedInput } from './pipeline/inputs.js';
 
+// ---- training ----
+export {
+  train,
+  trainClipcap,
+  type TrainControl,
+  type TrainEvent,
+  type TrainHooks,
+  type TrainOptions,
+  type TrainResult,
+} from './pipeline/train.js';
+
 // ---- decoding (any CausalLM) ----
 export {
   DEFAULT_DECODE_OPTIONS,

@@ -6,21 +6,23 @@
  * Cases (DESIGN.md "Contracts"), metric images_per_s, each with the peak RSS during its timed runs:
  * - bs1, bs16: from preprocessed pixels (the first 1 / 16 photos, sorted, repeated as needed) to the (N, 512)
  *   embeddings on the host;
- * - bs16_decode: from the JPEG files: decode + CLIP preprocessing (ours: concurrent, as ClipCap.caption and
+ * - bs16_decode: from JPEG files (--images DIR, else synthetic photo-sized ones written to a temporary folder): decode + CLIP preprocessing (ours: concurrent, as ClipCap.caption and
  *   extract do it; PyTorch: one image after the other, as the official parse_coco.py / predict.py) + the forward.
  */
 import { readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import type { Backend } from '../engine/backend.js';
 import { preprocessImage } from '../image/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { CLIP_VIT_B32_VISION, type ClipVisionConfig } from '../models/config.js';
-import { syntheticClipVision } from '../models/synthetic.js';
+import { lowbias32, syntheticClipVision } from '../models/synthetic.js';
 import type { ImageEncoder } from '../pipeline/caption.js';
 import { loadImageEncoder } from '../pipeline/load.js';
-import { UsageError, UserError } from '../util/errors.js';
-import { benchEngine, repoPath, runsOf, runTorchBench, timeAsync } from './common.js';
+import { UserError } from '../util/errors.js';
+import { benchEngine, loadPeers, runsOf, timeAsync } from './common.js';
 import { machineInfo, median } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
@@ -37,14 +39,38 @@ export const SMOKE_CLIP: ClipVisionConfig = {
   projection_dim: 24,
 };
 
-/** The JPEG photos the decode case reads: --images DIR, else test/fixtures/images of the source repository. */
-function photoFiles(opts: BenchRunOptions): string[] {
+/** Photo-sized (640x480, COCO's typical size) JPEGs the decode case reads when no --images DIR is given. */
+const SYNTHETIC_PHOTOS = 4;
+
+/**
+ * Writes SYNTHETIC_PHOTOS deterministic JPEGs into a new temporary directory (smooth gradients with fine
+ * hashed texture, so decoding does about the work of a photo): `clipcap bench clip` needs no repository files.
+ */
+async function writeSyntheticPhotos(): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'clipcap-bench-'));
+  const w = 640;
+  const h = 480;
+  for (let p = 0; p < SYNTHETIC_PHOTOS; p++) {
+    const px = Buffer.alloc(w * h * 3);
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++)
+        for (let c = 0; c < 3; c++) {
+          const smooth = (x * (c + 1) + y * (3 - c) + p * 60) / 4;
+          const grain = lowbias32((((y * w + x) * 3 + c) * 4 + p) >>> 0) & 31;
+          px[(y * w + x) * 3 + c] = (smooth + grain) & 255;
+        }
+    await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+      .jpeg({ quality: 90 })
+      .toFile(path.join(dir, `photo_${p}.jpg`));
+  }
+  return dir;
+}
+
+/** The JPEG photos the decode case reads (BATCH paths, repeating as needed): --images DIR, else synthetic ones. */
+async function photoFiles(opts: BenchRunOptions): Promise<{ files: string[]; temp: string | null }> {
   const given = opts.extra.images;
-  const dir = typeof given === 'string' ? given : repoPath('test/fixtures/images');
-  if (dir === null)
-    throw new UsageError(
-      'bench clip needs JPEG photos: give --images DIR (the source repository has test/fixtures/images)',
-    );
+  const temp = typeof given === 'string' ? null : await writeSyntheticPhotos();
+  const dir = temp ?? (given as string);
   let names: string[];
   try {
     names = readdirSync(dir).filter((n) => /\.jpe?g$/i.test(n));
@@ -54,7 +80,7 @@ function photoFiles(opts: BenchRunOptions): string[] {
   if (names.length === 0)
     throw new UserError(`--images ${dir}: no .jpg/.jpeg files there; give a folder of photos`);
   names.sort();
-  return Array.from({ length: BATCH }, (_, i) => path.join(dir, names[i % names.length]));
+  return { files: Array.from({ length: BATCH }, (_, i) => path.join(dir, names[i % names.length])), temp };
 }
 
 async function buildEncoder(
@@ -77,11 +103,23 @@ async function buildEncoder(
 }
 
 export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> {
+  const { files, temp } = await photoFiles(opts);
+  try {
+    return await runWithPhotos(opts, files, temp !== null);
+  } finally {
+    if (temp !== null) await rm(temp, { recursive: true, force: true });
+  }
+}
+
+async function runWithPhotos(
+  opts: BenchRunOptions,
+  files: string[],
+  synthetic: boolean,
+): Promise<BenchReport> {
   const smoke = opts.extra.smoke === true;
   const runs = runsOf(opts, DEFAULT_RUNS);
   const warmup = smoke ? 0 : 1;
   const eng = benchEngine(opts);
-  const files = photoFiles(opts);
   const { enc, what } = await buildEncoder(opts, eng.backend);
   const size = enc.imageSize;
   const plane = 3 * size * size;
@@ -128,7 +166,7 @@ export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> 
   const extra: Record<string, string | number | boolean> = {
     ...eng.extra,
     model: what,
-    images: path.dirname(files[0]),
+    images: synthetic ? `${SYNTHETIC_PHOTOS} synthetic 640x480 JPEGs` : path.dirname(files[0]),
     total_memory_mb: Math.round(os.totalmem() / 2 ** 20),
   };
   if (smoke) extra.smoke = true;
@@ -136,7 +174,7 @@ export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> 
     if (typeof opts.extra.clip === 'string')
       opts.log('PyTorch uses the synthetic ViT-B/32 (same shapes, so the same work) whatever --clip says');
     opts.log(`running PyTorch (bench/pytorch_clip.py) with ${eng.threads} thread(s)...`);
-    const torch = runTorchBench(
+    const torch = (await loadPeers()).runTorchBench(
       'pytorch_clip.py',
       { threads: eng.threads, runs, smoke },
       ['--images', path.dirname(files[0]), '--batch', String(BATCH)],

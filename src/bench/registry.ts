@@ -54,7 +54,10 @@ export const BENCHES: Record<string, BenchEntry> = {
         flags: '--clip <DIR|HUB_ID>',
         description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
       },
-      { flags: '--images <DIR>', description: 'clip: JPEG photos to read (default: test/fixtures/images)' },
+      {
+        flags: '--images <DIR>',
+        description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
+      },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
   },
@@ -68,6 +71,11 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
       { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
       {
+        flags: '--pytorch-decoders <LIST>',
+        description:
+          'caption: PyTorch decoders to time: official (predict.py, no cache), kv (KV cache) (default: official,kv)',
+      },
+      {
         flags: '--pytorch-batch-calls <N>',
         description:
           'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default: 2)',
@@ -80,5 +88,15 @@ export const BENCHES: Record<string, BenchEntry> = {
       'training samples/s of one optimizer step: MLP + GPT-2 fine-tuned, transformer + frozen GPT-2',
     options: [{ flags: '--smoke', description: 'train: tiny models, 1 run (checks the bench)' }],
     run: async (opts) => (await import('./train.js')).runTrainBench(opts),
+  },
+  serve: {
+    description:
+      'HTTP serving: requests/s and p50/p99 latency at 1, 8, 32 concurrent clients (loopback), with peak RSS',
+    options: [
+      { flags: '--smoke', description: 'serve: tiny models, 1 s per level (checks the bench)' },
+      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default: 10)' },
+      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default: 1,8,32)' },
+    ],
+    run: async (opts) => (await import('./serve.js')).runServeBench(opts),
   },
 };

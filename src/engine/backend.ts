@@ -109,6 +109,14 @@ export interface AdamWOptions {
   step: number;
 }
 
+/** logSoftmaxTopK's result: per row, the k largest log-probabilities, best first. */
+export interface TopKResult {
+  /** (rows, k) f32 log-probabilities, descending; equal values keep the lower vocabulary index first. */
+  values: Tensor;
+  /** (rows, k) i32 vocabulary indices of `values`. */
+  indices: Tensor;
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -220,4 +228,21 @@ export interface Backend {
   writeSlice(dst: Tensor, src: Tensor, axis: number, offset: number): void;
   /** Rows of x along axis 0 picked by host indices (beam reordering). */
   indexSelect(x: Tensor, indices: readonly number[]): Tensor;
+
+  // ---- decoding (beam search's per-step work on the backend; reference: reference-decoding.ts) ----
+  /**
+   * The k largest of log(softmax(x / T)) per row of logits x (rows, V), best first, ties to the lower index:
+   * with s = float32(x / T) (T = temperature when > 0, else 1) and lse = log Σ exp(s) over the row computed
+   * in float64 in index order, value = float32(s - lse): the numbers the official beam search's
+   * `logits.softmax(-1).log()` approximates, correctly rounded (what generate/logits.ts logSoftmaxRow makes).
+   * 1 <= k <= V. NaN never ranks: a row holding NaN (its lse is NaN) gives -Infinity at index 0. Only (rows, k)
+   * values cross to the host instead of every logit.
+   */
+  logSoftmaxTopK(logits: Tensor, k: number, temperature: number): TopKResult;
+  /**
+   * dst[i, 0:length] = src[indices[i], 0:length] along axis 1, for every row i of dst (rank >= 2, equal
+   * trailing axes, dst's axis 0 of indices.length); positions from `length` on are left as they are. A KV
+   * cache reorders its beams into a second buffer with it, copying only the filled positions.
+   */
+  copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void;
 }

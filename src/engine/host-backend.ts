@@ -21,6 +21,7 @@ import type {
   CrossEntropyResult,
   LayerNormResult,
   MatmulOptions,
+  TopKResult,
 } from './backend.js';
 import { Tensor, shapeSize } from './tensor.js';
 import type { DType } from './tensor.js';
@@ -186,6 +187,12 @@ export interface HostKernels {
   adamw(param: F32, grad: F32, m: F32, v: F32, h: AdamWStep): void;
   /** mask = 0 or 1/(1-p) per element (kept when mulberry32At(seed, i) >= p); y = x·mask. */
   dropout(x: F32, p: number, seed: number, y: F32, mask: F32): void;
+  /**
+   * Decoding: per row of x (rows, V), the k largest float32(s - lse) (s = x / t rounded to float32 when
+   * t !== 1, lse = float64 logsumexp of s in index order) into values (rows, k), best first, lower index
+   * first on ties, their indices into indices (rows, k). 1 <= k <= V; t > 0 and finite.
+   */
+  logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
 }
 
 export abstract class HostBackend implements Backend {
@@ -790,6 +797,52 @@ export abstract class HostBackend implements Backend {
     const O = this.data(op, 'out', out);
     indices.forEach((r, i) => O.set(X.subarray(r * rowSize, (r + 1) * rowSize), i * rowSize));
     return out;
+  }
+
+  // ---------------------------------------------------------------- decoding (see backend.ts)
+
+  logSoftmaxTopK(logits: Tensor, k: number, temperature: number): TopKResult {
+    const op = 'logSoftmaxTopK';
+    const X = this.data(op, 'logits', logits, 'f32');
+    if (logits.rank !== 2) throw new ShapeError(`${op}: logits must be (rows, V), got ${fmt(logits.shape)}`);
+    const [rows, V] = logits.shape;
+    requireInteger(op, `k (logits ${fmt(logits.shape)})`, k, 1, Math.max(1, V));
+    if (V === 0) throw new ShapeError(`${op}: logits ${fmt(logits.shape)} have no vocabulary`);
+    if (typeof temperature !== 'number' || Number.isNaN(temperature) || temperature === Infinity)
+      throw new ShapeError(`${op}: temperature must be a finite number, got ${String(temperature)}`);
+    // Official: logits / (temperature if temperature > 0 else 1.0).
+    const t = temperature > 0 ? temperature : 1;
+    const values = this.newF32([rows, k]);
+    const indices = this.wrap(new Int32Array(rows * k), [rows, k]);
+    this.kernels.logSoftmaxTopK(
+      X,
+      rows,
+      V,
+      k,
+      t,
+      this.data(op, 'values', values, 'f32'),
+      this.data(op, 'indices', indices, 'i32'),
+    );
+    return { values, indices };
+  }
+
+  copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void {
+    const op = 'copyRows';
+    const D = this.data(op, 'dst', dst);
+    const S = this.data(op, 'src', src, dst.dtype);
+    const shapes = `src ${fmt(src.shape)} into dst ${fmt(dst.shape)}`;
+    if (dst.rank < 2 || src.rank !== dst.rank || !src.shape.every((d, i) => i === 0 || d === dst.shape[i]))
+      throw new ShapeError(`${op}: cannot copy rows of ${shapes} (rank >= 2, equal trailing axes)`);
+    if (indices.length !== dst.shape[0])
+      throw new ShapeError(
+        `${op}: ${indices.length} indices for the ${dst.shape[0]} rows of dst ${fmt(dst.shape)}`,
+      );
+    for (const i of indices) requireInteger(op, `index (src ${fmt(src.shape)})`, i, 0, src.shape[0] - 1);
+    requireInteger(op, `length (axis 1 of ${fmt(dst.shape)})`, length, 0, dst.shape[1]);
+    if (S.buffer === D.buffer) throw new ShapeError(`${op}: src and dst share storage`);
+    const rowSize = dst.shape[0] === 0 ? 0 : dst.size / dst.shape[0];
+    const n = dst.shape[1] === 0 ? 0 : (rowSize / dst.shape[1]) * length; // the first `length` positions
+    indices.forEach((r, i) => D.set(S.subarray(r * rowSize, r * rowSize + n), i * rowSize));
   }
 }
 

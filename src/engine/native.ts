@@ -51,6 +51,8 @@ interface NativeAddon extends Pick<
   | 'dropout'
 > {
   info(): NativeInfo;
+  /** native/decoding.cc */
+  logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
   setThreads(threads: number): number;
   setGemmKernel(kernel: 'avx2' | 'portable'): boolean;
   gemm(
@@ -291,5 +293,8 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     },
     // mulberry32At(seed, i) as the addon hashes each index, so masks match the reference's at any thread count
     dropout: (x, p, seed, y, mask) => addon.dropout(x, p, uint32(seed), y, mask),
+    // decoding ops (native/decoding.cc); host-backend.ts has checked k and made t finite and positive
+    logSoftmaxTopK: (x, rows, V, k, t, values, indices) =>
+      addon.logSoftmaxTopK(x, rows, V, k, t, values, indices),
   };
 }

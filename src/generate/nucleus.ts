@@ -1,7 +1,8 @@
 /**
  * Nucleus (top-p) sampling: each step keeps the most likely tokens of softmax(logits / T) until their mass
  * passes top_p (the official generate2 filter), renormalizes and draws one. `numCaptions` samples per input,
- * each from its own seeded stream (seed, input index, sample index), so results do not depend on batching.
+ * each from its own seeded stream (seed, the input's stream id, sample index), so an input's samples do not
+ * depend on batching or on what else shares its batch.
  *
  * Batched: numCaptions cache rows per input, made from the prefix row after it runs once; finished samples
  * leave the cache.
@@ -15,7 +16,12 @@ import { feedTokens, keepRows, runPrefix } from './steps.js';
 import type { GenerationResult } from './types.js';
 
 export interface NucleusContext {
-  /** The index of each prefix row among all inputs (seeds its streams); default 0..B-1. */
+  /**
+   * A stream id per prefix row (seeds its samples with the seed), e.g. a hash of the input (see
+   * `inputStream`); wins over inputIndices.
+   */
+  streams?: readonly number[];
+  /** The index of each prefix row among all inputs, used as its stream id; default 0..B-1. */
   inputIndices?: readonly number[];
 }
 
@@ -32,11 +38,11 @@ export function nucleusDecode(
   const batch = prefix.shape[0];
   const n = opts.numCaptions;
   const V = lm.vocabSize;
-  const inputIndices = context.inputIndices ?? Array.from({ length: batch }, (_, i) => i);
-  if (inputIndices.length !== batch) throw new Error('nucleusDecode: one input index per prefix row');
+  const streams = context.streams ?? context.inputIndices ?? Array.from({ length: batch }, (_, i) => i);
+  if (streams.length !== batch) throw new Error('nucleusDecode: one stream id per prefix row');
   // Sample s of input i is row i * n + s of these arrays.
   const samples: number[][] = Array.from({ length: batch * n }, () => []);
-  const rngs = samples.map((_, j) => new Rng(opts.seed, inputIndices[Math.floor(j / n)], j % n));
+  const rngs = samples.map((_, j) => new Rng(opts.seed, streams[Math.floor(j / n)], j % n));
 
   const run = runPrefix(lm, prefix, opts.maxTokens);
   let cache = run.cache;

@@ -68,3 +68,20 @@ export function sampleIndex(probs: Float64Array, u: number): number {
   }
   return probs.length - 1; // rounding left the total just below 1
 }
+
+/**
+ * A 32-bit stream id for an input from its values (FNV-1a over the float32 bit patterns): the same input
+ * gets the same sampling stream wherever it is batched, and any change to it gives another.
+ */
+export function inputStream(values: Float32Array): number {
+  const bits = new Uint32Array(values.buffer, values.byteOffset, values.length);
+  let h = 0x811c9dc5;
+  for (let i = 0; i < bits.length; i++) {
+    const w = bits[i];
+    h = Math.imul(h ^ (w & 0xff), 0x01000193);
+    h = Math.imul(h ^ ((w >>> 8) & 0xff), 0x01000193);
+    h = Math.imul(h ^ ((w >>> 16) & 0xff), 0x01000193);
+    h = Math.imul(h ^ (w >>> 24), 0x01000193);
+  }
+  return (h ^ values.length) >>> 0;
+}

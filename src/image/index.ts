@@ -10,5 +10,5 @@ export {
   resizedSize,
 } from './resize.js';
 export type { Region, ResampleCoeffs } from './resize.js';
-export { CLIP_MEAN, CLIP_STD, normalizeClip, preprocessImage } from './preprocess.js';
+export { CLIP_MEAN, CLIP_STD, MAX_ASPECT_RATIO, normalizeClip, preprocessImage } from './preprocess.js';
 export type { PreprocessOptions, PreprocessedImage } from './preprocess.js';

@@ -8,8 +8,15 @@
  * would resize RGBA/LA with premultiplied alpha, palette ("P") and 1-bit images with nearest neighbour, and CMYK
  * per ink channel before converting.
  */
-import { decodeToRgb, type DecodeOptions, type ImageInput } from './decode.js';
+import { UserError } from '../util/errors.js';
+import { decodeToRgb, describeInput, type DecodeOptions, type ImageInput } from './decode.js';
 import { resizeAndCenterCrop } from './resize.js';
+
+/**
+ * Images whose long side is more than this many times the short side are refused: CLIP would see a sliver
+ * blown up to a square (the reference itself would resize a 1x1,000,000 strip to 224x224,000,000 first).
+ */
+export const MAX_ASPECT_RATIO = 10_000;
 
 /** CLIP's normalization constants, as float32 (torch keeps them as float32 tensors). */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073].map(Math.fround);
@@ -74,6 +81,22 @@ export async function preprocessImage(
   if (!Number.isInteger(size) || size < 1)
     throw new RangeError(`preprocessImage: size must be a positive integer`);
   const rgb = await decodeToRgb(input, opts);
-  const uint8 = resizeAndCenterCrop(rgb.data, rgb.width, rgb.height, size);
-  return { pixelValues: normalizeClip(uint8, size), uint8, width: rgb.width, height: rgb.height };
+  const { width, height } = rgb;
+  const name = describeInput(input, opts);
+  if (Math.max(width, height) > MAX_ASPECT_RATIO * Math.min(width, height)) {
+    throw new UserError(
+      `${name}: a ${width}x${height} image is too elongated (the long side is more than ${MAX_ASPECT_RATIO} times the short side); crop it first`,
+    );
+  }
+  let uint8: Uint8Array;
+  try {
+    // Only the crop is computed: memory follows size x size plus the input rows under it, not the resized image.
+    uint8 = resizeAndCenterCrop(rgb.data, width, height, size);
+  } catch (e) {
+    // An allocation failure is this image's problem, not the batch's.
+    if (e instanceof RangeError)
+      throw new UserError(`${name}: cannot resize the image (${e.message})`, { cause: e });
+    throw e;
+  }
+  return { pixelValues: normalizeClip(uint8, size), uint8, width, height };
 }

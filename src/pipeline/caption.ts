@@ -19,6 +19,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { generate } from '../generate/index.js';
 import type { CausalLM } from '../generate/lm.js';
 import { resolveDecodeOptions, type ResolvedDecodeOptions } from '../generate/options.js';
+import { inputStream } from '../generate/random.js';
 import type { GenerationResult } from '../generate/types.js';
 import { preprocessImage, type RgbImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
@@ -309,7 +310,13 @@ export class ClipCap {
       let generated: GenerationResult[];
       try {
         prefix = this.parts.mapper.prefixEmbeddings(embeds); // (N, K, E)
-        generated = generate(this.parts.lm, prefix, decode, { inputIndices: ok.map((p) => p.index) });
+        // Sampling streams come from each input's content (its preprocessed pixels or its embedding), so a
+        // sampled caption does not depend on the input's position or on what else shares its batch.
+        const streams =
+          decode.method === 'nucleus'
+            ? ok.map((p) => inputStream((p.pixels ?? p.embedding) as Float32Array))
+            : undefined;
+        generated = generate(this.parts.lm, prefix, decode, { streams });
       } finally {
         b.free(embeds);
         if (prefix) b.free(prefix);

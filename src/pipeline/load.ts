@@ -145,8 +145,14 @@ async function gpt2ConfigJson(spec: string, o: SourceOptions): Promise<Record<st
   return j;
 }
 
-/** GPT-2 config + canonical weights from a directory or hub repo (config.json + model.safetensors). */
-async function loadGpt2(spec: string, o: SourceOptions): Promise<{ config: Gpt2Config; weights: StateDict }> {
+/**
+ * GPT-2 config + canonical weights from a directory or hub repo (config.json + model.safetensors); the one
+ * path captioning and training both load GPT-2 through.
+ */
+export async function loadGpt2(
+  spec: string,
+  o: SourceOptions = {},
+): Promise<{ config: Gpt2Config; weights: StateDict }> {
   const config = await gpt2ConfigJson(spec, o);
   const file = await modelFile(spec, 'model.safetensors', o, `GPT-2 ${spec}`);
   return gpt2Weights(await readSafetensorsFile(file), config, file);

@@ -1,372 +1,404 @@
 /**
  * `clipcap serve`'s HTTP API over node:http (contract in DESIGN.md):
- *   GET  /health   -> { status: "ok", model: {...} }
+ *   GET  /         a web page: pick or drop photos, see captions, beam candidates with scores and the time taken
+ *   GET  /health   -> { status: "ok", model: {...}, limits: {...}, defaults: {...} }
  *   POST /caption  raw image bytes (image/*, application/octet-stream), multipart/form-data with `image` files,
  *                  or JSON { embedding: [D] } / { embeddings: [[D]...] }; decoding options in the query string
  *                  (or JSON members / form fields) -> { results: [{ index, caption, tokens, candidates?, error? }] }
- * Requests are micro-batched (see batcher.ts). Errors are JSON { error: one line }; a 500 never carries a stack.
+ *
+ * No request can take the server down: every path of the handler answers (400 for what the client sent, 500
+ * for our bugs, without a stack), and what a client can make the server hold is bounded (ServerOptions):
+ * body size and the total of bodies held, queued requests, connections, header/body/idle/compute time, and
+ * the knobs that multiply a request's work. When full the server answers 503 with Retry-After.
  */
 import http from 'node:http';
-import type { AddressInfo } from 'node:net';
-import { resultJson } from '../cli/commands/caption.js';
-import { resolveDecodeOptions, type DecodeOptions } from '../generate/options.js';
-import type { CaptionInput, CaptionOptions, CaptionResult } from '../pipeline/types.js';
+import type { AddressInfo, Socket } from 'node:net';
+import { resolveDecodeOptions } from '../generate/options.js';
+import type { CaptionResult } from '../pipeline/types.js';
 import { UserError, errorMessage } from '../util/errors.js';
-import { Batcher, type CaptionModel } from './batcher.js';
-import { DEFAULT_MULTIPART_LIMITS, multipartBoundary, parseMultipart } from './multipart.js';
+import { Batcher, TimeoutError, type CaptionModel } from './batcher.js';
+import { resolveServerOptions, type ResolvedServerOptions, type ServerOptions } from './options.js';
+import { PAGE_CSP, pageHtml } from './page.js';
+import { HttpError, bodyKind, parseBody, queryOptions, quote, requestOptions } from './request.js';
 
 export type { CaptionModel } from './batcher.js';
-
-export interface ServerOptions {
-  /** Decoding used when a request names no option (CLI: the caption command's decode flags). */
-  decodeDefaults?: DecodeOptions;
-  /** Largest request body in bytes (default 20 MiB); larger requests get 413 and are not read further. */
-  maxBodyBytes?: number;
-  /** Refuse images with more pixels (decompression bombs); default the pipeline's 100 million. */
-  maxPixels?: number;
-  /** How long a request waits for others to share its model call (ms, default 10). */
-  batchWindowMs?: number;
-  /** Most images per model call (default 16). */
-  maxBatch?: number;
-  /** Most images (or embeddings) in one request (default 256). */
-  maxInputsPerRequest?: number;
-  /** What GET /health reports under "model". */
-  modelInfo?: Record<string, unknown>;
-  /** One line per request (default: stderr). */
-  log?: (line: string) => void;
-}
+export type { ServerLimits, ServerOptions, ServerTimeouts } from './options.js';
+export { DEFAULT_LIMITS, DEFAULT_TIMEOUTS } from './options.js';
 
 export interface CaptionServer {
   readonly server: http.Server;
   /** The batcher's count of model.caption calls (for logs and tests). */
   readonly modelCalls: number;
+  /** What the server holds now: requests queued or in model calls, request-body bytes, open connections. */
+  stats(): { queuedRequests: number; bodyBytes: number; connections: number };
+  /** The options in force, defaults filled in. */
+  readonly options: Readonly<ResolvedServerOptions>;
   /** Start listening; resolves with the bound address (port 0 picks a free port). */
   listen(port?: number, host?: string): Promise<AddressInfo>;
   /** Stop accepting connections, answer what is in flight, then resolve. The model is not disposed. */
   close(): Promise<void>;
 }
 
-/** An error answered with its status and one-line message. */
-class HttpError extends Error {
-  constructor(
-    readonly status: number,
-    message: string,
-  ) {
-    super(message);
-  }
-}
-
-const MIB = 1024 * 1024;
-
-/** The request options we accept, by their wire name. */
-const OPTION_NAMES = new Set([
-  'decode',
-  'beam_size',
-  'max_tokens',
-  'top_p',
-  'temperature',
-  'stop',
-  'seed',
-  'num_captions',
-]);
-
 function oneLine(s: string): string {
   return s.replace(/\s*[\r\n]+\s*/g, ' ').trim();
 }
 
-function num(name: string, v: unknown, integer: boolean): number {
-  const n = typeof v === 'number' ? v : typeof v === 'string' && v.trim() !== '' ? Number(v) : NaN;
-  if (!Number.isFinite(n) || (integer && !Number.isInteger(n)))
-    throw new HttpError(
-      400,
-      `${name} must be ${integer ? 'an integer' : 'a number'}, got ${JSON.stringify(v)}`,
-    );
-  return n;
-}
-
-/**
- * Request options (query string, JSON members, form fields) over the server's defaults, validated.
- * Returns the caption options and a key that is equal exactly when two requests decode alike.
- */
-export function requestOptions(
-  raw: ReadonlyMap<string, unknown>,
-  defaults: DecodeOptions,
-  maxPixels: number | undefined,
-): { options: CaptionOptions; key: string } {
-  const o: DecodeOptions = { ...defaults };
-  for (const [k, v] of raw) {
-    if (!OPTION_NAMES.has(k))
-      throw new HttpError(400, `unknown option "${k}": use ${[...OPTION_NAMES].join(', ')}`);
-    switch (k) {
-      case 'decode':
-        if (v !== 'beam' && v !== 'greedy' && v !== 'nucleus')
-          throw new HttpError(400, `decode must be beam, greedy or nucleus, got ${JSON.stringify(v)}`);
-        o.method = v;
-        break;
-      case 'stop':
-        if (v !== '.' && v !== 'eos' && v !== 'none')
-          throw new HttpError(400, `stop must be ".", "eos" or "none", got ${JSON.stringify(v)}`);
-        o.stop = v;
-        break;
-      case 'beam_size':
-        o.beamSize = num(k, v, true);
-        break;
-      case 'max_tokens':
-        o.maxTokens = num(k, v, true);
-        break;
-      case 'top_p':
-        o.topP = num(k, v, false);
-        break;
-      case 'temperature':
-        o.temperature = num(k, v, false);
-        if (!(o.temperature > 0)) throw new HttpError(400, 'temperature must be a positive number');
-        break;
-      case 'seed':
-        o.seed = num(k, v, true);
-        if (o.seed < 0 || o.seed > 2 ** 32 - 1) throw new HttpError(400, 'seed must be from 0 to 4294967295');
-        break;
-      case 'num_captions':
-        o.numCaptions = num(k, v, true);
-        break;
-    }
-  }
-  let r;
+/** What a model says about itself (a ClipCap: its description, embedding size and backend). */
+function describeModel(model: CaptionModel): Record<string, unknown> {
+  const info: Record<string, unknown> = {};
+  const m = model as unknown as Record<string, unknown>;
   try {
-    r = resolveDecodeOptions(o);
-  } catch (e) {
-    if (e instanceof UserError) throw new HttpError(400, e.message);
-    throw e;
+    const parts = m.parts as Record<string, unknown> | undefined;
+    if (parts && typeof parts.description === 'string') info.description = parts.description;
+    if (typeof m.embeddingSize === 'number') info.embeddingSize = m.embeddingSize;
+    const backend = m.backend as Record<string, unknown> | undefined;
+    if (backend && typeof backend.name === 'string') info.backend = backend.name;
+  } catch {
+    // A model whose getters throw (disposed) simply says less.
   }
-  if (r.method !== 'nucleus' && r.numCaptions !== 1)
-    throw new HttpError(
-      400,
-      'num_captions needs decode=nucleus (beam search returns every beam as candidates)',
-    );
-  const options: CaptionOptions = {
-    method: r.method,
-    beamSize: r.beamSize,
-    maxTokens: r.maxTokens,
-    stop: r.stopTokenId ?? 'none',
-    topP: r.topP,
-    temperature: r.temperature,
-    seed: r.seed,
-    numCaptions: r.numCaptions,
-    limitInputPixels: maxPixels,
-  };
-  return { options, key: JSON.stringify(r) };
+  return info;
 }
 
-/** Read the body up to `limit` bytes; past it, a 413 (the caller answers and stops reading). */
-function readBody(req: http.IncomingMessage, limit: number): Promise<Buffer> {
-  const declared = Number(req.headers['content-length']);
-  if (Number.isFinite(declared) && declared > limit)
-    return Promise.reject(new HttpError(413, `the body is over the ${limit}-byte limit`));
-  return new Promise((resolve, reject) => {
-    const chunks: Buffer[] = [];
-    let size = 0;
-    let done = false;
-    req.on('data', (c: Buffer) => {
-      if (done) return;
-      size += c.length;
-      if (size > limit) {
-        done = true;
-        req.pause();
-        reject(new HttpError(413, `the body is over the ${limit}-byte limit`));
-        return;
-      }
-      chunks.push(c);
-    });
-    req.on('end', () => {
-      if (!done) resolve(Buffer.concat(chunks));
-    });
-    req.on('error', (e) => {
-      if (!done) reject(new HttpError(400, `reading the request failed: ${errorMessage(e)}`));
-      done = true;
-    });
-  });
+function resultJson(r: CaptionResult): Record<string, unknown> {
+  if (r.error !== undefined) return { index: r.index, error: oneLine(r.error) };
+  const out: Record<string, unknown> = { index: r.index, caption: r.caption, tokens: r.tokens };
+  if (r.candidates) out.candidates = r.candidates;
+  return out;
 }
 
-function isNumberArray(x: unknown): x is number[] {
-  return Array.isArray(x) && x.every((v) => typeof v === 'number');
+/** A request path for the log: printable, bounded. */
+function logPath(p: string): string {
+  const s = p.length > 120 ? p.slice(0, 120) + '...' : p;
+  return /^[\x21-\x7e]*$/.test(s) ? s : JSON.stringify(s);
 }
 
-/** The inputs and options of a POST /caption. */
-async function parseCaptionRequest(
-  req: http.IncomingMessage,
-  url: URL,
-  maxBody: number,
-  maxInputs: number,
-): Promise<{ inputs: CaptionInput[]; raw: Map<string, unknown> }> {
-  const raw = new Map<string, unknown>();
-  for (const [k, v] of url.searchParams) raw.set(k, v);
-  const contentType = (req.headers['content-type'] ?? '').toLowerCase();
-  const mime = contentType.split(';')[0].trim();
-  const isImage = mime.startsWith('image/') || mime === 'application/octet-stream';
-  if (!isImage && mime !== 'multipart/form-data' && mime !== 'application/json')
-    throw new HttpError(
-      415,
-      `unsupported Content-Type "${mime}": send image/*, application/octet-stream, multipart/form-data or application/json`,
-    );
-  const boundary =
-    mime === 'multipart/form-data' ? multipartBoundaryOr400(req.headers['content-type'] ?? '') : '';
-  const body = await readBody(req, maxBody);
-  if (isImage) {
-    if (body.length === 0) throw new HttpError(400, 'the request body is empty: send the image bytes');
-    return { inputs: [new Uint8Array(body)], raw };
-  }
-  if (mime === 'multipart/form-data') {
-    let parts;
-    try {
-      parts = parseMultipart(body, boundary, { ...DEFAULT_MULTIPART_LIMITS, maxParts: maxInputs + 16 });
-    } catch (e) {
-      if (e instanceof UserError) throw new HttpError(400, e.message);
-      throw e;
-    }
-    const inputs: CaptionInput[] = [];
-    for (const p of parts) {
-      if (p.name === 'image') {
-        if (p.data.length === 0) throw new HttpError(400, `image ${inputs.length} is empty`);
-        inputs.push(p.data);
-      } else if (OPTION_NAMES.has(p.name) && p.filename === undefined) {
-        raw.set(p.name, Buffer.from(p.data).toString('utf8'));
-      } else throw new HttpError(400, `unexpected form field "${p.name}": send images as "image" files`);
-    }
-    if (inputs.length === 0) throw new HttpError(400, 'the form holds no "image" file');
-    if (inputs.length > maxInputs) throw new HttpError(400, `more than ${maxInputs} images in one request`);
-    return { inputs, raw };
-  }
-  // application/json
-  let doc: unknown;
-  try {
-    doc = JSON.parse(body.toString('utf8'));
-  } catch (e) {
-    throw new HttpError(400, `the body is not valid JSON: ${errorMessage(e)}`);
-  }
-  if (typeof doc !== 'object' || doc === null || Array.isArray(doc))
-    throw new HttpError(400, 'the JSON body must be an object with "embedding" or "embeddings"');
-  const inputs: CaptionInput[] = [];
-  for (const [k, v] of Object.entries(doc)) {
-    if (k === 'embedding') {
-      if (!isNumberArray(v)) throw new HttpError(400, '"embedding" must be an array of numbers');
-      inputs.push({ embedding: v });
-    } else if (k === 'embeddings') {
-      if (!Array.isArray(v) || !v.every(isNumberArray))
-        throw new HttpError(400, '"embeddings" must be an array of arrays of numbers');
-      for (const e of v) inputs.push({ embedding: e });
-    } else raw.set(k, v);
-  }
-  if (inputs.length === 0) throw new HttpError(400, 'the JSON body holds no "embedding" or "embeddings"');
-  if (inputs.length > maxInputs) throw new HttpError(400, `more than ${maxInputs} embeddings in one request`);
-  return { inputs, raw };
-}
-
-function multipartBoundaryOr400(contentType: string): string {
-  try {
-    return multipartBoundary(contentType);
-  } catch (e) {
-    throw new HttpError(400, errorMessage(e));
+/** Answers to requests Node rejects before our handler (bad syntax, huge headers, timeouts). */
+function clientErrorAnswer(err: Error & { code?: string }): [number, string] {
+  switch (err.code) {
+    case 'HPE_HEADER_OVERFLOW':
+      return [431, 'the request headers are too large'];
+    case 'ERR_HTTP_REQUEST_TIMEOUT':
+      return [408, 'the request took too long to arrive'];
+    default:
+      return [400, 'malformed HTTP request'];
   }
 }
 
 /**
  * An HTTP captioning server over `model` (not yet listening). The caller owns the model: close() the server,
- * then dispose the model.
+ * then dispose the model. Throws a UserError for unknown or out-of-range options.
  *
  * @example
  * ```ts
  * const model = await ClipCap.fromPretrained('coco');
- * const srv = createServer(model, { decodeDefaults: { method: 'greedy' } });
+ * const srv = createServer(model, { decodeDefaults: { method: 'greedy' }, limits: { beamSize: 8 } });
  * const { port } = await srv.listen(8080, '127.0.0.1');
  * ```
  */
 export function createServer(model: CaptionModel, options: ServerOptions = {}): CaptionServer {
-  const maxBody = options.maxBodyBytes ?? 20 * MIB;
-  const maxInputs = options.maxInputsPerRequest ?? 256;
-  const defaults = options.decodeDefaults ?? {};
-  const log = options.log ?? ((line: string) => process.stderr.write(line + '\n'));
+  const o = resolveServerOptions(options);
+  const { limits, timeouts } = o;
+  try {
+    resolveDecodeOptions(o.decodeDefaults);
+  } catch (e) {
+    if (e instanceof UserError) throw new UserError(`createServer options.decodeDefaults: ${e.message}`);
+    throw e;
+  }
+  const modelInfo = { ...describeModel(model), ...o.modelInfo };
+  const embeddingSize = typeof modelInfo.embeddingSize === 'number' ? modelInfo.embeddingSize : undefined;
   const batcher = new Batcher(model, {
-    windowMs: options.batchWindowMs ?? 10,
-    maxBatch: options.maxBatch ?? 16,
+    windowMs: o.batchWindowMs,
+    maxBatch: o.batchSize,
+    maxRows: limits.batchRows,
   });
+  const resolvedDefaults = resolveDecodeOptions(o.decodeDefaults);
+  const health = JSON.stringify({
+    status: 'ok',
+    model: modelInfo,
+    limits: { ...limits, maxBodyBytes: o.maxBodyBytes },
+    defaults: {
+      decode: resolvedDefaults.method,
+      beam_size: resolvedDefaults.beamSize,
+      max_tokens: resolvedDefaults.maxTokens,
+      top_p: resolvedDefaults.topP,
+      temperature: resolvedDefaults.temperature,
+      seed: resolvedDefaults.seed,
+      num_captions: resolvedDefaults.numCaptions,
+    },
+  });
+  const page = pageHtml();
   let closing = false;
+  /** Requests waiting for or in model calls. */
+  let queued = 0;
+  /** Request-body bytes held now, over all requests. */
+  let bodyBytes = 0;
 
-  async function handle(
-    req: http.IncomingMessage,
-    url: URL,
-  ): Promise<{ status: number; body: unknown; n?: number }> {
-    if (url.pathname === '/health') {
-      if (req.method !== 'GET' && req.method !== 'HEAD') throw new HttpError(405, 'use GET /health');
-      return { status: 200, body: { status: 'ok', model: options.modelInfo ?? {} } };
+  /** Seconds a refused client should wait: roughly the time to work through what is queued. */
+  const retryAfter = (): number => {
+    const calls = Math.ceil(batcher.queuedInputs / o.batchSize) + 1;
+    return Math.min(60, Math.max(1, Math.ceil((calls * batcher.avgCallMs) / 1000)));
+  };
+  const busy = (what: string): HttpError =>
+    new HttpError(503, `the server is busy (${what}): retry later`, retryAfter());
+
+  /** Read the body within the size limit and the server's body budget; `held` tracks this request's bytes. */
+  function readBody(req: http.IncomingMessage, held: { bytes: number }): Promise<Buffer> {
+    const limit = o.maxBodyBytes;
+    const tooBig = (): HttpError => new HttpError(413, `the body is over the ${limit}-byte limit`);
+    const reserve = (n: number): void => {
+      if (bodyBytes + n > o.maxBodyBudgetBytes) throw busy('too many request bodies in memory');
+      bodyBytes += n;
+      held.bytes += n;
+    };
+    const declaredText = req.headers['content-length'];
+    const declared = declaredText === undefined ? NaN : Number(declaredText);
+    if (Number.isFinite(declared)) {
+      if (declared > limit) return Promise.reject(tooBig());
+      reserve(declared); // the whole body up front: a client cannot promise small and hold large
     }
-    if (url.pathname !== '/caption')
-      throw new HttpError(404, `no such endpoint ${url.pathname}: use POST /caption or GET /health`);
-    if (req.method !== 'POST') throw new HttpError(405, 'use POST /caption');
-    if (closing) throw new HttpError(503, 'the server is shutting down');
-    const { inputs, raw } = await parseCaptionRequest(req, url, maxBody, maxInputs);
-    const { options: co, key } = requestOptions(raw, defaults, options.maxPixels);
+    return new Promise((resolve, reject) => {
+      const chunks: Buffer[] = [];
+      let size = 0;
+      let done = false;
+      const stop = (e: HttpError): void => {
+        done = true;
+        req.pause();
+        reject(e);
+      };
+      req.on('data', (c: Buffer) => {
+        if (done) return;
+        size += c.length;
+        if (size > limit) return stop(tooBig());
+        if (!Number.isFinite(declared)) {
+          try {
+            reserve(c.length);
+          } catch (e) {
+            return stop(e as HttpError);
+          }
+        }
+        chunks.push(c);
+      });
+      req.on('end', () => {
+        if (!done) resolve(Buffer.concat(chunks));
+        done = true;
+      });
+      req.on('aborted', () => {
+        if (!done) reject(new HttpError(400, 'the client closed the connection mid-request'));
+        done = true;
+      });
+      req.on('error', (e) => {
+        if (!done) reject(new HttpError(400, `reading the request failed: ${errorMessage(e)}`));
+        done = true;
+      });
+    });
+  }
+
+  async function caption(
+    req: http.IncomingMessage,
+    query: string,
+    held: { bytes: number },
+  ): Promise<{ body: unknown; n: number }> {
+    if (closing) throw new HttpError(503, 'the server is shutting down', 5);
+    if (queued >= o.maxQueuedRequests) throw busy(`${queued} requests queued`);
+    // Everything the headers alone can refuse is refused before a byte of the body is read.
+    const raw = queryOptions(query);
+    const { kind, boundary } = bodyKind(req.headers['content-type']);
+    const body = await readBody(req, held);
+    const inputs = parseBody(body, kind, boundary, raw, limits, embeddingSize);
+    const { options: co, key, rowsPerInput } = requestOptions(raw, o.decodeDefaults, limits, o.maxPixels);
+    if (closing) throw new HttpError(503, 'the server is shutting down', 5);
+    if (queued >= o.maxQueuedRequests) throw busy(`${queued} requests queued`);
+    queued++;
     let results: CaptionResult[];
     try {
-      results = await batcher.submit(inputs, co, key);
+      results = await batcher.submit(inputs, co, key, { rowsPerInput, deadlineMs: timeouts.computeMs });
     } catch (e) {
-      // A whole-batch failure (e.g. CLIP could not load): the user's configuration, not this request.
+      if (e instanceof TimeoutError) throw new HttpError(503, `${e.message}: retry later`, retryAfter());
+      // A whole-batch failure (e.g. CLIP could not load): the server's configuration, not this request.
       if (e instanceof UserError) throw new HttpError(500, e.message);
       throw e;
+    } finally {
+      queued--;
     }
     const failed = results.filter((r) => r.error !== undefined);
     // Nothing captioned: the request itself is bad (a single unreadable image, wrong embedding width).
     if (failed.length === results.length) throw new HttpError(400, oneLine(failed[0].error ?? 'bad input'));
-    return { status: 200, body: { results: results.map((r) => resultJson(r, true)) }, n: inputs.length };
+    return { body: { results: results.map(resultJson) }, n: inputs.length };
   }
 
-  const server = http.createServer((req, res) => {
+  function onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
     const t0 = performance.now();
-    const url = new URL(req.url ?? '/', 'http://localhost');
-    const finish = (status: number, body: unknown, n?: number, stopReading = false): void => {
-      const text = JSON.stringify(body);
+    const held = { bytes: 0 };
+    // Errors on either stream (a client that vanished) end up here, not as uncaught 'error' events.
+    req.on('error', () => undefined);
+    res.on('error', () => undefined);
+    // The body budget is given back however the exchange ends (answered, reset, timed out).
+    res.on('close', () => {
+      bodyBytes -= held.bytes;
+      held.bytes = 0;
+    });
+    let pathname = '/';
+    let query = '';
+    const method = req.method ?? 'GET';
+    const send = (
+      status: number,
+      body: string,
+      type: string,
+      extra: http.OutgoingHttpHeaders = {},
+      logNote = '',
+    ): void => {
+      if (res.headersSent || res.destroyed) return;
       const headers: http.OutgoingHttpHeaders = {
-        'content-type': 'application/json; charset=utf-8',
-        'content-length': Buffer.byteLength(text),
+        'content-type': type,
+        'content-length': Buffer.byteLength(body),
+        'x-content-type-options': 'nosniff',
+        ...extra,
       };
-      if (status === 405) headers.allow = url.pathname === '/health' ? 'GET, HEAD' : 'POST';
-      // The rest of an oversize body is never read: close the connection once the answer is out.
-      if (stopReading) headers.connection = 'close';
+      // A body we did not read to its end would be parsed as the next request: close after answering.
+      const unread = !req.complete;
+      if (unread || closing) headers.connection = 'close';
       res.writeHead(status, headers);
-      res.end(req.method === 'HEAD' ? undefined : text);
-      if (stopReading) res.on('finish', () => req.socket.destroySoon());
-      const ms = (performance.now() - t0).toFixed(1);
-      const what = n !== undefined ? ` ${n} input${n === 1 ? '' : 's'}` : '';
-      const err =
-        status >= 400 && typeof body === 'object' && body !== null && 'error' in body
-          ? ` (${String(body.error)})`
-          : '';
-      log(`${req.method ?? '?'} ${url.pathname} ${status} ${ms} ms${what}${err}`);
+      res.end(method === 'HEAD' ? undefined : body);
+      if (unread) res.on('finish', () => req.socket.destroySoon());
+      o.log?.(
+        `${method.slice(0, 16)} ${logPath(pathname)} ${status} ${(performance.now() - t0).toFixed(1)} ms${logNote}`,
+      );
     };
-    handle(req, url).then(
-      (r) => finish(r.status, r.body, r.n),
-      (e: unknown) => {
-        if (e instanceof HttpError)
-          finish(e.status, { error: oneLine(e.message) }, undefined, e.status === 413);
-        else {
-          // Bugs keep their stack in the server's log, never in the response.
-          log(`clipcap serve: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
-          finish(500, { error: 'internal server error' });
-        }
-        // An unread body (errors found from the headers alone) would stall keep-alive: drain or drop it.
-        if (!req.complete && !(e instanceof HttpError && e.status === 413)) req.resume();
-      },
+    const sendJson = (status: number, body: unknown, extra: http.OutgoingHttpHeaders = {}, note = ''): void =>
+      send(status, JSON.stringify(body), 'application/json; charset=utf-8', extra, note);
+    const fail = (e: unknown): void => {
+      if (e instanceof HttpError) {
+        const extra: http.OutgoingHttpHeaders = {};
+        if (e.retryAfterS !== undefined) extra['retry-after'] = String(e.retryAfterS);
+        if (e.status === 405) extra.allow = pathname === '/caption' ? 'POST' : 'GET, HEAD';
+        const msg = oneLine(e.message);
+        sendJson(e.status, { error: msg }, extra, ` (${msg})`);
+        return;
+      }
+      // Bugs keep their stack in the server's log, never in the response.
+      const line = `clipcap serve: internal error: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`;
+      if (o.log) o.log(line);
+      else process.stderr.write(line + '\n');
+      sendJson(500, { error: 'internal server error' });
+    };
+    try {
+      const url = req.url ?? '/';
+      // Origin-form ("/caption?x") or absolute-form ("http://host/caption?x"); anything else is a 400.
+      let target = url;
+      if (!url.startsWith('/')) {
+        const m = /^https?:\/\/[^/?#]*(.*)$/i.exec(url);
+        if (!m) throw new HttpError(400, `bad request target ${quote(url)}`);
+        target = m[1] === '' || m[1].startsWith('?') ? '/' + m[1] : m[1];
+      }
+      const q = target.indexOf('?');
+      pathname = q < 0 ? target : target.slice(0, q);
+      query = q < 0 ? '' : target.slice(q + 1);
+      switch (pathname) {
+        case '/':
+        case '/index.html':
+          if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, `use GET ${pathname}`);
+          send(200, page, 'text/html; charset=utf-8', {
+            'content-security-policy': PAGE_CSP,
+            'cache-control': 'no-store',
+          });
+          return;
+        case '/health':
+          if (method !== 'GET' && method !== 'HEAD') throw new HttpError(405, 'use GET /health');
+          send(200, health, 'application/json; charset=utf-8', { 'cache-control': 'no-store' });
+          return;
+        case '/caption':
+          if (method !== 'POST') throw new HttpError(405, 'use POST /caption');
+          caption(req, query, held).then(
+            (r) => sendJson(200, r.body, {}, ` ${r.n} input${r.n === 1 ? '' : 's'}`),
+            (e: unknown) => {
+              try {
+                fail(e);
+              } catch (e2) {
+                res.destroy();
+                void e2;
+              }
+            },
+          );
+          return;
+        default:
+          throw new HttpError(
+            404,
+            `no such endpoint ${quote(pathname)}: use POST /caption, GET /health or GET /`,
+          );
+      }
+    } catch (e) {
+      try {
+        fail(e);
+      } catch {
+        // Answering failed too (the socket is gone): nothing is left to tell the client.
+        res.destroy();
+      }
+    }
+  }
+
+  const server = http.createServer(
+    {
+      headersTimeout: timeouts.headersMs,
+      // Node requires requestTimeout >= headersTimeout (0 disables it; ours are positive).
+      requestTimeout: Math.max(timeouts.bodyMs, timeouts.headersMs),
+      keepAliveTimeout: timeouts.idleMs,
+      // How often Node checks the header/request timers (its default, 30 s, would let slow sockets linger).
+      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(timeouts.headersMs / 2))),
+      maxHeaderSize: 16 * 1024,
+    },
+    onRequest,
+  );
+  server.maxConnections = o.maxConnections;
+  // Requests Node refuses before our handler: answer in one line if the socket can take it, then close.
+  server.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
+    if (err.code === 'ECONNRESET' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const [status, msg] = clientErrorAnswer(err);
+    const body = JSON.stringify({ error: msg });
+    o.log?.(`- - ${status} (${msg})`);
+    socket.end(
+      `HTTP/1.1 ${status} ${http.STATUS_CODES[status] ?? 'Error'}\r\nContent-Type: application/json; charset=utf-8\r\n` +
+        `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
     );
+    socket.destroySoon();
+  });
+  // A socket error after the exchange (client reset) must never become an uncaught exception.
+  let connections = 0;
+  server.on('connection', (socket: Socket) => {
+    connections++;
+    socket.on('close', () => connections--);
+    socket.on('error', () => undefined);
   });
 
   return {
     server,
+    options: o,
     get modelCalls() {
       return batcher.calls;
     },
+    stats() {
+      return { queuedRequests: queued, bodyBytes, connections };
+    },
     listen(port = 8080, host = '127.0.0.1') {
       return new Promise<AddressInfo>((resolve, reject) => {
-        server.once('error', reject);
+        const onError = (e: Error & { code?: string }): void => {
+          if (e.code === 'EADDRINUSE')
+            reject(new UserError(`cannot listen on ${host}:${port}: the port is in use`));
+          else if (e.code === 'EACCES')
+            reject(
+              new UserError(
+                `cannot listen on ${host}:${port}: permission denied (ports below 1024 need privileges)`,
+              ),
+            );
+          else if (e.code === 'EADDRNOTAVAIL' || e.code === 'ENOTFOUND' || e.code === 'EAI_AGAIN')
+            reject(new UserError(`cannot listen on ${host}:${port}: no such local address`));
+          else reject(e);
+        };
+        server.once('error', onError);
         server.listen(port, host, () => {
-          server.off('error', reject);
+          server.off('error', onError);
           resolve(server.address() as AddressInfo);
         });
       });

@@ -31,6 +31,7 @@ describe('clipcap --help', () => {
     expect(commands().map((c) => c.name())).toEqual([
       'caption',
       'extract',
+      'merge',
       'train',
       'eval',
       'convert',

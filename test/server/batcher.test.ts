@@ -3,7 +3,7 @@
  * a time, and a failing call that only fails the request that caused it.
  */
 import { describe, expect, it } from 'vitest';
-import { Batcher, type CaptionModel } from '../../src/server/batcher.js';
+import { Batcher, TimeoutError, type CaptionModel } from '../../src/server/batcher.js';
 import type { CaptionInput, CaptionResult, EmbeddingInput } from '../../src/pipeline/types.js';
 import { UserError } from '../../src/util/errors.js';
 
@@ -37,7 +37,7 @@ describe('Batcher', () => {
       b.submit(emb(1, 2), {}, 'a'),
       b.submit(emb(3), {}, 'a'),
       b.submit(emb(4), { method: 'greedy' }, 'b'),
-      b.submit(emb(5, 6), {}, 'a'), // would make 5 > maxBatch: starts a new batch
+      b.submit(emb(5, 6), {}, 'a'), // 5 > maxBatch: split, its first input fills the first call
     ]);
     expect(r1.map((r) => [r.index, r.tokens])).toEqual([
       [0, [1]],
@@ -49,7 +49,8 @@ describe('Batcher', () => {
       [0, [5]],
       [1, [6]],
     ]);
-    expect(m.calls).toEqual([[1, 2, 3], [4], [5, 6]]);
+    // First come, first served: the oldest request picks the next call's options.
+    expect(m.calls).toEqual([[1, 2, 3, 5], [4], [6]]);
     expect(m.overlapped).toBe(false);
     expect(b.calls).toBe(3);
   });
@@ -62,6 +63,35 @@ describe('Batcher', () => {
     await expect(bad).rejects.toThrow(/no CLIP model/);
     expect((await good)[0].tokens).toEqual([7]);
     expect(m.calls).toEqual([[7, -1], [7], [-1]]);
+  });
+
+  it('a call never holds more than maxRows decoding rows; a big request is split over calls', async () => {
+    const m = fakeModel();
+    const b = new Batcher(m, { windowMs: 5, maxBatch: 16, maxRows: 10 });
+    // 4 rows per input: at most 2 inputs (8 rows) per call.
+    const big = b.submit(emb(1, 2, 3, 4, 5), {}, 'beam4', { rowsPerInput: 4 });
+    const r = await big;
+    expect(r.map((x) => [x.index, x.tokens![0]])).toEqual([
+      [0, 1],
+      [1, 2],
+      [2, 3],
+      [3, 4],
+      [4, 5],
+    ]);
+    expect(m.calls).toEqual([[1, 2], [3, 4], [5]]);
+    await expect(b.submit(emb(1), {}, 'beam11', { rowsPerInput: 11 })).rejects.toThrow(/11 rows/);
+  });
+
+  it('a request past its deadline fails with a TimeoutError and its inputs are not run', async () => {
+    const m = fakeModel();
+    const b = new Batcher(m, { windowMs: 0, maxBatch: 1 });
+    const first = b.submit(emb(1), {}, 'k'); // holds the model for ~20 ms
+    const late = b.submit(emb(2, 3, 4), {}, 'k', { deadlineMs: 30 });
+    await expect(late).rejects.toBeInstanceOf(TimeoutError);
+    await first;
+    await new Promise((r) => setTimeout(r, 60));
+    // The late request's first input may have started before the deadline; the rest never ran.
+    expect(m.calls.flat().filter((v) => v === 4)).toEqual([]);
   });
 
   it('drain() runs waiting batches at once', async () => {

@@ -206,8 +206,14 @@ describe('clipcap serve HTTP API', () => {
   it('bad options, bodies and types get 400 / 415 with one line', async () => {
     const cases: [string, string | Uint8Array, string | undefined, number, RegExp][] = [
       ['/caption?decode=fast', photoBytes(0), 'image/jpeg', 400, /decode must be/],
-      ['/caption?beam_size=0', photoBytes(0), 'image/jpeg', 400, /beam size/],
-      ['/caption?top_p=2', photoBytes(0), 'image/jpeg', 400, /top-p/],
+      [
+        '/caption?beam_size=0',
+        photoBytes(0),
+        'image/jpeg',
+        400,
+        /^beam_size must be an integer from 1 to 16, got "0"$/,
+      ],
+      ['/caption?top_p=2', photoBytes(0), 'image/jpeg', 400, /^top_p must be a number over 0 and at most 1/],
       ['/caption?num_captions=2', photoBytes(0), 'image/jpeg', 400, /num_captions needs decode=nucleus/],
       ['/caption?colour=red', photoBytes(0), 'image/jpeg', 400, /unknown option "colour"/],
       ['/caption', 'hello', 'text/plain', 415, /unsupported Content-Type "text\/plain"/],

@@ -201,7 +201,7 @@ describe('clipcap train', () => {
     const first = s.losses_per_epoch[0];
     console.log(`overfit: loss ${first.toFixed(3)} -> ${s.final_loss.toFixed(3)}`);
     expect(s.final_loss).toBeLessThan(0.5 * first);
-    expect(readdirSync(out).sort()).toEqual(['epoch-010', 'epoch-020', 'final']);
+    expect(readdirSync(out).sort()).toEqual(['epoch-010', 'epoch-020', 'final', 'loss.png', 'metrics.jsonl']);
     expect(r.err).toMatch(/epoch 30: mean loss/);
     const dir = await loadClipcapDir(s.checkpoint);
     expect(dir.gpt2).toBeDefined();
