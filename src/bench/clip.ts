@@ -1,7 +1,9 @@
 /**
  * `clipcap bench clip`: full-size CLIP ViT-B/32 image embeddings per second (vision tower + projection, weights
  * by the fixture rule unless --clip gives real ones), and with --pytorch the same model in plain PyTorch
- * (bench/pytorch_clip.py) at the same thread count, in the same run.
+ * (bench/pytorch_clip.py) at the same thread count, in the same run. `--model rn50x4`: OpenAI's RN50x4 ResNet
+ * tower instead (288 px, 640-d; synthetic weights by clip-resnet.ts's rule; PyTorch: bench/pytorch_clip_resnet.py,
+ * whose embedding of the first photo is compared with ours: machine.torch_embeds_max_rel_diff).
  *
  * Cases (DESIGN.md "Contracts"), metric images_per_s, each with the peak RSS during its timed runs:
  * - bs1, bs16: from preprocessed pixels (the first 1 / 16 photos, sorted, repeated as needed) to the (N, 512)
@@ -21,7 +23,8 @@ import { CLIP_VIT_B32_VISION, type ClipVisionConfig } from '../models/config.js'
 import { lowbias32, syntheticClipVision } from '../models/synthetic.js';
 import type { ImageEncoder } from '../pipeline/caption.js';
 import { loadImageEncoder } from '../pipeline/load.js';
-import { UserError } from '../util/errors.js';
+import { UsageError, UserError } from '../util/errors.js';
+import { syntheticResNetEncoder } from './clip-resnet.js';
 import { benchEngine, loadPeers, runsOf, timeAsync } from './common.js';
 import { machineInfo, median } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
@@ -90,6 +93,7 @@ async function buildEncoder(
   const spec = opts.extra.clip;
   if (typeof spec === 'string') return { enc: await loadImageEncoder(spec, { backend }), what: spec };
   const smoke = opts.extra.smoke === true;
+  if (benchModel(opts) === 'rn50x4') return syntheticResNetEncoder(backend, smoke);
   const v = syntheticClipVision(smoke ? SMOKE_CLIP : undefined);
   const what = smoke ? 'tiny CLIP (fixture rule, --smoke)' : 'ViT-B/32, synthetic weights (fixture rule)';
   const model = ClipVisionModel.fromWeights(backend, v.config, v.weights, what);
@@ -100,6 +104,14 @@ async function buildEncoder(
     dispose: () => model.dispose(),
   };
   return { enc, what };
+}
+
+/** --model: vit-b32 (default) or rn50x4. */
+function benchModel(opts: BenchRunOptions): 'vit-b32' | 'rn50x4' {
+  const m = opts.extra.model ?? 'vit-b32';
+  if (m !== 'vit-b32' && m !== 'rn50x4')
+    throw new UsageError(`bench clip --model ${String(m)}: use vit-b32 or rn50x4`);
+  return m;
 }
 
 export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> {
@@ -116,6 +128,7 @@ async function runWithPhotos(
   files: string[],
   synthetic: boolean,
 ): Promise<BenchReport> {
+  const resnet = benchModel(opts) === 'rn50x4';
   const smoke = opts.extra.smoke === true;
   const runs = runsOf(opts, DEFAULT_RUNS);
   const warmup = smoke ? 0 : 1;
@@ -139,6 +152,10 @@ async function runWithPhotos(
   };
 
   const pixels = await preprocess();
+  // the first photo's embedding, to compare with PyTorch's (the ResNet script prints it)
+  const first = enc.encodeImages(pixels.subarray(0, plane));
+  const ours0 = first.toArray();
+  eng.backend.free(first);
   const cases: { id: string; n: number; fn: () => Promise<void> }[] = [
     { id: 'bs1', n: 1, fn: async () => encode(pixels.subarray(0, plane)) },
     { id: `bs${BATCH}`, n: BATCH, fn: async () => encode(pixels) },
@@ -166,16 +183,20 @@ async function runWithPhotos(
   const extra: Record<string, string | number | boolean> = {
     ...eng.extra,
     model: what,
+    ...(resnet ? { clip_model: 'rn50x4' } : {}),
     images: synthetic ? `${SYNTHETIC_PHOTOS} synthetic 640x480 JPEGs` : path.dirname(files[0]),
     total_memory_mb: Math.round(os.totalmem() / 2 ** 20),
   };
   if (smoke) extra.smoke = true;
   if (opts.extra.pytorch === true) {
+    const script = resnet ? 'pytorch_clip_resnet.py' : 'pytorch_clip.py';
     if (typeof opts.extra.clip === 'string')
-      opts.log('PyTorch uses the synthetic ViT-B/32 (same shapes, so the same work) whatever --clip says');
-    opts.log(`running PyTorch (bench/pytorch_clip.py) with ${eng.threads} thread(s)...`);
+      opts.log(
+        `PyTorch uses the synthetic ${resnet ? 'RN50x4' : 'ViT-B/32'} (same shapes, so the same work) whatever --clip says`,
+      );
+    opts.log(`running PyTorch (bench/${script}) with ${eng.threads} thread(s)...`);
     const torch = (await loadPeers()).runTorchBench(
-      'pytorch_clip.py',
+      script,
       { threads: eng.threads, runs, smoke },
       ['--images', path.dirname(files[0]), '--batch', String(BATCH)],
       results,
@@ -183,6 +204,20 @@ async function runWithPhotos(
     );
     if (typeof torch.embeds_max_rel_diff === 'number')
       extra.torch_embeds_max_rel_diff = torch.embeds_max_rel_diff;
+    if (Array.isArray(torch.embeds_0) && typeof opts.extra.clip !== 'string') {
+      // same synthetic model on both sides: their embeddings of photo 0 must agree
+      const theirs = torch.embeds_0 as number[];
+      let worst = theirs.length === ours0.length ? 0 : Infinity;
+      let scale = 0;
+      theirs.forEach((v, i) => {
+        worst = Math.max(worst, Math.abs(v - ours0[i]));
+        scale = Math.max(scale, Math.abs(v));
+      });
+      extra.torch_embeds_max_rel_diff = worst / scale;
+      opts.log(
+        `PyTorch vs clipcap embedding of photo 0: worst relative difference ${(worst / scale).toExponential(2)}`,
+      );
+    }
   }
   return { bench: 'clip', machine: machineInfo(eng.threads, eng.avx2, extra), results };
 }

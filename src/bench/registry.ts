@@ -47,7 +47,8 @@ export const BENCHES: Record<string, BenchEntry> = {
     run: async (opts) => (await import('./gemm.js')).runGemmBench(opts),
   },
   clip: {
-    description: 'full-size CLIP ViT-B/32 image embeddings/s at batch 1 and 16, and from JPEG files',
+    description:
+      'full-size CLIP image embeddings/s (ViT-B/32, or RN50x4 with --model rn50x4) at batch 1 and 16, and from JPEG files',
     options: [
       ...MODEL_BENCH_OPTIONS,
       {
@@ -57,6 +58,11 @@ export const BENCHES: Record<string, BenchEntry> = {
       {
         flags: '--images <DIR>',
         description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
+      },
+      {
+        flags: '--model <NAME>',
+        description:
+          'clip: vit-b32 (default) or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px)',
       },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),

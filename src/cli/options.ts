@@ -72,8 +72,9 @@ export const DEFAULT_GPT2_SPEC = 'openai-community/gpt2';
 /** --clip DIR|HUB_ID|FILE.pt. */
 export function clipOption(): Option {
   return new Option(
-    '--clip <DIR|HUB_ID|FILE.pt>',
-    `CLIP model: a Hugging Face directory or repo, or OpenAI's ViT .pt file (default: ${DEFAULT_CLIP_SPEC})`,
+    '--clip <DIR|HUB_ID|FILE.pt|NAME>',
+    "CLIP model: a Hugging Face directory or repo, OpenAI's .pt file (ViT or ResNet), or OpenAI's name " +
+      `(RN50x4, ViT-B/32, ...: downloaded to ~/.cache/clip) (default: ${DEFAULT_CLIP_SPEC}; RN50x4 for 640-d checkpoints)`,
   );
 }
 

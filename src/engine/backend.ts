@@ -117,6 +117,27 @@ export interface TopKResult {
   indices: Tensor;
 }
 
+/** conv2d options. Pairs are (height, width); a single number applies to both. */
+export interface Conv2dOptions {
+  /** Default 1. */
+  stride?: number | readonly [number, number];
+  /** Zero padding on each side; default 0. */
+  padding?: number | readonly [number, number];
+  /** Bias (O), added to every output pixel. */
+  bias?: Tensor;
+  /** Apply ReLU to the result (conv + bias + ReLU in one pass, the ResNet pattern). */
+  relu?: boolean;
+}
+
+/** avgPool2d options (PyTorch's nn.AvgPool2d with count_include_pad=True, ceil_mode=False). */
+export interface Pool2dOptions {
+  kernel: number | readonly [number, number];
+  /** Default: the kernel size (as nn.AvgPool2d). */
+  stride?: number | readonly [number, number];
+  /** Zero padding on each side, counted in the mean (count_include_pad); default 0. */
+  padding?: number | readonly [number, number];
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -245,4 +266,15 @@ export interface Backend {
    * cache reorders its beams into a second buffer with it, copying only the filled positions.
    */
   copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void;
+  // ---- convolution and pooling (image towers: OpenAI's ModifiedResNet CLIP); forward only ----
+  // Images are NHWC (channels last), so a 1x1 convolution is one GEMM over pixels and per-channel vectors
+  // broadcast as suffixes (add, mul).
+  /**
+   * 2-D cross-correlation (PyTorch's Conv2d, groups 1, dilation 1): x (B, H, W, C), weight (O, kh, kw, C)
+   * ("OHWI": PyTorch's (O, C, kh, kw) permuted, once, at load time) -> (B, Ho, Wo, O) with
+   * Ho = floor((H + 2·padH - kh) / strideH) + 1 (likewise Wo); + bias; then ReLU when asked.
+   */
+  conv2d(x: Tensor, weight: Tensor, opts?: Conv2dOptions): Tensor;
+  /** Mean over each window of x (B, H, W, C) -> (B, Ho, Wo, C); padding counts as zeros in the mean. */
+  avgPool2d(x: Tensor, opts: Pool2dOptions): Tensor;
 }

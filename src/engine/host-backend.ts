@@ -18,10 +18,12 @@ import type {
   AttentionOptions,
   AttentionResult,
   Backend,
+  Conv2dOptions,
   CrossEntropyResult,
   LayerNormResult,
   MatmulOptions,
   TopKResult,
+  Pool2dOptions,
 } from './backend.js';
 import { Tensor, shapeSize } from './tensor.js';
 import type { DType } from './tensor.js';
@@ -125,6 +127,24 @@ export interface AdamWStep {
   bc2Sqrt: number;
 }
 
+/** conv2d / avgPool2d resolved: NHWC input (B, H, W, C), output (B, Ho, Wo, O); O = C for pooling. */
+export interface Conv2dDims {
+  batch: number;
+  H: number;
+  W: number;
+  C: number;
+  /** Output channels (conv: the weight's rows; pooling: C). */
+  O: number;
+  kh: number;
+  kw: number;
+  strideH: number;
+  strideW: number;
+  padH: number;
+  padW: number;
+  Ho: number;
+  Wo: number;
+}
+
 /**
  * The arithmetic of a host backend. Arrays are the tensors' storage, already checked for dtype, shape,
  * liveness and the aliasing every backend forbids. Outputs are new zero-filled arrays, except the caller's
@@ -193,6 +213,12 @@ export interface HostKernels {
    * first on ties, their indices into indices (rows, k). 1 <= k <= V; t > 0 and finite.
    */
   logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
+
+  // ---- convolution and pooling (NHWC) ----
+  /** y (B, Ho, Wo, O) = conv(x (B, H, W, C), w (O, kh, kw, C)) + bias (O or null), then ReLU when `relu`. */
+  conv2d(x: F32, w: F32, bias: F32 | null, y: F32, d: Conv2dDims, relu: boolean): void;
+  /** y (B, Ho, Wo, C) = window means of x (B, H, W, C), padding counted as zeros. */
+  avgPool2d(x: F32, y: F32, d: Conv2dDims): void;
 }
 
 export abstract class HostBackend implements Backend {
@@ -714,6 +740,51 @@ export abstract class HostBackend implements Backend {
     return { y, mask };
   }
 
+  // ---------------------------------------------------------------- convolution and pooling (NHWC)
+
+  /**
+   * 2-D cross-correlation: x (B, H, W, C), weight (O, kh, kw, C) -> (B, Ho, Wo, O), + bias (O), then ReLU
+   * when asked. Ho = floor((H + 2·padH - kh) / strideH) + 1, likewise Wo.
+   */
+  conv2d(x: Tensor, weight: Tensor, opts: Conv2dOptions = {}): Tensor {
+    const op = 'conv2d';
+    const s = this.f32s(op, { x, weight });
+    requireRank(op, 'x (B, H, W, C)', x, 4);
+    requireRank(op, 'weight (O, kh, kw, C)', weight, 4);
+    const [O, kh, kw, wc] = weight.shape;
+    if (wc !== x.shape[3]) {
+      throw new ShapeError(
+        `${op}: weight ${fmt(weight.shape)} (O, kh, kw, C) takes ${wc} input channels but x ${fmt(x.shape)} has ${x.shape[3]}`,
+      );
+    }
+    const d = windowDims(op, x.shape, O, [kh, kw], opts.stride ?? 1, opts.padding ?? 0);
+    let bias: F32 | null = null;
+    if (opts.bias) {
+      requireShape(op, 'bias', opts.bias, [O]);
+      bias = this.data(op, 'bias', opts.bias, 'f32');
+    }
+    const y = this.newF32([d.batch, d.Ho, d.Wo, O]);
+    this.kernels.conv2d(s.x, s.weight, bias, this.data(op, 'y', y, 'f32'), d, opts.relu ?? false);
+    return y;
+  }
+
+  /** Window means of x (B, H, W, C) -> (B, Ho, Wo, C) (nn.AvgPool2d, count_include_pad, floor mode). */
+  avgPool2d(x: Tensor, opts: Pool2dOptions): Tensor {
+    const op = 'avgPool2d';
+    const X = this.data(op, 'x', x, 'f32');
+    requireRank(op, 'x (B, H, W, C)', x, 4);
+    const kernel = pair(op, 'kernel', opts.kernel, 1);
+    const d = windowDims(op, x.shape, x.shape[3], kernel, opts.stride ?? kernel, opts.padding ?? 0);
+    if (d.padH * 2 > d.kh || d.padW * 2 > d.kw) {
+      throw new ShapeError(
+        `${op}: padding ${d.padH}x${d.padW} must be at most half the kernel ${d.kh}x${d.kw}`,
+      );
+    }
+    const y = this.newF32([d.batch, d.Ho, d.Wo, d.C]);
+    this.kernels.avgPool2d(X, this.data(op, 'y', y, 'f32'), d);
+    return y;
+  }
+
   // ---------------------------------------------------------------- layout (TypedArray copies)
 
   /** Concatenate along `axis` (negative counts from the end); all other axes and the dtype must agree. */
@@ -852,4 +923,43 @@ function checkIds(op: string, ids: I32, vocab: number): void {
       throw new Error(`${op}: id ${ids[i]} at position ${i} is outside the table's ${vocab} rows`);
     }
   }
+}
+
+/** A (height, width) pair from a number or a pair; each an integer >= min. */
+function pair(
+  op: string,
+  what: string,
+  v: number | readonly [number, number],
+  min: number,
+): [number, number] {
+  if (typeof v !== 'number' && !(Array.isArray(v) && v.length === 2)) {
+    throw new ShapeError(`${op}: ${what} must be a number or a (height, width) pair`);
+  }
+  const p: [number, number] = typeof v === 'number' ? [v, v] : [v[0], v[1]];
+  requireInteger(op, `${what} (height)`, p[0], min);
+  requireInteger(op, `${what} (width)`, p[1], min);
+  return p;
+}
+
+/** The output geometry of a kh x kw window sliding over x (B, H, W, C); throws when it does not fit. */
+function windowDims(
+  op: string,
+  xShape: readonly number[],
+  O: number,
+  kernel: readonly [number, number],
+  stride: number | readonly [number, number],
+  padding: number | readonly [number, number],
+): Conv2dDims {
+  const [batch, H, W, C] = xShape;
+  const [kh, kw] = kernel;
+  const [strideH, strideW] = pair(op, 'stride', stride, 1);
+  const [padH, padW] = pair(op, 'padding', padding, 0);
+  if (kh < 1 || kw < 1 || H + 2 * padH < kh || W + 2 * padW < kw) {
+    throw new ShapeError(
+      `${op}: a ${kh}x${kw} window does not fit x ${fmt(xShape)} padded by ${padH}x${padW}`,
+    );
+  }
+  const Ho = Math.floor((H + 2 * padH - kh) / strideH) + 1;
+  const Wo = Math.floor((W + 2 * padW - kw) / strideW) + 1;
+  return { batch, H, W, C, O, kh, kw, strideH, strideW, padH, padW, Ho, Wo };
 }

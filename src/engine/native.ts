@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { ShapeError } from './backend.js';
 import type { Backend } from './backend.js';
 import { HostBackend } from './host-backend.js';
-import type { ActivationKind, AttentionDims, HostKernels } from './host-backend.js';
+import type { ActivationKind, AttentionDims, Conv2dDims, HostKernels } from './host-backend.js';
 import { requireInteger } from './reference-checks.js';
 
 type F32 = Float32Array;
@@ -105,6 +105,9 @@ interface NativeAddon extends Pick<
     factor: number,
     dlogits: F32,
   ): void;
+  // ---- convolution and pooling (native/conv.cc) ----
+  conv2d(x: F32, w: F32, bias: F32 | null, y: F32, ...geometryAndRelu: [...ConvGeometry, boolean]): void;
+  avgPool2d(x: F32, y: F32, B: number, H: number, W: number, C: number, ...window: ConvWindow): void;
   adamw(
     param: F32,
     grad: F32,
@@ -122,6 +125,11 @@ interface NativeAddon extends Pick<
 
 /** [B, Tq, Tk, kvLength, C, nHead, scale, causal, dropoutP, dropoutSeedUint32] */
 type AttentionGeometry = [number, number, number, number, number, number, number, boolean, number, number];
+
+/** [kh, kw, strideH, strideW, padH, padW] */
+type ConvWindow = [number, number, number, number, number, number];
+/** [B, H, W, C, O, ...ConvWindow] */
+type ConvGeometry = [number, number, number, number, number, ...ConvWindow];
 
 const enum BinaryOp {
   Add = 0,
@@ -233,6 +241,10 @@ function geometry(d: AttentionDims): AttentionGeometry {
   return [d.batch, d.tq, d.tk, d.kvLen, d.channels, d.nHead, d.scale, d.causal, d.dropP, uint32(d.dropSeed)];
 }
 
+function convWindow(d: Conv2dDims): ConvWindow {
+  return [d.kh, d.kw, d.strideH, d.strideW, d.padH, d.padW];
+}
+
 /**
  * The kernels as addon calls. host-backend.ts has checked shapes, dtypes and ranges; what is checked here
  * is only what the C++ side needs beyond that: scalars it reads as numbers, finite doubles or int32, and
@@ -296,5 +308,9 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     // decoding ops (native/decoding.cc); host-backend.ts has checked k and made t finite and positive
     logSoftmaxTopK: (x, rows, V, k, t, values, indices) =>
       addon.logSoftmaxTopK(x, rows, V, k, t, values, indices),
+    // convolution and pooling: native/conv.cc
+    conv2d: (x, w, bias, y, d, relu) =>
+      addon.conv2d(x, w, bias, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
+    avgPool2d: (x, y, d) => addon.avgPool2d(x, y, d.batch, d.H, d.W, d.C, ...convWindow(d)),
   };
 }

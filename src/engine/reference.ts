@@ -14,6 +14,7 @@
 import { HostBackend } from './host-backend.js';
 import type { ActivationKind, AttentionDims, HostKernels } from './host-backend.js';
 import { logSoftmaxTopKRows } from './reference-decoding.js';
+import { referenceConvKernels } from './reference-conv.js';
 import { mulberry32At } from './reference-random.js';
 
 export class ReferenceBackend extends HostBackend {
@@ -364,6 +365,8 @@ const referenceKernels: HostKernels = {
 
   // decoding ops: reference-decoding.ts
   logSoftmaxTopK: logSoftmaxTopKRows,
+  // convolution and pooling: reference-conv.ts
+  ...referenceConvKernels,
 };
 
 /**

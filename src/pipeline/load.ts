@@ -29,7 +29,9 @@ import {
   gpt2Weights,
   loadClipcapDir,
 } from '../weights/keymaps.js';
-import { loadOpenAIClipVision } from '../weights/families/openai-clip.js';
+import { loadOpenAIClip, type OpenAIClipVision } from '../weights/families/openai-clip.js';
+import { isOpenAIClipName, openaiClipFile } from '../weights/openai-clip-hub.js';
+import { ClipResNetVisionModel } from '../models/clip-resnet.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
 import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
 
@@ -214,16 +216,22 @@ async function resolveClipcap(
 // ---- CLIP ----
 
 /**
- * The CLIP image encoder from a directory or hub repo (config.json + model.safetensors), or from OpenAI's own
- * TorchScript file (a `.pt` path, e.g. ~/.cache/clip/ViT-B-32.pt).
+ * The CLIP image encoder from a directory or hub repo (config.json + model.safetensors), from OpenAI's own file
+ * (a `.pt` path: the TorchScript archive clip.load caches, e.g. ~/.cache/clip/RN50x4.pt, or a plain state dict
+ * of it; ViT or ResNet), or by OpenAI's model name (`RN50x4`, `ViT-B/32`: clip.available_models()), downloaded
+ * into ~/.cache/clip as clip.load does.
  */
 export async function loadImageEncoder(
   spec: string,
   o: SourceOptions & { backend?: BackendName | Backend } = {},
 ): Promise<ImageEncoder> {
+  if (isOpenAIClipName(spec) && !(await exists(spec))) {
+    const file = await openaiClipFile(spec, { offline: o.offline });
+    return openaiImageEncoder(await loadOpenAIClip(file), file, o.backend);
+  }
   await checkOfflineClip(spec, { offline: o.offline, revision: o.revision });
   if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
-    return imageEncoder(await loadOpenAIClipVision(spec), spec, o.backend);
+    return openaiImageEncoder(await loadOpenAIClip(spec), spec, o.backend);
   }
   const what = `CLIP ${spec}`;
   const config = await readJson(await modelFile(spec, 'config.json', o, what), what);
@@ -257,8 +265,32 @@ function imageEncoder(
   };
 }
 
+/** OpenAI's CLIP file, either architecture, as an image encoder. */
+function openaiImageEncoder(
+  clip: OpenAIClipVision,
+  file: string,
+  backend: BackendName | Backend | undefined,
+): ImageEncoder {
+  if (clip.kind === 'vit') return imageEncoder(clip, file, backend);
+  const model = ClipResNetVisionModel.fromWeights(resolveBackend(backend), clip.config, clip.weights, file);
+  return {
+    projectionDim: model.embedDim,
+    imageSize: model.imageSize,
+    encodeImages: (pixels) => model.encodeImages(pixels),
+    dispose: () => model.dispose(),
+  };
+}
+
 function resolveBackend(b: BackendName | Backend | undefined): Backend {
   return typeof b === 'object' ? b : getBackend(b);
+}
+
+/**
+ * The CLIP a checkpoint runs on when none is given: 640-d prefixes are RN50x4's (the official Transformer COCO
+ * model; no other published CLIP is 640 wide), anything else the default ViT-B/32.
+ */
+export function defaultClipFor(prefixSize: number): string {
+  return prefixSize === 640 ? 'RN50x4' : DEFAULT_CLIP;
 }
 
 // ---- everything together ----
@@ -301,7 +333,8 @@ export async function checkOfflineFiles(o: ClipCapLoadOptions, need: { clip: boo
 
 /** A model spec that names a hub repo (not a local directory or file). */
 async function isHubId(spec: string): Promise<boolean> {
-  return looksLikeRepoId(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
+  // OpenAI's own CLIP names (ViT-B/32, RN50x4) look like repo ids but download from OpenAI.
+  return looksLikeRepoId(spec) && !isOpenAIClipName(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
 }
 
 /** The hub files a CLIP image encoder loads from (none for a local directory or .pt file). */
@@ -334,7 +367,7 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
     },
     file,
   );
-  const clipSpec = o.clip ?? DEFAULT_CLIP;
+  const clipSpec = o.clip ?? defaultClipFor(ck.mapper.prefix_size);
   return captionerParts(model, {
     description: path.basename(file),
     loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),

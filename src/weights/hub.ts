@@ -271,7 +271,8 @@ async function headFile(
   }
 }
 
-class HttpStatus extends Error {
+/** An HTTP error status (also from openai-clip-hub.ts's downloads). */
+export class HttpStatus extends Error {
   constructor(
     readonly status: number,
     readonly code: string | undefined,
@@ -282,9 +283,9 @@ class HttpStatus extends Error {
 
 /**
  * GET `url` into `incomplete`, resuming from its current size. Authorization goes only to `authHost`.
- * Returns when the body has been fully written.
+ * Returns when the body has been fully written. (Also OpenAI's CLIP downloads, openai-clip-hub.ts.)
  */
-async function download(
+export async function download(
   url: URL,
   incomplete: string,
   total: number | undefined,
@@ -358,7 +359,7 @@ async function download(
   }
 }
 
-async function sha256File(file: string): Promise<string> {
+export async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
   return h.digest('hex');
