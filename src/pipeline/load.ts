@@ -229,6 +229,7 @@ export async function loadImageEncoder(
     const file = await openaiClipFile(spec, { offline: o.offline });
     return openaiImageEncoder(await loadOpenAIClip(file), file, o.backend);
   }
+  await checkOfflineClip(spec, { offline: o.offline, revision: o.revision });
   if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
     return openaiImageEncoder(await loadOpenAIClip(spec), spec, o.backend);
   }
@@ -322,14 +323,30 @@ export async function checkOfflineFiles(o: ClipCapLoadOptions, need: { clip: boo
   const files: HubFileOptions[] = [];
   const preset = o.clipcap === undefined && (o.model ?? 'coco') in PRETRAINED;
   if (preset) files.push({ ...PRETRAINED[(o.model ?? 'coco') as PretrainedName], offline: o.offline });
-  const isHubId = async (spec: string): Promise<boolean> =>
-    looksLikeRepoId(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
   const clip = o.clip ?? (preset ? DEFAULT_CLIP : undefined);
-  if (need.clip && clip !== undefined && (await isHubId(clip)))
-    for (const file of ['config.json', 'model.safetensors']) files.push({ repo: clip, file, ...src });
+  if (need.clip && clip !== undefined) files.push(...(await clipHubFiles(clip, src)));
   if (o.gpt2 !== undefined && (await isHubId(o.gpt2)))
     files.push({ repo: o.gpt2, file: 'config.json', ...src });
   const missing = await missingOfflineFiles(files);
+  if (missing.length > 0) throw offlineMissingError(missing);
+}
+
+/** A model spec that names a hub repo (not a local directory or file). */
+async function isHubId(spec: string): Promise<boolean> {
+  // OpenAI's own CLIP names (ViT-B/32, RN50x4) look like repo ids but download from OpenAI.
+  return looksLikeRepoId(spec) && !isOpenAIClipName(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
+}
+
+/** The hub files a CLIP image encoder loads from (none for a local directory or .pt file). */
+async function clipHubFiles(spec: string, src: SourceOptions): Promise<HubFileOptions[]> {
+  return (await isHubId(spec))
+    ? ['config.json', 'model.safetensors'].map((file) => ({ repo: spec, file, ...src }))
+    : [];
+}
+
+/** Offline, one error listing every CLIP file the cache lacks (as checkOfflineFiles does for captioning). */
+export async function checkOfflineClip(spec: string, src: SourceOptions = {}): Promise<void> {
+  const missing = await missingOfflineFiles(await clipHubFiles(spec, src));
   if (missing.length > 0) throw offlineMissingError(missing);
 }
 

@@ -289,6 +289,20 @@ describe('caption output details', () => {
     ]);
     expect(ev.code).toBe(2);
     expect(ev.err).toMatch(/--temperature does nothing with --decode greedy/);
+    // Image options with --embeddings (no image read, no CLIP loaded).
+    const emb = await cli([
+      'caption',
+      '--embeddings',
+      fixture('official_features_tiny.pkl'),
+      '--max-pixels',
+      '5',
+      '--clip',
+      'openai/clip-vit-base-patch32',
+    ]);
+    expect(emb.code).toBe(2);
+    expect(emb.err).toBe(
+      'clipcap: --max-pixels and --clip do nothing with --embeddings (no image is read and no CLIP loads)\n',
+    );
   });
 });
 
@@ -329,6 +343,12 @@ describe('messages that name the right thing', () => {
       ]);
       expect(emb.err).toMatch(/2 files are not/);
       expect(emb.err).not.toContain('clip-vit');
+      // extract lists both CLIP files at once too.
+      const ex = await cli(['extract', '--offline', '--out', path.join(env.tmp, 'x.safetensors'), photo(0)]);
+      expect(ex.code).toBe(1);
+      expect(ex.err).toMatch(
+        /^clipcap: offline mode is on and 2 files are not .*\(1\) openai\/clip-vit-base-patch32\/config\.json at .*\(2\) openai\/clip-vit-base-patch32\/model\.safetensors at /,
+      );
     } finally {
       process.env.HF_HUB_CACHE = env.cache;
     }

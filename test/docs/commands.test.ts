@@ -30,10 +30,10 @@ const README = readFileSync(path.join(ROOT, 'README.md'), 'utf8');
 function readmeCommands(): string[] {
   const out: string[] = [];
   for (const m of README.matchAll(/```sh\n([\s\S]*?)```/g))
-    for (const line of m[1].split('\n')) {
-      // a whole-line comment (`# open http://...`) is prose, not a command
-      const cmd = line.trim().startsWith('#') ? '' : line.replace(/\s+#.*$/, '').trim();
-      if (cmd !== '') out.push(cmd);
+    // Continuation lines joined; comment lines (and #! / #SBATCH) are not commands.
+    for (const line of m[1].replace(/\s*\\\n\s*/g, ' ').split('\n')) {
+      const cmd = line.replace(/\s+#.*$/, '').trim();
+      if (cmd !== '' && !cmd.startsWith('#')) out.push(cmd);
     }
   return out;
 }
@@ -48,6 +48,8 @@ const NOT_RUN: Record<string, string> = {
   'clipcap train --data feats.safetensors --out runs/tr --mapping-type transformer':
     'full training needs a real data set; test/train runs clipcap train on fixtures',
   'clipcap caption --model runs/coco/final photo.jpg': 'needs the checkpoint of the training above',
+  'clipcap extract /data/coco/train2014 --captions /data/coco/annotations/captions_train2014.json --shard "$SLURM_ARRAY_TASK_ID/16" --out "feats/part-$(printf %02d "$SLURM_ARRAY_TASK_ID").safetensors"':
+    'a Slurm array job over /data; test/cli runs extract --shard on fixtures',
   'clipcap serve --port 8080': 'a long-running server on a fixed port; test/server runs createServer',
   "curl --data-binary @photo.jpg -H 'Content-Type: image/jpeg' 'http://127.0.0.1:8080/caption?decode=greedy'":
     'needs the server above; test/server sends these requests',
@@ -131,12 +133,10 @@ beforeAll(async () => {
       })),
     }),
   );
-  put(fixture('images', 'CONCEPTUAL_03.jpg'), 'train2014/one.jpg');
-  put(fixture('images', 'CONCEPTUAL_04.jpg'), 'train2014/two.jpg');
-  writeFileSync(
-    path.join(work, 'captions_train2014.json'),
-    JSON.stringify(cocoAnnotations(['one.jpg', 'two.jpg'])),
-  );
+  const train = ['COCO_train2014_000000000009.jpg', 'COCO_train2014_000000000025.jpg'];
+  put(fixture('images', 'CONCEPTUAL_03.jpg'), path.join('train2014', train[0]));
+  put(fixture('images', 'CONCEPTUAL_04.jpg'), path.join('train2014', train[1]));
+  writeFileSync(path.join(work, 'captions_train2014.json'), JSON.stringify(cocoAnnotations(train)));
   put(fixture('official_features_tiny.pkl'), 'coco_val_features.pkl');
 });
 

@@ -262,7 +262,18 @@ export async function runCaption(
     throw new UsageError('give image paths or --embeddings, not both');
   if (o.embeddings === undefined && images.length === 0)
     throw new UsageError('give image files, directories or globs to caption (or --embeddings FILE)');
-  if (cmd !== undefined) checkDecodeFlags(cmd, o.decode);
+  if (cmd !== undefined) {
+    checkDecodeFlags(cmd, o.decode);
+    // Image options do nothing when embeddings are captioned (no image is read, no CLIP loads).
+    const imageOnly = ['maxPixels', 'applyExif', 'clip'].filter(
+      (k) => o.embeddings !== undefined && cmd.getOptionValueSource(k) === 'cli',
+    );
+    if (imageOnly.length > 0)
+      throw new UsageError(
+        `${imageOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(' and ')} ` +
+          `${imageOnly.length === 1 ? 'does' : 'do'} nothing with --embeddings (no image is read and no CLIP loads)`,
+      );
+  }
   if (o.decode !== 'nucleus' && o.numCaptions !== 1)
     throw new UsageError(
       '--num-captions needs --decode nucleus (beam search returns every beam as candidates)',
