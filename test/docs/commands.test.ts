@@ -42,6 +42,8 @@ function readmeCommands(): string[] {
 const NOT_RUN: Record<string, string> = {
   'npm ci': 'the install itself: .ci/run does it on a fresh clone',
   'npm test': 'this very suite',
+  'clipcap caption --clipcap coco_prefix_transformer.pt photo.jpg':
+    'needs the published Transformer checkpoint and RN50x4 (not downloadable here); test/models runs the RN tower with the tiny Transformer checkpoint',
   'npx clipcap demo': 'test/cli/demo.test.ts runs the demo',
   'clipcap train --data feats.safetensors --out runs/coco':
     'full training (10 epochs of batch 40) needs a real data set; test/train runs clipcap train on fixtures',
