@@ -56,19 +56,19 @@ const ARGS = [
 interface Child {
   code: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
   err: () => string;
-  /** Resolves at the first progress line of a training step. */
+  /** Resolves at the progress line of the process's n-th training step (or at its exit). */
   stepped: Promise<void>;
   kill: (sig: NodeJS.Signals) => void;
 }
 
-function run(args: string[]): Child {
+function run(args: string[], stepsBeforeKill = 1): Child {
   const p = spawn(process.execPath, [BIN, 'train', ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let err = '';
   let onStep: () => void = () => undefined;
   const stepped = new Promise<void>((r) => (onStep = r));
   p.stderr.on('data', (d: Buffer) => {
     err += d.toString();
-    if (/clipcap: step \d+/.test(err)) onStep();
+    if ((err.match(/clipcap: step \d+/g) ?? []).length >= stepsBeforeKill) onStep();
   });
   p.stdout.resume();
   const code = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((r) =>
@@ -136,12 +136,13 @@ describe('clipcap train process', () => {
     const rand = mulberry32(2026);
     let checked = 0;
     for (let round = 0; round < 3; round++) {
-      const c = run(
-        round === 0 || checked === 0 ? [...ARGS, '--out', out] : ['--resume', out, '--log-every', '0'],
-      );
+      // Step k's progress line comes after checkpoint k - 1 is saved (--save-every-steps 1): from the 2nd line
+      // on, a run has saved at least once, however slow the machine is; the kill then lands at a random moment
+      // of the following steps (inside a step, a save, a prune or a metrics append).
+      const args = round === 0 ? [...ARGS, '--out', out] : ['--resume', out, '--log-every', '0'];
+      const c = run(args, 2 + Math.floor(rand() * 3));
       await c.stepped;
-      // Somewhere in the next few steps: inside a step, a save, a prune or a metrics append.
-      await new Promise((r) => setTimeout(r, Math.floor(rand() * 600)));
+      await new Promise((r) => setTimeout(r, Math.floor(rand() * 400)));
       c.kill('SIGKILL');
       const r = await c.code;
       expect(r.signal === 'SIGKILL' || r.code === 0, c.err()).toBe(true);
