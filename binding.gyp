@@ -10,6 +10,8 @@
         "native/gemm_avx2.cc",
         "native/kernels.cc",
         "native/attention.cc",
+        "native/decoding.cc",
+        "native/conv.cc",
         "native/vecmath_avx2.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -27,9 +27,13 @@ _ST_DTYPES = {"F32": np.float32, "F64": np.float64, "I32": np.int32, "I64": np.i
 
 
 def set_threads(threads):
-    """Thread pools read these at load time: call before `import torch`."""
+    """Thread pools read these at load time: call before `import torch`. Debian's torch runs its ops on
+    OpenMP and its matmuls on OpenBLAS's own pthreads; with OpenMP's default (active) wait policy the two
+    pools fight and every parallel op after a matmul stalls for milliseconds, so idle OpenMP threads sleep
+    (OMP_WAIT_POLICY=PASSIVE: the tuned PyTorch the comparison uses; set it yourself to override)."""
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # ---- the weight rule (fullsize_goldens.json) ----
@@ -191,6 +195,41 @@ def _module_classes(torch):
                 h = h + self.conv1d(m, blk["mlp.c_proj.weight"], blk["mlp.c_proj.bias"])
             h = F.layer_norm(h, (E,), self.ln_f_w, self.ln_f_b, eps)
             return F.linear(h, self.wte)  # lm_head tied to wte, over every position
+
+        def forward_kv(self, inputs_embeds, past):
+            """The same model with a KV cache (what Hugging Face's generate() does): inputs_embeds (B, T, E)
+            are the next T positions after `past` (a list of (k, v) per layer, each (B, H, P, D), or None);
+            returns the last position's logits (B, V) and the new past."""
+            cfg = self.cfg
+            B, T, E = inputs_embeds.shape
+            H = cfg["n_head"]
+            D = E // H
+            eps = cfg["eps"]
+            P = 0 if past is None else past[0][0].shape[2]
+            h = inputs_embeds + self.wpe[P : P + T]
+            mask = self.causal[:, :, P : P + T, : P + T]
+            neg = torch.finfo(h.dtype).min
+            new_past = []
+            for i, blk in enumerate(self.blocks):
+                a = F.layer_norm(h, (E,), blk["ln_1.weight"], blk["ln_1.bias"], eps)
+                qkv = self.conv1d(a, blk["attn.c_attn.weight"], blk["attn.c_attn.bias"])
+                q, k, v = (t.view(B, T, H, D).permute(0, 2, 1, 3) for t in qkv.split(E, dim=2))
+                if past is not None:
+                    k = torch.cat((past[i][0], k), dim=2)
+                    v = torch.cat((past[i][1], v), dim=2)
+                new_past.append((k, v))
+                w = torch.matmul(q, k.transpose(-1, -2)) / math.sqrt(D)
+                if T > 1:
+                    w = torch.where(mask, w, torch.tensor(neg, dtype=w.dtype))
+                w = w.softmax(dim=-1)
+                o = torch.matmul(w, v).permute(0, 2, 1, 3).reshape(B, T, E)
+                h = h + self.conv1d(o, blk["attn.c_proj.weight"], blk["attn.c_proj.bias"])
+                m = F.layer_norm(h, (E,), blk["ln_2.weight"], blk["ln_2.bias"], eps)
+                m = self.conv1d(m, blk["mlp.c_fc.weight"], blk["mlp.c_fc.bias"])
+                m = 0.5 * m * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (m + 0.044715 * torch.pow(m, 3.0))))
+                h = h + self.conv1d(m, blk["mlp.c_proj.weight"], blk["mlp.c_proj.bias"])
+            h = F.layer_norm(h[:, -1, :], (E,), self.ln_f_w, self.ln_f_b, eps)
+            return F.linear(h, self.wte), new_past
 
     class ClipVision(nn.Module):
         """CLIP vision tower + visual_projection: pixel_values (N, 3, S, S) -> projected embeddings (N, proj).
@@ -363,6 +402,76 @@ def generate2(torch, gpt, embed, entry_length=67, top_p=0.8, temperature=1.0, st
     return [int(t) for t in tokens.view(-1)]
 
 
+def generate_beam_kv(torch, gpt, embeds, beam_size=5, entry_length=67, temperature=1.0, stop_token_index=13):
+    """generate_beam with a KV cache, for N prefixes at once (embeds (N, K, E)): the official algorithm per
+    prefix (the same log-softmax, scores, lengths, topk and stopping), every prefix's beams in one forward
+    per step. Returns, per prefix, the beams' token lists best first (equal to generate_beam's)."""
+    N = embeds.shape[0]
+    with torch.no_grad():
+        logits, past = gpt.forward_kv(embeds, None)
+        logp = (logits / (temperature if temperature > 0 else 1.0)).softmax(-1).log()  # (N, V)
+        scores, next_tokens = logp.topk(beam_size, -1)  # (N, beam)
+        rows = torch.arange(N).repeat_interleave(beam_size)
+        past = [(k[rows], v[rows]) for k, v in past]
+        scores = scores.reshape(-1)
+        tokens = next_tokens.reshape(-1, 1)
+        seq_lengths = torch.ones(N * beam_size)
+        is_stopped = torch.zeros(N * beam_size, dtype=torch.bool)
+        if stop_token_index is not None:
+            is_stopped = tokens[:, 0].eq(stop_token_index)
+        for _ in range(1, entry_length):
+            if is_stopped.all():
+                break
+            logits, past = gpt.forward_kv(gpt.embed(tokens[:, -1]).unsqueeze(1), past)
+            logp = (logits / (temperature if temperature > 0 else 1.0)).softmax(-1).log()  # (N*beam, V)
+            V = logp.shape[1]
+            logp[is_stopped] = -float(np.inf)
+            logp[is_stopped, 0] = 0
+            scores_sum = scores[:, None] + logp
+            seq_lengths[~is_stopped] += 1
+            avg = (scores_sum / seq_lengths[:, None]).view(N, beam_size * V)
+            avg, flat = avg.topk(beam_size, -1)  # (N, beam)
+            source = torch.div(flat, V, rounding_mode="floor") + torch.arange(N)[:, None] * beam_size
+            source = source.reshape(-1)
+            next_tokens = (flat % V).reshape(-1, 1)
+            seq_lengths = seq_lengths[source]
+            tokens = torch.cat((tokens[source], next_tokens), dim=1)
+            past = [(k[source], v[source]) for k, v in past]
+            scores = avg.reshape(-1) * seq_lengths
+            is_stopped = is_stopped[source]
+            if stop_token_index is not None:
+                is_stopped = is_stopped | next_tokens[:, 0].eq(stop_token_index)
+    out = []
+    for i in range(N):
+        sl = slice(i * beam_size, (i + 1) * beam_size)
+        s = scores[sl] / seq_lengths[sl]
+        toks = tokens[sl].tolist()
+        lens = seq_lengths[sl].tolist()
+        out.append([toks[j][: int(lens[j])] for j in s.argsort(descending=True).tolist()])
+    return out
+
+
+def greedy_kv(torch, gpt, embeds, entry_length=67, temperature=1.0, stop_token_index=13):
+    """generate2's tokens with a KV cache for N prefixes (embeds (N, K, E)): the top-p filter keeps the most
+    likely token, so the argmax of the logits is generate2's choice. Returns per prefix the token ids."""
+    N = embeds.shape[0]
+    with torch.no_grad():
+        logits, past = gpt.forward_kv(embeds, None)
+        toks = [logits.argmax(-1)]
+        done = torch.zeros(N, dtype=torch.bool)
+        for _ in range(1, entry_length):
+            if stop_token_index is not None:
+                done = done | toks[-1].eq(stop_token_index)
+                if done.all():
+                    break
+            logits, past = gpt.forward_kv(gpt.embed(toks[-1]).unsqueeze(1), past)
+            toks.append(logits.argmax(-1))
+    t = torch.stack(toks, 1).tolist()
+    if stop_token_index is None:
+        return t
+    return [row[: row.index(stop_token_index) + 1] if stop_token_index in row else row for row in t]
+
+
 # ---- fixtures, preprocessing, memory ----
 
 
@@ -468,9 +577,9 @@ def timed(fn, runs, warmup=1):
     return statistics.median(times), peak_rss_mb()
 
 
-def result(case, metric, value, runs, rss=None):
+def result(case, metric, value, runs, rss=None, backend="pytorch"):
     """One PyTorch row of the report (DESIGN.md "Contracts")."""
-    r = {"case": case, "backend": "pytorch", "metric": metric, "value": value, "runs": runs}
+    r = {"case": case, "backend": backend, "metric": metric, "value": value, "runs": runs}
     if rss is not None:
         r["peak_rss_mb"] = rss
     return r

@@ -1,6 +1,6 @@
 // clipcap_native: the native backend's kernels (see src/engine/native.ts for the TypeScript side).
 // This file only lists the exported functions; bindings.cc unpacks arguments, the kernels live in
-// gemm*.cc, kernels.cc and attention.cc.
+// gemm*.cc, kernels.cc, attention.cc and conv.cc.
 #include <napi.h>
 
 #include "bindings.h"
@@ -34,6 +34,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"crossEntropyBackward", CrossEntropyBackward},
       {"adamw", AdamW},
       {"dropout", Dropout},
+      {"logSoftmaxTopK", LogSoftmaxTopK},
+      {"conv2d", Conv2d},
+      {"avgPool2d", AvgPool2d},
   };
   for (const auto& f : functions) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));
   return exports;

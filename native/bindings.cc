@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "decoding.h"
+#include "conv.h"
 #include "gemm.h"
 #include "kernels.h"
 #include "threadpool.h"
@@ -389,6 +391,87 @@ Napi::Value Dropout(const Napi::CallbackInfo& info) {
   if (!(p >= 0.0 && p <= 1.0)) fail(info, "dropout: p must be in [0, 1]");
   const auto seed = static_cast<uint32_t>(integer(info, 2, "seed", 0, UINT32_MAX));
   dropout(f32(info, 0, "x", n), n, p, seed, f32(info, 3, "y", n), f32(info, 4, "mask", n));
+  return info.Env().Undefined();
+}
+
+// logSoftmaxTopK(x, rows, V, k, t, values, indices): decoding.h
+Napi::Value LogSoftmaxTopK(const Napi::CallbackInfo& info) {
+  need_args(info, 7, "logSoftmaxTopK");
+  const int64_t rows = integer(info, 1, "rows"), V = integer(info, 2, "V");
+  const int64_t k = integer(info, 3, "k", 1, V < 1 ? 1 : V);
+  const double t = number(info, 4, "t");
+  if (!(t > 0.0) || !std::isfinite(t)) fail(info, "logSoftmaxTopK: t must be finite and positive");
+  if (V > 0x7fffffffLL) fail(info, "logSoftmaxTopK: V must fit in int32");
+  const int64_t n = checked_mul(info, rows, V), nk = checked_mul(info, rows, k);
+  log_softmax_topk(f32(info, 0, "x", n), rows, V, k, t, f32(info, 5, "values", nk), i32(info, 6, "indices", nk));
+  return info.Env().Undefined();
+}
+
+// ---- convolution and pooling (NHWC) ----
+
+namespace {
+// Reads B, H, W, C, O, kh, kw, strideH, strideW, padH, padW from info[first..first+10], checks that the
+// window fits, and derives Ho, Wo.
+ConvArgs conv_geometry(const Napi::CallbackInfo& info, size_t first) {
+  ConvArgs a;
+  a.B = integer(info, first, "B");
+  a.H = integer(info, first + 1, "H");
+  a.W = integer(info, first + 2, "W");
+  a.C = integer(info, first + 3, "C");
+  a.O = integer(info, first + 4, "O");
+  a.kh = integer(info, first + 5, "kh", 1);
+  a.kw = integer(info, first + 6, "kw", 1);
+  a.stride_h = integer(info, first + 7, "strideH", 1);
+  a.stride_w = integer(info, first + 8, "strideW", 1);
+  a.pad_h = integer(info, first + 9, "padH");
+  a.pad_w = integer(info, first + 10, "padW");
+  if (a.H + 2 * a.pad_h < a.kh || a.W + 2 * a.pad_w < a.kw) fail(info, "conv: the window does not fit the image");
+  a.Ho = (a.H + 2 * a.pad_h - a.kh) / a.stride_h + 1;
+  a.Wo = (a.W + 2 * a.pad_w - a.kw) / a.stride_w + 1;
+  return a;
+}
+}  // namespace
+
+// conv2d(x, w, bias|null, residual|null, y, B, H, W, C, O, kh, kw, strideH, strideW, padH, padW, relu)
+Napi::Value Conv2d(const Napi::CallbackInfo& info) {
+  need_args(info, 17, "conv2d");
+  const ConvArgs a = conv_geometry(info, 5);
+  const float* x = f32(info, 0, "x", checked_mul(info, checked_mul(info, a.B * a.H, a.W), a.C));
+  const float* w = f32(info, 1, "w", checked_mul(info, checked_mul(info, a.O, a.kh * a.kw), a.C));
+  const float* bias = f32(info, 2, "bias", a.O, true);
+  const int64_t ny = checked_mul(info, checked_mul(info, a.B * a.Ho, a.Wo), a.O);
+  const float* residual = f32(info, 3, "residual", ny, true);
+  float* y = f32(info, 4, "y", ny);
+  const int64_t nx = a.B * a.H * a.W * a.C;
+  if (overlap(y, ny, x, nx) || overlap(y, ny, w, a.O * a.kh * a.kw * a.C) ||
+      (residual != nullptr && overlap(y, ny, residual, ny)))
+    fail(info, "conv2d: y overlaps x, w or the residual");
+  conv2d_nhwc(a, x, w, bias, residual, y, flag(info, 16, "relu"));
+  return info.Env().Undefined();
+}
+
+// avgPool2d(x, y, B, H, W, C, kh, kw, strideH, strideW, padH, padW)
+Napi::Value AvgPool2d(const Napi::CallbackInfo& info) {
+  need_args(info, 12, "avgPool2d");
+  // conv_geometry reads O too: pooling keeps the channels, so the slot before kh repeats C.
+  ConvArgs a;
+  a.B = integer(info, 2, "B");
+  a.H = integer(info, 3, "H");
+  a.W = integer(info, 4, "W");
+  a.C = integer(info, 5, "C");
+  a.O = a.C;
+  a.kh = integer(info, 6, "kh", 1);
+  a.kw = integer(info, 7, "kw", 1);
+  a.stride_h = integer(info, 8, "strideH", 1);
+  a.stride_w = integer(info, 9, "strideW", 1);
+  a.pad_h = integer(info, 10, "padH");
+  a.pad_w = integer(info, 11, "padW");
+  if (a.H + 2 * a.pad_h < a.kh || a.W + 2 * a.pad_w < a.kw) fail(info, "avgPool2d: the window does not fit the image");
+  a.Ho = (a.H + 2 * a.pad_h - a.kh) / a.stride_h + 1;
+  a.Wo = (a.W + 2 * a.pad_w - a.kw) / a.stride_w + 1;
+  const float* x = f32(info, 0, "x", checked_mul(info, checked_mul(info, a.B * a.H, a.W), a.C));
+  float* y = f32(info, 1, "y", checked_mul(info, checked_mul(info, a.B * a.Ho, a.Wo), a.C));
+  avgpool2d_nhwc(a, x, y);
   return info.Env().Undefined();
 }
 

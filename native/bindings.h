@@ -28,5 +28,8 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info);
 Napi::Value CrossEntropyBackward(const Napi::CallbackInfo& info);
 Napi::Value AdamW(const Napi::CallbackInfo& info);
 Napi::Value Dropout(const Napi::CallbackInfo& info);
+Napi::Value LogSoftmaxTopK(const Napi::CallbackInfo& info);
+Napi::Value Conv2d(const Napi::CallbackInfo& info);
+Napi::Value AvgPool2d(const Napi::CallbackInfo& info);
 
 }  // namespace clipcap

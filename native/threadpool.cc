@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #endif
 #include <memory>
+#include <stdexcept>
 
 namespace clipcap {
 
@@ -85,15 +86,27 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
-void ThreadPool::work() {
+void ThreadPool::work(uint32_t gen) {
+  // Fields read before the claim may belong to a later job; then the claim fails (dispatch resets next_
+  // before it rewrites them, all seq_cst), so a task only ever runs with its own job's fields.
+  void* const ctx = ctx_.load();
+  const Thunk thunk = thunk_.load();
+  const int64_t ntasks = ntasks_.load();
   for (;;) {
-    const int64_t task = next_.fetch_add(1, std::memory_order_relaxed);
-    if (task >= ntasks_) break;
+    uint64_t v = next_.load();
+    if (static_cast<uint32_t>(v >> 32) != gen) return;
+    const int64_t task = static_cast<int64_t>(v & 0xffffffffu);
+    if (task >= ntasks) return;
+    if (!next_.compare_exchange_weak(v, v + 1)) continue;
     try {
-      thunk_(ctx_, task);
+      thunk(ctx, task);
     } catch (...) {
       std::lock_guard<std::mutex> lock(mutex_);
       if (!error_) error_ = std::current_exception();
+    }
+    if (finished_.fetch_add(1) + 1 == ntasks) {
+      std::lock_guard<std::mutex> lock(mutex_);
+      done_.notify_one();
     }
   }
 }
@@ -101,21 +114,17 @@ void ThreadPool::work() {
 void ThreadPool::worker_main(int index) {
   (void)index;
   t_in_parallel = true;
-  uint64_t seen = 0;
+  uint32_t seen = 0;
   for (;;) {
     // Spin a little for the next job (see kSpinNs), then block so idle threads do not burn shared cores.
     spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      wake_.wait(lock, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
+      wake_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
       if (stop_) return;
-      seen = generation_.load(std::memory_order_relaxed);
+      seen = generation_.load();
     }
-    work();
-    if (busy_workers_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lock(mutex_);
-      done_.notify_one();
-    }
+    work(seen);
   }
 }
 
@@ -134,27 +143,32 @@ void ThreadPool::dispatch(int64_t ntasks, void* ctx, Thunk thunk) {
     t_in_parallel = was;
     return;
   }
+  if (ntasks > 0xffffffffLL) throw std::length_error("thread pool: too many tasks");
   // A second JS thread (worker_threads) waits for the current job to finish.
   std::lock_guard<std::mutex> run_lock(run_mutex_);
+  uint32_t gen = last_gen_ + 1;
+  if (gen == 0) gen = 1;  // 0 means "no job"
+  last_gen_ = gen;
+  next_.store(pack(0, 0));  // no claim of an earlier job can succeed while the fields change
+  ctx_.store(ctx);
+  thunk_.store(thunk);
+  ntasks_.store(ntasks);
+  finished_.store(0);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    ctx_ = ctx;
-    thunk_ = thunk;
-    ntasks_ = ntasks;
-    next_.store(0, std::memory_order_relaxed);
-    busy_workers_.store(static_cast<int>(workers_.size()), std::memory_order_relaxed);
     error_ = nullptr;
-    generation_.fetch_add(1, std::memory_order_release);
+    next_.store(pack(gen, 0));
+    generation_.store(gen);
   }
   wake_.notify_all();
   t_in_parallel = true;
-  work();
+  work(gen);
   t_in_parallel = false;
-  spin_until([&] { return busy_workers_.load(std::memory_order_acquire) == 0; });
+  spin_until([&] { return finished_.load(std::memory_order_acquire) == ntasks; });
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mutex_);
-    done_.wait(lock, [&] { return busy_workers_.load(std::memory_order_acquire) == 0; });
+    done_.wait(lock, [&] { return finished_.load() == ntasks; });
     error = error_;
     error_ = nullptr;
   }

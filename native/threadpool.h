@@ -38,21 +38,28 @@ class ThreadPool {
   using Thunk = void (*)(void*, int64_t);
   void dispatch(int64_t ntasks, void* ctx, Thunk thunk);
   void worker_main(int index);
-  void work();
+  // Claims and runs tasks of job `gen` until none is left.
+  void work(uint32_t gen);
+
+  static constexpr uint64_t pack(uint32_t gen, uint32_t index) { return (uint64_t{gen} << 32) | index; }
 
   std::vector<std::thread> workers_;
   std::mutex run_mutex_;  // one job at a time
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable done_;
-  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  std::atomic<int> busy_workers_{0};
-  // The current job.
-  void* ctx_ = nullptr;
-  Thunk thunk_ = nullptr;
-  int64_t ntasks_ = 0;
-  std::atomic<int64_t> next_{0};
+  // The current job, published by `generation_` (0: none yet). A task is claimed by a compare-and-swap on
+  // next_ = (generation << 32 | next task index), so a worker that wakes late, after its job has finished,
+  // claims nothing: run() returns as soon as every task is done, without waiting for sleeping or
+  // descheduled workers (on a shared machine a worker may not get a core for a whole time slice).
+  uint32_t last_gen_ = 0;
+  std::atomic<uint32_t> generation_{0};
+  std::atomic<uint64_t> next_{0};
+  std::atomic<int64_t> finished_{0};
+  std::atomic<void*> ctx_{nullptr};
+  std::atomic<Thunk> thunk_{nullptr};
+  std::atomic<int64_t> ntasks_{0};
   std::exception_ptr error_;
 };
 

@@ -56,6 +56,17 @@ export {
 } from './pipeline/embeddings.js';
 export { expandInputs, IMAGE_EXTENSIONS, type ExpandedInput } from './pipeline/inputs.js';
 
+// ---- training ----
+export {
+  train,
+  trainClipcap,
+  type TrainControl,
+  type TrainEvent,
+  type TrainHooks,
+  type TrainOptions,
+  type TrainResult,
+} from './pipeline/train.js';
+
 // ---- decoding (any CausalLM) ----
 export {
   DEFAULT_DECODE_OPTIONS,
@@ -95,19 +106,30 @@ export {
   loadSafetensors,
   loadTorchCheckpoint,
   loadTorchScript,
+  loadOpenAIClip,
   loadOpenAIClipVision,
+  openaiClipFile,
+  OPENAI_CLIP_MODELS,
   readSafetensors,
   saveSafetensors,
   type HostTensor,
   type HubFileOptions,
+  type OpenAIClipVision,
   type SafetensorsFile,
   type StateDict,
 } from './weights/index.js';
 
 // ---- models ----
-export { ClipCapModel, ClipTextModel, ClipVisionModel, Gpt2Model } from './models/index.js';
+export {
+  ClipCapModel,
+  ClipResNetVisionModel,
+  ClipTextModel,
+  ClipVisionModel,
+  Gpt2Model,
+} from './models/index.js';
 export type {
   ClipCapConfig,
+  ClipResNetConfig,
   ClipVisionConfig,
   ClipTextConfig,
   Gpt2Config,

@@ -2,10 +2,11 @@
  * `clipcap bench caption`: captioning latency and throughput at full size (GPT-2 small + the 512 -> 3840 -> 7680
  * MLP mapper, weights by the fixture rule unless --clipcap gives a checkpoint), through the library API
  * (ClipCap.caption: mapper, decoder with the KV cache, BPE decode), and with --pytorch the official predict.py
- * decoders on plain PyTorch (bench/pytorch_caption.py), which recompute the whole sequence at every step.
+ * decoders on plain PyTorch (bench/pytorch_caption.py), which recompute the whole sequence at every step, and
+ * PyTorch with a KV cache (backend "pytorch_kv": the tuned peer; --pytorch-decoders picks which run).
  *
- * Every case starts from a CLIP embedding (fullsize_goldens `clip.image_embeds`), so it times the mapper and the
- * decoder; the CLIP forward is `clipcap bench clip`. Tokens: 20, with no stop token, so every run does the same
+ * Every case starts from a CLIP embedding (made by the weight rule: benchEmbeddings), so it times the mapper and
+ * the decoder; the CLIP forward is `clipcap bench clip`. Tokens: 20, with no stop token, so every run does the same
  * work. Cases (DESIGN.md "Contracts"):
  * - beam5_20tok, greedy_20tok: one image, metric ms (total latency), with peak RSS; plus
  *   beam5_20tok_per_token / greedy_20tok_per_token, metric ms_per_token (latency / 20);
@@ -24,8 +25,7 @@ import { ClipCap } from '../pipeline/caption.js';
 import { captionerParts } from '../pipeline/load.js';
 import type { CaptionOptions, CaptionResult } from '../pipeline/types.js';
 import { UsageError, UserError } from '../util/errors.js';
-import { loadSafetensors } from '../weights/safetensors.js';
-import { benchEngine, repoPath, runsOf, runTorchBench, timeAsync } from './common.js';
+import { benchEngine, loadPeers, runsOf, timeAsync } from './common.js';
 import { machineInfo, median, speedup } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
@@ -49,36 +49,13 @@ export const SMOKE_MAPPER: MapperConfig = {
   sizes: [24, 160, 320],
 };
 
-interface Goldens {
-  /** (2, 512) CLIP embeddings of two photos. */
-  embeds: Float32Array;
-  /** (2, 10) greedy tokens of the synthetic full-size model from them. */
-  greedy10: Int32Array;
-}
-
-async function readGoldens(): Promise<Goldens | null> {
-  const file = repoPath('test/fixtures/fullsize_goldens.safetensors');
-  if (!file) return null;
-  const f = await loadSafetensors(file);
-  try {
-    return {
-      embeds: (await f.tensor('clip.image_embeds')).data as Float32Array,
-      greedy10: (await f.tensor('clipcap.greedy10')).data as Int32Array,
-    };
-  } finally {
-    await f.close();
-  }
-}
-
 /**
- * n CLIP embeddings of width d: row i = golden[i % 2] · (1 + 0.05 · floor(i / 2)) (the first d values; the same
- * rule as bench/pytorch_caption.py), or values by the weight rule when the fixtures are not there or d > 512.
+ * n CLIP embeddings of width d: row i = base[i % 2] · (1 + 0.05 · floor(i / 2)), rounded once to float32, with
+ * the two bases made by the weight rule (tensors `bench.clip_embedding.0` / `.1`): no files needed, and
+ * bench/pytorch_caption.py makes the same ones.
  */
-export function benchEmbeddings(golden: Float32Array | null, n: number, d: number): Float32Array[] {
-  const base =
-    golden && d <= golden.length / 2
-      ? [golden.subarray(0, d), golden.subarray(golden.length / 2, golden.length / 2 + d)]
-      : [syntheticValues('bench.clip_embedding.0', d), syntheticValues('bench.clip_embedding.1', d)];
+export function benchEmbeddings(n: number, d: number): Float32Array[] {
+  const base = [syntheticValues('bench.clip_embedding.0', d), syntheticValues('bench.clip_embedding.1', d)];
   return Array.from({ length: n }, (_, i) => {
     const s = 1 + 0.05 * Math.floor(i / 2);
     return Float32Array.from(base[i % 2], (v) => Math.fround(v * s));
@@ -140,42 +117,38 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
     '--pytorch-batch-calls',
     smoke ? 1 : DEFAULT_PYTORCH_BATCH_CALLS,
   );
+  const decoders =
+    typeof opts.extra.pytorchDecoders === 'string' ? opts.extra.pytorchDecoders : 'official,kv';
+  if (!/^(official|kv)(,(official|kv))?$/.test(decoders))
+    throw new UsageError(`--pytorch-decoders takes official, kv or official,kv, got "${decoders}"`);
   const eng = benchEngine(opts);
   if (typeof opts.extra.clip === 'string')
     opts.log('bench caption starts from CLIP embeddings: --clip is not used (see bench clip)');
-  const goldens = await readGoldens();
   const { captioner, what, synthetic } = await buildCaptioner(opts, eng.backend);
   const extra: Record<string, string | number | boolean> = { ...eng.extra, model: what, tokens: T };
   if (smoke) extra.smoke = true;
   const results: BenchResult[] = [];
+  /** Our tokens for the first embedding per single-image case (the best beam), to compare with PyTorch's. */
+  const firstTokens: Record<string, number[]> = {};
   try {
     const D = captioner.embeddingSize;
-    const embeds = benchEmbeddings(goldens?.embeds ?? null, BATCH, D);
+    const embeds = benchEmbeddings(BATCH, D);
     const caption = (n: number, o: CaptionOptions) =>
       captioner.caption(
         embeds.slice(0, n).map((embedding, i) => ({ embedding, name: `embedding ${i}` })),
         { maxTokens: T, stop: 'none', batchSize: n, ...o },
       );
 
-    if (synthetic && goldens) {
-      // The same model as the fixtures (and as PyTorch's side, which checks the same tokens)?
-      const e2 = [0, 1].map((i) => ({ embedding: goldens.embeds.subarray(i * 512, (i + 1) * 512) }));
-      const got = checkTokens(
-        await captioner.caption(e2, { method: 'greedy', maxTokens: 10, stop: 'none' }),
-        10,
-        'greedy10',
-      );
-      const ok = got.flat().every((t, i) => t === goldens.greedy10[i]);
-      extra.greedy10_ok = ok;
-      if (!ok) opts.log(`WARNING: greedy10 ${JSON.stringify(got)} differs from clipcap.greedy10`);
-    }
-
     const single: { id: string; o: CaptionOptions }[] = [
       { id: `beam${BEAM}_20tok`, o: { method: 'beam', beamSize: BEAM } },
       { id: 'greedy_20tok', o: { method: 'greedy' } },
     ];
     for (const c of single) {
-      const t = await timeAsync(async () => void checkTokens(await caption(1, c.o), T, c.id), runs, warmup);
+      const t = await timeAsync(
+        async () => void (firstTokens[c.id] = checkTokens(await caption(1, c.o), T, c.id)[0]),
+        runs,
+        warmup,
+      );
       const ms = median(t.seconds) * 1000;
       opts.log(`${c.id}: ${eng.name} ${ms.toFixed(0)} ms (${(ms / T).toFixed(1)} ms/token)`);
       results.push({
@@ -220,13 +193,22 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
     if (!synthetic && !smoke)
       opts.log('PyTorch uses the synthetic GPT-2 small + mapper (same shapes, so the same work)');
     opts.log(
-      `running the official decoders on PyTorch (bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
+      `running PyTorch decoders (${decoders}; bench/pytorch_caption.py) with ${eng.threads} thread(s), ` +
         `${torchRuns} run(s); official beam search takes ~20 s per caption on 2 cores...`,
     );
-    const torch = runTorchBench(
+    const torch = (await loadPeers()).runTorchBench(
       'pytorch_caption.py',
       { threads: eng.threads, runs: torchRuns, smoke },
-      ['--tokens', String(T), '--batch', String(BATCH), '--batch-calls', String(torchCalls)],
+      [
+        '--tokens',
+        String(T),
+        '--batch',
+        String(BATCH),
+        '--batch-calls',
+        String(torchCalls),
+        '--decoders',
+        decoders,
+      ],
       results,
       extra,
     );
@@ -235,13 +217,33 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
       throw new UserError(
         'the PyTorch model does not reproduce clipcap.greedy10: the comparison would be invalid',
       );
-    extra.torch_batch32_calls_timed = torchCalls;
+    if (typeof torch.batch_calls_timed === 'number')
+      extra.torch_batch32_calls_timed = torch.batch_calls_timed;
+    if (typeof torch.kv_matches_official === 'boolean')
+      extra.torch_kv_matches_official = torch.kv_matches_official;
+    const kv = torch.kv_tokens as Record<string, number[]> | undefined;
+    if (kv && synthetic) {
+      // Same work on both sides: PyTorch's KV-cache decoders must produce our tokens.
+      const same = Object.keys(firstTokens).every(
+        (id) => JSON.stringify(kv[id]) === JSON.stringify(firstTokens[id]),
+      );
+      extra.torch_kv_tokens_identical = same;
+      if (!same)
+        opts.log(
+          `WARNING: PyTorch KV tokens ${JSON.stringify(kv)} differ from ours ${JSON.stringify(firstTokens)}`,
+        );
+    }
     for (const r of results.filter((x) => x.backend === eng.name)) {
       const p = results.find((x) => x.backend === 'pytorch' && x.case === r.case);
       if (!p) continue;
       opts.log(
         `${r.case}: ${speedup(r.metric, r.value, p.value).toFixed(1)}x faster than PyTorch's official decoder`,
       );
+    }
+    for (const r of results.filter((x) => x.backend === eng.name)) {
+      const p = results.find((x) => x.backend === 'pytorch_kv' && x.case === r.case);
+      if (p)
+        opts.log(`${r.case}: ${speedup(r.metric, r.value, p.value).toFixed(2)}x PyTorch with a KV cache`);
     }
   }
   return { bench: 'caption', machine: machineInfo(eng.threads, eng.avx2, extra), results };

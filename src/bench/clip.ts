@@ -1,26 +1,31 @@
 /**
  * `clipcap bench clip`: full-size CLIP ViT-B/32 image embeddings per second (vision tower + projection, weights
  * by the fixture rule unless --clip gives real ones), and with --pytorch the same model in plain PyTorch
- * (bench/pytorch_clip.py) at the same thread count, in the same run.
+ * (bench/pytorch_clip.py) at the same thread count, in the same run. `--model rn50x4`: OpenAI's RN50x4 ResNet
+ * tower instead (288 px, 640-d; synthetic weights by clip-resnet.ts's rule; PyTorch: bench/pytorch_clip_resnet.py,
+ * whose embedding of the first photo is compared with ours: machine.torch_embeds_max_rel_diff).
  *
  * Cases (DESIGN.md "Contracts"), metric images_per_s, each with the peak RSS during its timed runs:
  * - bs1, bs16: from preprocessed pixels (the first 1 / 16 photos, sorted, repeated as needed) to the (N, 512)
  *   embeddings on the host;
- * - bs16_decode: from the JPEG files: decode + CLIP preprocessing (ours: concurrent, as ClipCap.caption and
+ * - bs16_decode: from JPEG files (--images DIR, else synthetic photo-sized ones written to a temporary folder): decode + CLIP preprocessing (ours: concurrent, as ClipCap.caption and
  *   extract do it; PyTorch: one image after the other, as the official parse_coco.py / predict.py) + the forward.
  */
 import { readdirSync } from 'node:fs';
+import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import sharp from 'sharp';
 import type { Backend } from '../engine/backend.js';
 import { preprocessImage } from '../image/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { CLIP_VIT_B32_VISION, type ClipVisionConfig } from '../models/config.js';
-import { syntheticClipVision } from '../models/synthetic.js';
+import { lowbias32, syntheticClipVision } from '../models/synthetic.js';
 import type { ImageEncoder } from '../pipeline/caption.js';
 import { loadImageEncoder } from '../pipeline/load.js';
 import { UsageError, UserError } from '../util/errors.js';
-import { benchEngine, repoPath, runsOf, runTorchBench, timeAsync } from './common.js';
+import { syntheticResNetEncoder } from './clip-resnet.js';
+import { benchEngine, loadPeers, runsOf, timeAsync } from './common.js';
 import { machineInfo, median } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
@@ -37,14 +42,38 @@ export const SMOKE_CLIP: ClipVisionConfig = {
   projection_dim: 24,
 };
 
-/** The JPEG photos the decode case reads: --images DIR, else test/fixtures/images of the source repository. */
-function photoFiles(opts: BenchRunOptions): string[] {
+/** Photo-sized (640x480, COCO's typical size) JPEGs the decode case reads when no --images DIR is given. */
+const SYNTHETIC_PHOTOS = 4;
+
+/**
+ * Writes SYNTHETIC_PHOTOS deterministic JPEGs into a new temporary directory (smooth gradients with fine
+ * hashed texture, so decoding does about the work of a photo): `clipcap bench clip` needs no repository files.
+ */
+async function writeSyntheticPhotos(): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'clipcap-bench-'));
+  const w = 640;
+  const h = 480;
+  for (let p = 0; p < SYNTHETIC_PHOTOS; p++) {
+    const px = Buffer.alloc(w * h * 3);
+    for (let y = 0; y < h; y++)
+      for (let x = 0; x < w; x++)
+        for (let c = 0; c < 3; c++) {
+          const smooth = (x * (c + 1) + y * (3 - c) + p * 60) / 4;
+          const grain = lowbias32((((y * w + x) * 3 + c) * 4 + p) >>> 0) & 31;
+          px[(y * w + x) * 3 + c] = (smooth + grain) & 255;
+        }
+    await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+      .jpeg({ quality: 90 })
+      .toFile(path.join(dir, `photo_${p}.jpg`));
+  }
+  return dir;
+}
+
+/** The JPEG photos the decode case reads (BATCH paths, repeating as needed): --images DIR, else synthetic ones. */
+async function photoFiles(opts: BenchRunOptions): Promise<{ files: string[]; temp: string | null }> {
   const given = opts.extra.images;
-  const dir = typeof given === 'string' ? given : repoPath('test/fixtures/images');
-  if (dir === null)
-    throw new UsageError(
-      'bench clip needs JPEG photos: give --images DIR (the source repository has test/fixtures/images)',
-    );
+  const temp = typeof given === 'string' ? null : await writeSyntheticPhotos();
+  const dir = temp ?? (given as string);
   let names: string[];
   try {
     names = readdirSync(dir).filter((n) => /\.jpe?g$/i.test(n));
@@ -54,7 +83,7 @@ function photoFiles(opts: BenchRunOptions): string[] {
   if (names.length === 0)
     throw new UserError(`--images ${dir}: no .jpg/.jpeg files there; give a folder of photos`);
   names.sort();
-  return Array.from({ length: BATCH }, (_, i) => path.join(dir, names[i % names.length]));
+  return { files: Array.from({ length: BATCH }, (_, i) => path.join(dir, names[i % names.length])), temp };
 }
 
 async function buildEncoder(
@@ -64,6 +93,7 @@ async function buildEncoder(
   const spec = opts.extra.clip;
   if (typeof spec === 'string') return { enc: await loadImageEncoder(spec, { backend }), what: spec };
   const smoke = opts.extra.smoke === true;
+  if (benchModel(opts) === 'rn50x4') return syntheticResNetEncoder(backend, smoke);
   const v = syntheticClipVision(smoke ? SMOKE_CLIP : undefined);
   const what = smoke ? 'tiny CLIP (fixture rule, --smoke)' : 'ViT-B/32, synthetic weights (fixture rule)';
   const model = ClipVisionModel.fromWeights(backend, v.config, v.weights, what);
@@ -76,12 +106,33 @@ async function buildEncoder(
   return { enc, what };
 }
 
+/** --model: vit-b32 (default) or rn50x4. */
+function benchModel(opts: BenchRunOptions): 'vit-b32' | 'rn50x4' {
+  const m = opts.extra.model ?? 'vit-b32';
+  if (m !== 'vit-b32' && m !== 'rn50x4')
+    throw new UsageError(`bench clip --model ${String(m)}: use vit-b32 or rn50x4`);
+  return m;
+}
+
 export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> {
+  const { files, temp } = await photoFiles(opts);
+  try {
+    return await runWithPhotos(opts, files, temp !== null);
+  } finally {
+    if (temp !== null) await rm(temp, { recursive: true, force: true });
+  }
+}
+
+async function runWithPhotos(
+  opts: BenchRunOptions,
+  files: string[],
+  synthetic: boolean,
+): Promise<BenchReport> {
+  const resnet = benchModel(opts) === 'rn50x4';
   const smoke = opts.extra.smoke === true;
   const runs = runsOf(opts, DEFAULT_RUNS);
   const warmup = smoke ? 0 : 1;
   const eng = benchEngine(opts);
-  const files = photoFiles(opts);
   const { enc, what } = await buildEncoder(opts, eng.backend);
   const size = enc.imageSize;
   const plane = 3 * size * size;
@@ -101,14 +152,25 @@ export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> 
   };
 
   const pixels = await preprocess();
+  // the first photo's embedding, to compare with PyTorch's (the ResNet script prints it)
+  const first = enc.encodeImages(pixels.subarray(0, plane));
+  const ours0 = first.toArray();
+  eng.backend.free(first);
   const cases: { id: string; n: number; fn: () => Promise<void> }[] = [
     { id: 'bs1', n: 1, fn: async () => encode(pixels.subarray(0, plane)) },
     { id: `bs${BATCH}`, n: BATCH, fn: async () => encode(pixels) },
     { id: `bs${BATCH}_decode`, n: BATCH, fn: async () => encode(await preprocess()) },
   ];
+  const wanted = typeof opts.extra.cases === 'string' ? opts.extra.cases.split(',') : null;
+  for (const id of wanted ?? []) {
+    if (!cases.some((c) => c.id === id))
+      throw new UsageError(
+        `bench clip --cases: unknown case ${id}; use ${cases.map((c) => c.id).join(', ')}`,
+      );
+  }
   const results: BenchResult[] = [];
   try {
-    for (const c of cases) {
+    for (const c of cases.filter((x) => !wanted || wanted.includes(x.id))) {
       const t = await timeAsync(c.fn, runs, warmup);
       const value = c.n / median(t.seconds);
       opts.log(`${c.id}: ${eng.name} ${value.toFixed(2)} images/s, peak RSS ${t.peakRssMb.toFixed(0)} MiB`);
@@ -128,23 +190,47 @@ export async function runClipBench(opts: BenchRunOptions): Promise<BenchReport> 
   const extra: Record<string, string | number | boolean> = {
     ...eng.extra,
     model: what,
-    images: path.dirname(files[0]),
+    ...(resnet ? { clip_model: 'rn50x4' } : {}),
+    images: synthetic ? `${SYNTHETIC_PHOTOS} synthetic 640x480 JPEGs` : path.dirname(files[0]),
     total_memory_mb: Math.round(os.totalmem() / 2 ** 20),
   };
   if (smoke) extra.smoke = true;
   if (opts.extra.pytorch === true) {
+    const script = resnet ? 'pytorch_clip_resnet.py' : 'pytorch_clip.py';
     if (typeof opts.extra.clip === 'string')
-      opts.log('PyTorch uses the synthetic ViT-B/32 (same shapes, so the same work) whatever --clip says');
-    opts.log(`running PyTorch (bench/pytorch_clip.py) with ${eng.threads} thread(s)...`);
-    const torch = runTorchBench(
-      'pytorch_clip.py',
+      opts.log(
+        `PyTorch uses the synthetic ${resnet ? 'RN50x4' : 'ViT-B/32'} (same shapes, so the same work) whatever --clip says`,
+      );
+    opts.log(`running PyTorch (bench/${script}) with ${eng.threads} thread(s)...`);
+    const torch = (await loadPeers()).runTorchBench(
+      script,
       { threads: eng.threads, runs, smoke },
-      ['--images', path.dirname(files[0]), '--batch', String(BATCH)],
+      [
+        '--images',
+        path.dirname(files[0]),
+        '--batch',
+        String(BATCH),
+        ...(wanted && resnet ? ['--cases', wanted.join(',')] : []),
+      ],
       results,
       extra,
     );
     if (typeof torch.embeds_max_rel_diff === 'number')
       extra.torch_embeds_max_rel_diff = torch.embeds_max_rel_diff;
+    if (Array.isArray(torch.embeds_0) && typeof opts.extra.clip !== 'string') {
+      // same synthetic model on both sides: their embeddings of photo 0 must agree
+      const theirs = torch.embeds_0 as number[];
+      let worst = theirs.length === ours0.length ? 0 : Infinity;
+      let scale = 0;
+      theirs.forEach((v, i) => {
+        worst = Math.max(worst, Math.abs(v - ours0[i]));
+        scale = Math.max(scale, Math.abs(v));
+      });
+      extra.torch_embeds_max_rel_diff = worst / scale;
+      opts.log(
+        `PyTorch vs clipcap embedding of photo 0: worst relative difference ${(worst / scale).toExponential(2)}`,
+      );
+    }
   }
   return { bench: 'clip', machine: machineInfo(eng.threads, eng.avx2, extra), results };
 }

@@ -13,15 +13,11 @@
  * the LM head (decoding 5 beams, and training), and the backward products: dX = dY·Wᵀ (_tB) and
  * dW = Xᵀ·dY (_tA).
  */
-import { spawn, type ChildProcessByStdio } from 'node:child_process';
-import type { Readable, Writable } from 'node:stream';
-import path from 'node:path';
-import { createInterface } from 'node:readline';
 import type { Backend } from '../engine/backend.js';
 import { ReferenceBackend } from '../engine/reference.js';
 import type { Tensor } from '../engine/tensor.js';
-import { UsageError, UserError } from '../util/errors.js';
-import { benchEngine, torchScript } from './common.js';
+import { UsageError } from '../util/errors.js';
+import { benchEngine, loadPeers } from './common.js';
 import { machineInfo, median, timeRuns } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
@@ -126,52 +122,6 @@ function timeBackend(be: Backend, c: GemmCase, runs: number): number {
 }
 
 /**
- * bench/pytorch_gemm.py --stdin in a persistent python3, asked for one timed run at a time so that native
- * and PyTorch runs of a case alternate and see the same machine load.
- */
-class TorchRunner {
-  private readonly child: ChildProcessByStdio<Writable, Readable, null>;
-  private readonly lines: AsyncIterator<string>;
-  version = '';
-
-  private constructor(py: string, script: string, threads: number) {
-    this.child = spawn(py, [script, '--stdin', '--threads', String(threads)], {
-      stdio: ['pipe', 'pipe', 'inherit'],
-    });
-    this.lines = createInterface({ input: this.child.stdout })[Symbol.asyncIterator]();
-  }
-
-  static async start(threads: number): Promise<TorchRunner> {
-    const { py, file: script } = torchScript('pytorch_gemm.py', ['torch']);
-    const runner = new TorchRunner(py, script, threads);
-    const hello = (await runner.next()) as { torch?: string; ready?: boolean };
-    if (hello.ready !== true) throw new UserError(`${path.basename(script)} did not start`);
-    runner.version = String(hello.torch);
-    return runner;
-  }
-
-  private async next(): Promise<unknown> {
-    const r = await this.lines.next();
-    if (r.done) throw new UserError('bench/pytorch_gemm.py exited early (see its error above)');
-    return JSON.parse(r.value) as unknown;
-  }
-
-  /** Seconds per product of one PyTorch run of `reps` products (operands made and warmed up on first use). */
-  async runOnce(c: GemmCase, reps = 1): Promise<number> {
-    this.child.stdin.write(`${c.id} 1 ${reps}\n`);
-    const r = (await this.next()) as { case?: string; seconds?: number[] };
-    if (r.case !== c.id || !Array.isArray(r.seconds) || typeof r.seconds[0] !== 'number') {
-      throw new UserError(`bench/pytorch_gemm.py answered ${JSON.stringify(r)}`);
-    }
-    return r.seconds[0];
-  }
-
-  close(): void {
-    this.child.stdin.end();
-  }
-}
-
-/**
  * A pause between a native and a PyTorch run, so that neither runs while the other's threads still spin
  * (OpenBLAS threads spin-wait ~0.1 s after a call; ours ~50 µs).
  */
@@ -187,7 +137,8 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   const native = eng.name === 'native' ? eng.backend : null;
   const reference = new ReferenceBackend();
 
-  const torch = opts.extra.pytorch === true ? await TorchRunner.start(eng.threads) : null;
+  const torch =
+    opts.extra.pytorch === true ? await (await loadPeers()).TorchGemmRunner.start(eng.threads) : null;
   const results: BenchResult[] = [];
   const record = (c: GemmCase, backend: BenchResult['backend'], times: number[]) => {
     const value = flops(c) / median(times) / 1e9;

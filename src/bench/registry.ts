@@ -47,14 +47,23 @@ export const BENCHES: Record<string, BenchEntry> = {
     run: async (opts) => (await import('./gemm.js')).runGemmBench(opts),
   },
   clip: {
-    description: 'full-size CLIP ViT-B/32 image embeddings/s at batch 1 and 16, and from JPEG files',
+    description:
+      'full-size CLIP image embeddings/s (ViT-B/32, or RN50x4 with --model rn50x4) at batch 1 and 16, and from JPEG files',
     options: [
       ...MODEL_BENCH_OPTIONS,
       {
         flags: '--clip <DIR|HUB_ID>',
         description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
       },
-      { flags: '--images <DIR>', description: 'clip: JPEG photos to read (default: test/fixtures/images)' },
+      {
+        flags: '--images <DIR>',
+        description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
+      },
+      {
+        flags: '--model <NAME>',
+        description:
+          'clip: vit-b32 or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px) (default: vit-b32)',
+      },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
   },
@@ -68,9 +77,14 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
       { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
       {
+        flags: '--pytorch-decoders <LIST>',
+        description:
+          'caption: PyTorch decoders to time: official (predict.py, no cache), kv (KV cache) (default: official,kv)',
+      },
+      {
         flags: '--pytorch-batch-calls <N>',
         description:
-          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default 2)',
+          'caption: how many of the 32 sequential PyTorch calls of batch32_beam5 to time (default: 2)',
       },
     ],
     run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),
@@ -86,8 +100,8 @@ export const BENCHES: Record<string, BenchEntry> = {
       'HTTP serving: requests/s and p50/p99 latency at 1, 8, 32 concurrent clients (loopback), with peak RSS',
     options: [
       { flags: '--smoke', description: 'serve: tiny models, 1 s per level (checks the bench)' },
-      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default 10)' },
-      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default 1,8,32)' },
+      { flags: '--seconds <S>', description: 'serve: timed seconds per concurrency level (default: 10)' },
+      { flags: '--clients <LIST>', description: 'serve: comma-separated client counts (default: 1,8,32)' },
     ],
     run: async (opts) => (await import('./serve.js')).runServeBench(opts),
   },

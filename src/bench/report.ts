@@ -9,7 +9,14 @@
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
 
-export type BenchBackend = 'native' | 'reference' | 'pytorch';
+/**
+ * Who ran a result: clipcap's backends, PyTorch running the official decoders ('pytorch'; other benches:
+ * plain PyTorch), PyTorch with a KV cache ('pytorch_kv', bench caption), onnxruntime-node ('onnxruntime').
+ */
+export type BenchBackend = 'native' | 'reference' | 'pytorch' | 'pytorch_kv' | 'onnxruntime';
+
+/** Every backend, in table column order; the peers native is compared with come after 'native'. */
+const BACKENDS: readonly BenchBackend[] = ['native', 'reference', 'pytorch', 'pytorch_kv', 'onnxruntime'];
 
 export interface BenchResult {
   case: string;
@@ -117,13 +124,11 @@ export function speedup(metric: string, value: number, baseline: number): number
  * column says so ("native/pytorch"); otherwise it is headed "speed-up vs pytorch". Columns are aligned.
  */
 export function formatTable(report: BenchReport): string {
-  const backends = (['native', 'reference', 'pytorch'] as const).filter((b) =>
-    report.results.some((r) => r.backend === b),
-  );
+  const backends = BACKENDS.filter((b) => report.results.some((r) => r.backend === b));
   const cases = [...new Set(report.results.map((r) => r.case))];
   const metrics = [...new Set(report.results.map((r) => r.metric))];
   const result = (c: string, b: BenchBackend) => report.results.find((r) => r.case === c && r.backend === b);
-  const ratios = (['pytorch', 'reference'] as const).filter(
+  const ratios = (['pytorch', 'pytorch_kv', 'onnxruntime', 'reference'] as const).filter(
     (b) => backends.includes('native') && backends.includes(b),
   );
   const header = [

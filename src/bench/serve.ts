@@ -157,7 +157,7 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
   const results: BenchResult[] = [];
   try {
     const { port } = await srv.listen(0, '127.0.0.1');
-    const bodies = benchEmbeddings(null, 32, captioner.embeddingSize).map((e) =>
+    const bodies = benchEmbeddings(32, captioner.embeddingSize).map((e) =>
       JSON.stringify({ embedding: Array.from(e) }),
     );
     // One request first: the answer must be a caption of T tokens (else the bench measures errors).

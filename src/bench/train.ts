@@ -11,7 +11,7 @@ import { ClipCapModel, type ClipCapMode } from '../models/clipcap.js';
 import { FULLSIZE_MLP_MAPPER, syntheticGpt2, syntheticMapper } from '../models/synthetic.js';
 import type { Gpt2Config, MapperConfig } from '../models/config.js';
 import { AdamW, CLIPCAP_ADAMW } from '../nn/adamw.js';
-import { mulberry32 } from '../train/data.js';
+import { mulberry32 } from '../util/random.js';
 import { linearWarmupSchedule } from '../train/schedule.js';
 import { benchEngine, runsOf, timeAsync } from './common.js';
 import { SMOKE_GPT2 } from './caption.js';

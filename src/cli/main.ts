@@ -5,13 +5,16 @@
  */
 import { Command, CommanderError } from 'commander';
 import { UsageError, UserError, errorMessage } from '../util/errors.js';
+import { oneLine } from '../util/text.js';
 import { COMMANDS } from './commands/index.js';
+import { packageVersion } from './version.js';
 
 export async function main(argv: readonly string[]): Promise<number> {
   const program = new Command();
   program
     .name('clipcap')
     .description('ClipCap image captioning: CLIP prefix + mapping network + GPT-2')
+    .version(packageVersion(), '-V, --version', 'print the version of clipcap')
     .exitOverride()
     .showHelpAfterError('(run clipcap --help for usage)')
     .configureOutput({ writeErr: (s) => process.stderr.write(s) });
@@ -24,12 +27,13 @@ export async function main(argv: readonly string[]): Promise<number> {
       // --help / --version exit through here with code 0.
       return e.exitCode === 0 ? 0 : 2;
     }
+    // One line, without control characters from a file name or a file's contents.
     if (e instanceof UsageError) {
-      process.stderr.write(`clipcap: ${e.message}\n`);
+      process.stderr.write(`clipcap: ${oneLine(e.message)}\n`);
       return 2;
     }
     if (e instanceof UserError) {
-      process.stderr.write(`clipcap: ${e.message}\n`);
+      process.stderr.write(`clipcap: ${oneLine(e.message)}\n`);
       return 1;
     }
     process.stderr.write(
@@ -38,6 +42,14 @@ export async function main(argv: readonly string[]): Promise<number> {
     return 1;
   }
 }
+
+// `clipcap caption ... | head -1`: once the reader closes the pipe, stop quietly, as tools killed by SIGPIPE do,
+// instead of an unhandled EPIPE stack. A closed stderr has nowhere to report to.
+process.stdout.on('error', (e: NodeJS.ErrnoException) => {
+  if (e.code === 'EPIPE') process.exit(0);
+  throw e;
+});
+process.stderr.on('error', () => undefined);
 
 main(process.argv.slice(2)).then(
   (code) => {

@@ -109,6 +109,37 @@ export interface AdamWOptions {
   step: number;
 }
 
+/** logSoftmaxTopK's result: per row, the k largest log-probabilities, best first. */
+export interface TopKResult {
+  /** (rows, k) f32 log-probabilities, descending; equal values keep the lower vocabulary index first. */
+  values: Tensor;
+  /** (rows, k) i32 vocabulary indices of `values`. */
+  indices: Tensor;
+}
+
+/** conv2d options. Pairs are (height, width); a single number applies to both. */
+export interface Conv2dOptions {
+  /** Default 1. */
+  stride?: number | readonly [number, number];
+  /** Zero padding on each side; default 0. */
+  padding?: number | readonly [number, number];
+  /** Bias (O), added to every output pixel. */
+  bias?: Tensor;
+  /** Added to the result before the ReLU: (B, Ho, Wo, O), the residual branch of a ResNet block. */
+  residual?: Tensor;
+  /** Apply ReLU to the result (conv + bias (+ residual) + ReLU in one pass, the ResNet pattern). */
+  relu?: boolean;
+}
+
+/** avgPool2d options (PyTorch's nn.AvgPool2d with count_include_pad=True, ceil_mode=False). */
+export interface Pool2dOptions {
+  kernel: number | readonly [number, number];
+  /** Default: the kernel size (as nn.AvgPool2d). */
+  stride?: number | readonly [number, number];
+  /** Zero padding on each side, counted in the mean (count_include_pad); default 0. */
+  padding?: number | readonly [number, number];
+}
+
 export interface Backend {
   readonly name: string;
 
@@ -220,4 +251,32 @@ export interface Backend {
   writeSlice(dst: Tensor, src: Tensor, axis: number, offset: number): void;
   /** Rows of x along axis 0 picked by host indices (beam reordering). */
   indexSelect(x: Tensor, indices: readonly number[]): Tensor;
+
+  // ---- decoding (beam search's per-step work on the backend; reference: reference-decoding.ts) ----
+  /**
+   * The k largest of log(softmax(x / T)) per row of logits x (rows, V), best first, ties to the lower index:
+   * with s = float32(x / T) (T = temperature when > 0, else 1) and lse = log Σ exp(s) over the row computed
+   * in float64 in index order, value = float32(s - lse): the numbers the official beam search's
+   * `logits.softmax(-1).log()` approximates, correctly rounded (what generate/logits.ts logSoftmaxRow makes).
+   * 1 <= k <= V. NaN never ranks: a row holding NaN (its lse is NaN) gives -Infinity at index 0. Only (rows, k)
+   * values cross to the host instead of every logit.
+   */
+  logSoftmaxTopK(logits: Tensor, k: number, temperature: number): TopKResult;
+  /**
+   * dst[i, 0:length] = src[indices[i], 0:length] along axis 1, for every row i of dst (rank >= 2, equal
+   * trailing axes, dst's axis 0 of indices.length); positions from `length` on are left as they are. A KV
+   * cache reorders its beams into a second buffer with it, copying only the filled positions.
+   */
+  copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void;
+  // ---- convolution and pooling (image towers: OpenAI's ModifiedResNet CLIP); forward only ----
+  // Images are NHWC (channels last), so a 1x1 convolution is one GEMM over pixels and per-channel vectors
+  // broadcast as suffixes (add, mul).
+  /**
+   * 2-D cross-correlation (PyTorch's Conv2d, groups 1, dilation 1): x (B, H, W, C), weight (O, kh, kw, C)
+   * ("OHWI": PyTorch's (O, C, kh, kw) permuted, once, at load time) -> (B, Ho, Wo, O) with
+   * Ho = floor((H + 2·padH - kh) / strideH) + 1 (likewise Wo); + bias; + residual; then ReLU when asked.
+   */
+  conv2d(x: Tensor, weight: Tensor, opts?: Conv2dOptions): Tensor;
+  /** Mean over each window of x (B, H, W, C) -> (B, Ho, Wo, C); padding counts as zeros in the mean. */
+  avgPool2d(x: Tensor, opts: Pool2dOptions): Tensor;
 }

@@ -18,9 +18,12 @@ import type {
   AttentionOptions,
   AttentionResult,
   Backend,
+  Conv2dOptions,
   CrossEntropyResult,
   LayerNormResult,
   MatmulOptions,
+  TopKResult,
+  Pool2dOptions,
 } from './backend.js';
 import { Tensor, shapeSize } from './tensor.js';
 import type { DType } from './tensor.js';
@@ -124,6 +127,24 @@ export interface AdamWStep {
   bc2Sqrt: number;
 }
 
+/** conv2d / avgPool2d resolved: NHWC input (B, H, W, C), output (B, Ho, Wo, O); O = C for pooling. */
+export interface Conv2dDims {
+  batch: number;
+  H: number;
+  W: number;
+  C: number;
+  /** Output channels (conv: the weight's rows; pooling: C). */
+  O: number;
+  kh: number;
+  kw: number;
+  strideH: number;
+  strideW: number;
+  padH: number;
+  padW: number;
+  Ho: number;
+  Wo: number;
+}
+
 /**
  * The arithmetic of a host backend. Arrays are the tensors' storage, already checked for dtype, shape,
  * liveness and the aliasing every backend forbids. Outputs are new zero-filled arrays, except the caller's
@@ -186,6 +207,21 @@ export interface HostKernels {
   adamw(param: F32, grad: F32, m: F32, v: F32, h: AdamWStep): void;
   /** mask = 0 or 1/(1-p) per element (kept when mulberry32At(seed, i) >= p); y = x·mask. */
   dropout(x: F32, p: number, seed: number, y: F32, mask: F32): void;
+  /**
+   * Decoding: per row of x (rows, V), the k largest float32(s - lse) (s = x / t rounded to float32 when
+   * t !== 1, lse = float64 logsumexp of s in index order) into values (rows, k), best first, lower index
+   * first on ties, their indices into indices (rows, k). 1 <= k <= V; t > 0 and finite.
+   */
+  logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
+
+  // ---- convolution and pooling (NHWC) ----
+  /**
+   * y (B, Ho, Wo, O) = conv(x (B, H, W, C), w (O, kh, kw, C)) + bias (O or null) + residual (y's shape or
+   * null), then ReLU when `relu`.
+   */
+  conv2d(x: F32, w: F32, bias: F32 | null, residual: F32 | null, y: F32, d: Conv2dDims, relu: boolean): void;
+  /** y (B, Ho, Wo, C) = window means of x (B, H, W, C), padding counted as zeros. */
+  avgPool2d(x: F32, y: F32, d: Conv2dDims): void;
 }
 
 export abstract class HostBackend implements Backend {
@@ -707,6 +743,57 @@ export abstract class HostBackend implements Backend {
     return { y, mask };
   }
 
+  // ---------------------------------------------------------------- convolution and pooling (NHWC)
+
+  /**
+   * 2-D cross-correlation: x (B, H, W, C), weight (O, kh, kw, C) -> (B, Ho, Wo, O), + bias (O), + residual
+   * (B, Ho, Wo, O), then ReLU when asked. Ho = floor((H + 2·padH - kh) / strideH) + 1, likewise Wo.
+   */
+  conv2d(x: Tensor, weight: Tensor, opts: Conv2dOptions = {}): Tensor {
+    const op = 'conv2d';
+    const s = this.f32s(op, { x, weight });
+    requireRank(op, 'x (B, H, W, C)', x, 4);
+    requireRank(op, 'weight (O, kh, kw, C)', weight, 4);
+    const [O, kh, kw, wc] = weight.shape;
+    if (wc !== x.shape[3]) {
+      throw new ShapeError(
+        `${op}: weight ${fmt(weight.shape)} (O, kh, kw, C) takes ${wc} input channels but x ${fmt(x.shape)} has ${x.shape[3]}`,
+      );
+    }
+    const d = windowDims(op, x.shape, O, [kh, kw], opts.stride ?? 1, opts.padding ?? 0);
+    let bias: F32 | null = null;
+    if (opts.bias) {
+      requireShape(op, 'bias', opts.bias, [O]);
+      bias = this.data(op, 'bias', opts.bias, 'f32');
+    }
+    const outShape = [d.batch, d.Ho, d.Wo, O];
+    let residual: F32 | null = null;
+    if (opts.residual) {
+      requireShape(op, 'residual', opts.residual, outShape);
+      residual = this.data(op, 'residual', opts.residual, 'f32');
+    }
+    const y = this.newF32(outShape);
+    this.kernels.conv2d(s.x, s.weight, bias, residual, this.data(op, 'y', y, 'f32'), d, opts.relu ?? false);
+    return y;
+  }
+
+  /** Window means of x (B, H, W, C) -> (B, Ho, Wo, C) (nn.AvgPool2d, count_include_pad, floor mode). */
+  avgPool2d(x: Tensor, opts: Pool2dOptions): Tensor {
+    const op = 'avgPool2d';
+    const X = this.data(op, 'x', x, 'f32');
+    requireRank(op, 'x (B, H, W, C)', x, 4);
+    const kernel = pair(op, 'kernel', opts.kernel, 1);
+    const d = windowDims(op, x.shape, x.shape[3], kernel, opts.stride ?? kernel, opts.padding ?? 0);
+    if (d.padH * 2 > d.kh || d.padW * 2 > d.kw) {
+      throw new ShapeError(
+        `${op}: padding ${d.padH}x${d.padW} must be at most half the kernel ${d.kh}x${d.kw}`,
+      );
+    }
+    const y = this.newF32([d.batch, d.Ho, d.Wo, d.C]);
+    this.kernels.avgPool2d(X, this.data(op, 'y', y, 'f32'), d);
+    return y;
+  }
+
   // ---------------------------------------------------------------- layout (TypedArray copies)
 
   /** Concatenate along `axis` (negative counts from the end); all other axes and the dtype must agree. */
@@ -791,6 +878,52 @@ export abstract class HostBackend implements Backend {
     indices.forEach((r, i) => O.set(X.subarray(r * rowSize, (r + 1) * rowSize), i * rowSize));
     return out;
   }
+
+  // ---------------------------------------------------------------- decoding (see backend.ts)
+
+  logSoftmaxTopK(logits: Tensor, k: number, temperature: number): TopKResult {
+    const op = 'logSoftmaxTopK';
+    const X = this.data(op, 'logits', logits, 'f32');
+    if (logits.rank !== 2) throw new ShapeError(`${op}: logits must be (rows, V), got ${fmt(logits.shape)}`);
+    const [rows, V] = logits.shape;
+    requireInteger(op, `k (logits ${fmt(logits.shape)})`, k, 1, Math.max(1, V));
+    if (V === 0) throw new ShapeError(`${op}: logits ${fmt(logits.shape)} have no vocabulary`);
+    if (typeof temperature !== 'number' || Number.isNaN(temperature) || temperature === Infinity)
+      throw new ShapeError(`${op}: temperature must be a finite number, got ${String(temperature)}`);
+    // Official: logits / (temperature if temperature > 0 else 1.0).
+    const t = temperature > 0 ? temperature : 1;
+    const values = this.newF32([rows, k]);
+    const indices = this.wrap(new Int32Array(rows * k), [rows, k]);
+    this.kernels.logSoftmaxTopK(
+      X,
+      rows,
+      V,
+      k,
+      t,
+      this.data(op, 'values', values, 'f32'),
+      this.data(op, 'indices', indices, 'i32'),
+    );
+    return { values, indices };
+  }
+
+  copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void {
+    const op = 'copyRows';
+    const D = this.data(op, 'dst', dst);
+    const S = this.data(op, 'src', src, dst.dtype);
+    const shapes = `src ${fmt(src.shape)} into dst ${fmt(dst.shape)}`;
+    if (dst.rank < 2 || src.rank !== dst.rank || !src.shape.every((d, i) => i === 0 || d === dst.shape[i]))
+      throw new ShapeError(`${op}: cannot copy rows of ${shapes} (rank >= 2, equal trailing axes)`);
+    if (indices.length !== dst.shape[0])
+      throw new ShapeError(
+        `${op}: ${indices.length} indices for the ${dst.shape[0]} rows of dst ${fmt(dst.shape)}`,
+      );
+    for (const i of indices) requireInteger(op, `index (src ${fmt(src.shape)})`, i, 0, src.shape[0] - 1);
+    requireInteger(op, `length (axis 1 of ${fmt(dst.shape)})`, length, 0, dst.shape[1]);
+    if (S.buffer === D.buffer) throw new ShapeError(`${op}: src and dst share storage`);
+    const rowSize = dst.shape[0] === 0 ? 0 : dst.size / dst.shape[0];
+    const n = dst.shape[1] === 0 ? 0 : (rowSize / dst.shape[1]) * length; // the first `length` positions
+    indices.forEach((r, i) => D.set(S.subarray(r * rowSize, r * rowSize + n), i * rowSize));
+  }
 }
 
 function checkIds(op: string, ids: I32, vocab: number): void {
@@ -799,4 +932,43 @@ function checkIds(op: string, ids: I32, vocab: number): void {
       throw new Error(`${op}: id ${ids[i]} at position ${i} is outside the table's ${vocab} rows`);
     }
   }
+}
+
+/** A (height, width) pair from a number or a pair; each an integer >= min. */
+function pair(
+  op: string,
+  what: string,
+  v: number | readonly [number, number],
+  min: number,
+): [number, number] {
+  if (typeof v !== 'number' && !(Array.isArray(v) && v.length === 2)) {
+    throw new ShapeError(`${op}: ${what} must be a number or a (height, width) pair`);
+  }
+  const p: [number, number] = typeof v === 'number' ? [v, v] : [v[0], v[1]];
+  requireInteger(op, `${what} (height)`, p[0], min);
+  requireInteger(op, `${what} (width)`, p[1], min);
+  return p;
+}
+
+/** The output geometry of a kh x kw window sliding over x (B, H, W, C); throws when it does not fit. */
+function windowDims(
+  op: string,
+  xShape: readonly number[],
+  O: number,
+  kernel: readonly [number, number],
+  stride: number | readonly [number, number],
+  padding: number | readonly [number, number],
+): Conv2dDims {
+  const [batch, H, W, C] = xShape;
+  const [kh, kw] = kernel;
+  const [strideH, strideW] = pair(op, 'stride', stride, 1);
+  const [padH, padW] = pair(op, 'padding', padding, 0);
+  if (kh < 1 || kw < 1 || H + 2 * padH < kh || W + 2 * padW < kw) {
+    throw new ShapeError(
+      `${op}: a ${kh}x${kw} window does not fit x ${fmt(xShape)} padded by ${padH}x${padW}`,
+    );
+  }
+  const Ho = Math.floor((H + 2 * padH - kh) / strideH) + 1;
+  const Wo = Math.floor((W + 2 * padW - kw) / strideW) + 1;
+  return { batch, H, W, C, O, kh, kw, strideH, strideW, padH, padW, Ho, Wo };
 }

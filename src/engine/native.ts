@@ -21,7 +21,7 @@ import { fileURLToPath } from 'node:url';
 import { ShapeError } from './backend.js';
 import type { Backend } from './backend.js';
 import { HostBackend } from './host-backend.js';
-import type { ActivationKind, AttentionDims, HostKernels } from './host-backend.js';
+import type { ActivationKind, AttentionDims, Conv2dDims, HostKernels } from './host-backend.js';
 import { requireInteger } from './reference-checks.js';
 
 type F32 = Float32Array;
@@ -51,6 +51,8 @@ interface NativeAddon extends Pick<
   | 'dropout'
 > {
   info(): NativeInfo;
+  /** native/decoding.cc */
+  logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
   setThreads(threads: number): number;
   setGemmKernel(kernel: 'avx2' | 'portable'): boolean;
   gemm(
@@ -103,6 +105,16 @@ interface NativeAddon extends Pick<
     factor: number,
     dlogits: F32,
   ): void;
+  // ---- convolution and pooling (native/conv.cc) ----
+  conv2d(
+    x: F32,
+    w: F32,
+    bias: F32 | null,
+    residual: F32 | null,
+    y: F32,
+    ...geometryAndRelu: [...ConvGeometry, boolean]
+  ): void;
+  avgPool2d(x: F32, y: F32, B: number, H: number, W: number, C: number, ...window: ConvWindow): void;
   adamw(
     param: F32,
     grad: F32,
@@ -120,6 +132,11 @@ interface NativeAddon extends Pick<
 
 /** [B, Tq, Tk, kvLength, C, nHead, scale, causal, dropoutP, dropoutSeedUint32] */
 type AttentionGeometry = [number, number, number, number, number, number, number, boolean, number, number];
+
+/** [kh, kw, strideH, strideW, padH, padW] */
+type ConvWindow = [number, number, number, number, number, number];
+/** [B, H, W, C, O, ...ConvWindow] */
+type ConvGeometry = [number, number, number, number, number, ...ConvWindow];
 
 const enum BinaryOp {
   Add = 0,
@@ -231,6 +248,10 @@ function geometry(d: AttentionDims): AttentionGeometry {
   return [d.batch, d.tq, d.tk, d.kvLen, d.channels, d.nHead, d.scale, d.causal, d.dropP, uint32(d.dropSeed)];
 }
 
+function convWindow(d: Conv2dDims): ConvWindow {
+  return [d.kh, d.kw, d.strideH, d.strideW, d.padH, d.padW];
+}
+
 /**
  * The kernels as addon calls. host-backend.ts has checked shapes, dtypes and ranges; what is checked here
  * is only what the C++ side needs beyond that: scalars it reads as numbers, finite doubles or int32, and
@@ -291,5 +312,12 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     },
     // mulberry32At(seed, i) as the addon hashes each index, so masks match the reference's at any thread count
     dropout: (x, p, seed, y, mask) => addon.dropout(x, p, uint32(seed), y, mask),
+    // decoding ops (native/decoding.cc); host-backend.ts has checked k and made t finite and positive
+    logSoftmaxTopK: (x, rows, V, k, t, values, indices) =>
+      addon.logSoftmaxTopK(x, rows, V, k, t, values, indices),
+    // convolution and pooling: native/conv.cc
+    conv2d: (x, w, bias, residual, y, d, relu) =>
+      addon.conv2d(x, w, bias, residual, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
+    avgPool2d: (x, y, d) => addon.avgPool2d(x, y, d.batch, d.H, d.W, d.C, ...convWindow(d)),
   };
 }

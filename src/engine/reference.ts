@@ -13,6 +13,8 @@
  */
 import { HostBackend } from './host-backend.js';
 import type { ActivationKind, AttentionDims, HostKernels } from './host-backend.js';
+import { logSoftmaxTopKRows } from './reference-decoding.js';
+import { referenceConvKernels } from './reference-conv.js';
 import { mulberry32At } from './reference-random.js';
 
 export class ReferenceBackend extends HostBackend {
@@ -360,6 +362,11 @@ const referenceKernels: HostKernels = {
       Y[i] = X[i] * MASK[i];
     }
   },
+
+  // decoding ops: reference-decoding.ts
+  logSoftmaxTopK: logSoftmaxTopKRows,
+  // convolution and pooling: reference-conv.ts
+  ...referenceConvKernels,
 };
 
 /**

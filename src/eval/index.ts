@@ -18,6 +18,7 @@ import { type PredictionSet, type ReferenceSet, sample } from './readers.js';
 import { computeRouge } from './rouge.js';
 import { computeSpice } from './spice.js';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 
 export { computeBleu, bleuImageStats, type BleuResult, type BleuStats } from './bleu.js';
 export { computeRouge, rougeL, lcsLength, type RougeResult } from './rouge.js';
@@ -31,9 +32,12 @@ export {
   readPredictions,
   parseReferences,
   parsePredictions,
+  cocoIdFromFileName,
+  imageIdForPath,
   type ReferenceSet,
   type PredictionSet,
   type ReadReferencesOptions,
+  type ReadPredictionsOptions,
 } from './readers.js';
 
 export type Tokenization = 'ptb' | 'none';
@@ -195,6 +199,19 @@ export async function evaluateCaptions(
   predictions: PredictionsInput,
   opts: EvaluateOptions = {},
 ): Promise<EvalResult> {
+  checkOptionKeys(
+    opts,
+    optionKeys<EvaluateOptions>({
+      tokenize: true,
+      meteorJar: true,
+      spiceJar: true,
+      spiceCache: true,
+      java: true,
+      onlyPredicted: true,
+      onProgress: true,
+    }),
+    'evaluateCaptions options',
+  );
   const tokenize = opts.tokenize ?? 'ptb';
   if (tokenize !== 'ptb' && tokenize !== 'none')
     throw new UserError(`unknown tokenization "${String(tokenize)}" (ptb or none)`);

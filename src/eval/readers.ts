@@ -18,6 +18,7 @@
  */
 import { readFile } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 
 export type ReferenceFormat = 'coco' | 'karpathy' | 'jsonl' | 'json-records';
 export type PredictionFormat = 'coco-results' | 'jsonl';
@@ -29,6 +30,11 @@ export interface ReferenceSet {
   /** Where they came from (a file name) for error messages. */
   source: string;
   format: ReferenceFormat;
+  /**
+   * Image file names -> image id, as the file lists them (COCO `images[].file_name`, Karpathy `filename` and
+   * `filepath/filename`, every split), so that results naming images by path can be scored.
+   */
+  files?: Map<string, string>;
 }
 
 export interface PredictionSet {
@@ -36,6 +42,13 @@ export interface PredictionSet {
   captions: Map<string, string>;
   source: string;
   format: PredictionFormat;
+  /** Entries that hold a failure (`{"image", "error"}` as `clipcap caption --format json` writes them). */
+  failed?: number;
+}
+
+export interface ReadPredictionsOptions {
+  /** Map entries that name an image by path (`{"image": path, "caption"}`) to ids through these references. */
+  references?: ReferenceSet;
 }
 
 export interface ReadReferencesOptions {
@@ -171,10 +184,13 @@ function cocoReferences(doc: JsonObject, name: string): ReferenceSet {
   if (!Array.isArray(anns)) throw new UserError(`${name}: "annotations" must be a list`);
   const captions = new Map<string, string[]>();
   // The images list fixes the order (pycocotools keeps it); images without captions are left out.
+  const files = new Map<string, string>();
   if (Array.isArray(doc.images)) {
     doc.images.forEach((im, i) => {
       if (!isObject(im)) throw new UserError(`${name}: images[${i}] is not an object`);
-      captions.set(imageId(im.id, name, `images[${i}]`, 'id'), []);
+      const id = imageId(im.id, name, `images[${i}]`, 'id');
+      captions.set(id, []);
+      if (typeof im.file_name === 'string' && im.file_name !== '') files.set(im.file_name, id);
     });
   }
   anns.forEach((a, i) => {
@@ -190,20 +206,28 @@ function cocoReferences(doc: JsonObject, name: string): ReferenceSet {
   });
   // Images listed without any caption stay (with an empty list) so that a prediction for one of them is
   // reported as "no reference captions" rather than as an unknown id.
-  return { ids: [...captions.keys()], captions, source: name, format: 'coco' };
+  return { ids: [...captions.keys()], captions, source: name, format: 'coco', files };
 }
 
 function karpathyReferences(doc: JsonObject, name: string, opts: ReadReferencesOptions): ReferenceSet {
   const images = doc.images as Json[];
   const captions = new Map<string, string[]>();
   const splits = new Set<string>();
+  const files = new Map<string, string>();
   images.forEach((im, i) => {
     if (!isObject(im)) throw new UserError(`${name}: images[${i}] is not an object`);
     const split = typeof im.split === 'string' ? im.split : '';
     splits.add(split);
-    if (opts.split !== undefined && split !== opts.split) return;
     const rawId = im.cocoid ?? im.imgid;
-    const id = imageId(rawId, name, `images[${i}]`, im.cocoid === undefined ? 'imgid' : 'cocoid');
+    const idField = im.cocoid === undefined ? 'imgid' : 'cocoid';
+    if (typeof im.filename === 'string' && im.filename !== '' && rawId !== undefined) {
+      const fid = imageId(rawId, name, `images[${i}]`, idField);
+      files.set(im.filename, fid);
+      if (typeof im.filepath === 'string' && im.filepath !== '')
+        files.set(`${im.filepath}/${im.filename}`, fid);
+    }
+    if (opts.split !== undefined && split !== opts.split) return;
+    const id = imageId(rawId, name, `images[${i}]`, idField);
     if (!Array.isArray(im.sentences)) throw new UserError(`${name}: images[${i}] has no "sentences" list`);
     const list = im.sentences.map((s, k) => {
       const where = `images[${i}].sentences[${k}]`;
@@ -222,7 +246,7 @@ function karpathyReferences(doc: JsonObject, name: string, opts: ReadReferencesO
       `${name}: no images in split "${opts.split}" (splits in this file: ${known.join(', ') || 'none'})`,
     );
   }
-  return { ids: [...captions.keys()], captions, source: name, format: 'karpathy' };
+  return { ids: [...captions.keys()], captions, source: name, format: 'karpathy', files };
 }
 
 /** Parse references from text; `name` is used in error messages. */
@@ -269,8 +293,41 @@ export function parseReferences(text: string, name: string, opts: ReadReferences
   return refs;
 }
 
-/** Parse predictions from text; `name` is used in error messages. */
-export function parsePredictions(text: string, name: string): PredictionSet {
+/**
+ * The COCO image id in a COCO file name: `COCO_val2014_000000391895.jpg` (2014) or `000000391895.jpg`
+ * (2017) -> "391895"; undefined for other names.
+ */
+export function cocoIdFromFileName(file: string): string | undefined {
+  const base = file.slice(Math.max(file.lastIndexOf('/'), file.lastIndexOf('\\')) + 1);
+  const m = /^(?:COCO_[A-Za-z]+\d{4}_)?(\d{12})\.[A-Za-z]+$/.exec(base);
+  return m === null ? undefined : String(Number(m[1]));
+}
+
+/**
+ * The image id of an image path: the longest trailing part of the path that the references list as a file
+ * name (`val2014/COCO_val2014_...jpg`, then `COCO_val2014_...jpg`), else the number in a COCO file name.
+ */
+export function imageIdForPath(file: string, references?: ReferenceSet): string | undefined {
+  const parts = file.split(/[\\/]+/).filter((p) => p !== '' && p !== '.');
+  const files = references?.files;
+  if (files !== undefined)
+    for (let i = 0; i < parts.length; i++) {
+      const id = files.get(parts.slice(i).join('/'));
+      if (id !== undefined) return id;
+    }
+  return cocoIdFromFileName(file);
+}
+
+/**
+ * Parse predictions from text; `name` is used in error messages. Entries may name their image by `image_id`,
+ * or by path (`image`, as `clipcap caption --format json` writes them), mapped through the references' file
+ * names or the COCO file-name pattern; failed entries (`error`) are counted and left out.
+ */
+export function parsePredictions(
+  text: string,
+  name: string,
+  opts: ReadPredictionsOptions = {},
+): PredictionSet {
   const parsed = parseAny(text, name);
   let records: Array<{ value: JsonObject; where: string }>;
   let format: PredictionFormat;
@@ -294,8 +351,25 @@ export function parsePredictions(text: string, name: string): PredictionSet {
   }
   const captions = new Map<string, string>();
   const duplicates: string[] = [];
+  let failed = 0;
   for (const { value, where } of records) {
-    const id = imageId(value.image_id, name, where);
+    if (value.image_id === undefined && typeof value.error === 'string' && value.caption === undefined) {
+      failed++;
+      continue;
+    }
+    let id: string;
+    if (value.image_id === undefined && typeof value.image === 'string' && value.image !== '') {
+      const found = imageIdForPath(value.image, opts.references);
+      if (found === undefined)
+        throw new UserError(
+          `${name}: ${where}: no image id for "${value.image}": ` +
+            (opts.references?.files !== undefined && opts.references.files.size > 0
+              ? `${opts.references.source} lists no such file_name, and the name is not a COCO file name`
+              : `the references name no image files and it is not a COCO file name (COCO_val2014_000000391895.jpg)`) +
+            `; or write "image_id" (clipcap caption --format coco)`,
+        );
+      id = found;
+    } else id = imageId(value.image_id, name, where);
     const text = captionText(value.caption, name, where);
     if (captions.has(id)) duplicates.push(id);
     else captions.set(id, text);
@@ -306,8 +380,13 @@ export function parsePredictions(text: string, name: string): PredictionSet {
       `${name}: ${uniq.length} image id(s) have more than one prediction (${sample(uniq)}); give exactly one caption per image`,
     );
   }
-  if (captions.size === 0) throw new UserError(`${name}: no predictions found`);
-  return { ids: [...captions.keys()], captions, source: name, format };
+  if (captions.size === 0)
+    throw new UserError(
+      failed > 0
+        ? `${name}: all ${failed} entries are failures; nothing to score`
+        : `${name}: no predictions found`,
+    );
+  return { ids: [...captions.keys()], captions, source: name, format, ...(failed > 0 ? { failed } : {}) };
 }
 
 /** A few ids for an error message. */
@@ -328,9 +407,18 @@ async function readText(file: string, what: string): Promise<string> {
 }
 
 export async function readReferences(file: string, opts: ReadReferencesOptions = {}): Promise<ReferenceSet> {
+  checkOptionKeys(
+    opts,
+    optionKeys<ReadReferencesOptions>({ split: true, tokenize: true }),
+    'readReferences options',
+  );
   return parseReferences(await readText(file, 'references'), file, opts);
 }
 
-export async function readPredictions(file: string): Promise<PredictionSet> {
-  return parsePredictions(await readText(file, 'predictions'), file);
+export async function readPredictions(
+  file: string,
+  opts: ReadPredictionsOptions = {},
+): Promise<PredictionSet> {
+  checkOptionKeys(opts, optionKeys<ReadPredictionsOptions>({ references: true }), 'readPredictions options');
+  return parsePredictions(await readText(file, 'predictions'), file, opts);
 }

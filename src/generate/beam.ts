@@ -16,9 +16,9 @@
  */
 import type { Tensor } from '../engine/tensor.js';
 import type { CausalLM, KvCache } from './lm.js';
-import { effectiveTemperature, logSoftmaxRow, logSumExpRow } from './logits.js';
+import { effectiveTemperature, logSumExpRow } from './logits.js';
 import type { ResolvedDecodeOptions } from './options.js';
-import { feedTokens, keepRows, runPrefix } from './steps.js';
+import { feedTokensTensor, keepRows, runPrefixTensor } from './steps.js';
 import type { GenerationResult } from './types.js';
 
 const f32 = Math.fround;
@@ -39,7 +39,7 @@ interface BeamState {
 class TopK {
   readonly idx: number[] = [];
   readonly val: number[] = [];
-  constructor(private readonly k: number) {}
+  constructor(readonly k: number) {}
 
   /** Offer candidates in increasing index order (so ties keep the earlier index). */
   offer(value: number, index: number): void {
@@ -62,6 +62,55 @@ class TopK {
   }
 }
 
+/**
+ * Offers every candidate (score + logp[v]) / len of one beam's logits row to `best`, flat index base + v:
+ * logp[v] = fround(x[v] / T - lse) as logSoftmaxRow makes it. The exact float32 average is only computed
+ * where a float64 estimate can reach the current floor: the three float32 roundings move it by < 4e-7
+ * relative, and every value is <= 0, so a margin of 1e-6 of the floor never drops a candidate the exact
+ * computation would keep.
+ */
+function scanRow(
+  best: TopK,
+  logits: Float32Array,
+  off: number,
+  V: number,
+  base: number,
+  score: number,
+  len: number,
+  temperature: number,
+): void {
+  const lse = logSumExpRow(logits, off, V, temperature);
+  const t = effectiveTemperature(temperature);
+  let floor = best.floor;
+  let cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
+  for (let v = 0; v < V; v++) {
+    const xv = t === 1 ? logits[off + v] : f32(logits[off + v] / t);
+    if (!((score + xv - lse) / len >= cutoff)) continue;
+    const avg = f32(f32(score + f32(xv - lse)) / len);
+    if (avg > floor || best.idx.length < best.k) {
+      best.offer(avg, base + v);
+      floor = best.floor;
+      cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
+    }
+  }
+}
+
+/** The k best log-probabilities of each row of logits (rows, V) on the host: (rows, k) values and indices. */
+function topLogProbs(
+  lm: CausalLM,
+  logits: Tensor,
+  k: number,
+  temperature: number,
+): { values: Float32Array; indices: Int32Array } {
+  const top = lm.backend.logSoftmaxTopK(logits, k, temperature);
+  try {
+    return { values: top.values.toArray() as Float32Array, indices: top.indices.toArray() as Int32Array };
+  } finally {
+    top.values.dispose();
+    top.indices.dispose();
+  }
+}
+
 /** prefix: (B, K, E) -> per input, `beamSize` sequences best first, with their scores. */
 export function beamDecode(
   lm: CausalLM,
@@ -73,21 +122,26 @@ export function beamDecode(
   const beam = opts.beamSize;
   if (beam > V) throw new Error(`beam size ${beam} exceeds the vocabulary (${V})`);
   const stop = opts.stopTokenId;
-  const logp = new Float32Array(V);
+  // Candidates per beam row that the backend ranks: one more than can be chosen, to detect ties (below).
+  const kk = Math.min(V, beam + 1);
   const states: BeamState[] = [];
 
-  const run = runPrefix(lm, prefix, opts.maxTokens);
+  const run = runPrefixTensor(lm, prefix, opts.maxTokens);
   let cache: KvCache = run.cache;
   try {
-    // Step 0: the top `beam` next tokens of each prefix.
+    // Step 0: the top `beam` next tokens of each prefix (log-probabilities, ties to the lower id).
+    let first: { values: Float32Array; indices: Int32Array };
+    try {
+      first = topLogProbs(lm, run.logits, beam, opts.temperature);
+    } finally {
+      run.logits.dispose();
+    }
     for (let i = 0; i < batch; i++) {
-      logSoftmaxRow(run.logits, i * V, V, opts.temperature, logp);
-      const top = new TopK(beam);
-      for (let v = 0; v < V; v++) if (logp[v] > top.floor || top.idx.length < beam) top.offer(logp[v], v);
-      const stopped = top.idx.map((tok) => tok === stop);
+      const ids = Array.from(first.indices.subarray(i * beam, (i + 1) * beam));
+      const stopped = ids.map((tok) => tok === stop);
       states.push({
-        tokens: top.idx.map((tok) => [tok]),
-        scores: Float32Array.from(top.val),
+        tokens: ids.map((tok) => [tok]),
+        scores: first.values.slice(i * beam, (i + 1) * beam),
         lengths: new Float32Array(beam).fill(1),
         stopped,
         done: stopped.every(Boolean) || opts.maxTokens <= 1,
@@ -101,59 +155,62 @@ export function beamDecode(
     );
 
     for (let step = 1; active.length > 0; step++) {
-      const logits = feedTokens(
+      const logits = feedTokensTensor(
         lm,
         cache,
         active.flatMap((i) => states[i].tokens.map((seq) => seq[seq.length - 1])),
       );
       const sourceRows: number[] = [];
       const stillActive: number[] = [];
-      active.forEach((i, a) => {
-        const s = states[i];
-        // seq_lengths[~is_stopped] += 1, before the average as in the official code.
-        const lengths = s.lengths.map((len, b) => (s.stopped[b] ? len : len + 1));
-        const top = new TopK(beam);
-        for (let b = 0; b < beam; b++) {
-          const score = s.scores[b];
-          const len = lengths[b];
-          if (s.stopped[b]) {
-            // Only token 0 is finite, at log-prob 0: avg = (score + 0) / len.
-            top.offer(f32(score / len), b * V);
-            continue;
-          }
-          // Candidates (score + logp[v]) / len, with logp[v] = fround(x[v] / T - lse) as logSoftmaxRow makes
-          // it. The exact float32 average is only computed where a float64 estimate can reach the current
-          // floor: the three float32 roundings move it by < 4e-7 relative, and every value is <= 0, so a
-          // margin of 1e-6 of the floor never drops a candidate the exact computation would keep.
-          const off = (a * beam + b) * V;
-          const lse = logSumExpRow(logits, off, V, opts.temperature);
-          const t = effectiveTemperature(opts.temperature);
-          let floor = top.floor;
-          let cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
-          for (let v = 0; v < V; v++) {
-            const xv = t === 1 ? logits[off + v] : f32(logits[off + v] / t);
-            if (!((score + xv - lse) / len >= cutoff)) continue;
-            const avg = f32(f32(score + f32(xv - lse)) / len);
-            if (avg > floor || top.idx.length < beam) {
-              top.offer(avg, b * V + v);
-              floor = top.floor;
-              cutoff = floor - Math.abs(floor) * 1e-6 - 1e-30;
+      try {
+        const top = topLogProbs(lm, logits, kk, opts.temperature);
+        let host: Float32Array | null = null; // every logit, downloaded only if a row needs the full scan
+        active.forEach((i, a) => {
+          const s = states[i];
+          // seq_lengths[~is_stopped] += 1, before the average as in the official code.
+          const lengths = s.lengths.map((len, b) => (s.stopped[b] ? len : len + 1));
+          const best = new TopK(beam);
+          for (let b = 0; b < beam; b++) {
+            const score = s.scores[b];
+            const len = lengths[b];
+            if (s.stopped[b]) {
+              // Only token 0 is finite, at log-prob 0: avg = (score + 0) / len.
+              best.offer(f32(score / len), b * V);
+              continue;
             }
+            // avg = (score + logp) / len rounded to float32 at each step, as torch computes it, is
+            // non-decreasing in logp, so this row's `beam` best averages are those of its `beam` best
+            // log-probabilities, unless rounding makes the next one's average equal the last kept one (then
+            // a lower id could win the tie): that row is scanned in full, as the official code does.
+            const row = (a * beam + b) * kk;
+            const avgOf = (j: number) => f32(f32(score + top.values[row + j]) / len);
+            if (kk > beam && !(avgOf(beam) < avgOf(beam - 1))) {
+              host ??= logits.toArray() as Float32Array;
+              scanRow(best, host, (a * beam + b) * V, V, b * V, score, len, opts.temperature);
+              continue;
+            }
+            // Offer in increasing id order, so that ties across rows and ids keep the lower flat index.
+            const order = Array.from({ length: beam }, (_, j) => j).sort(
+              (x, y) => top.indices[row + x] - top.indices[row + y],
+            );
+            for (const j of order) best.offer(avgOf(j), b * V + top.indices[row + j]);
           }
-        }
-        const sources = top.idx.map((f) => Math.floor(f / V));
-        const nextTokens = top.idx.map((f) => f % V);
-        const newLengths = Float32Array.from(sources, (src) => lengths[src]);
-        s.tokens = sources.map((src, j) => [...s.tokens[src], nextTokens[j]]);
-        s.scores = Float32Array.from(top.val, (avg, j) => f32(avg * newLengths[j]));
-        s.lengths = newLengths;
-        s.stopped = sources.map((src, j) => s.stopped[src] || nextTokens[j] === stop);
-        s.done = s.stopped.every(Boolean) || step + 1 >= opts.maxTokens;
-        if (!s.done) {
-          stillActive.push(i);
-          for (const src of sources) sourceRows.push(a * beam + src);
-        }
-      });
+          const sources = best.idx.map((f) => Math.floor(f / V));
+          const nextTokens = best.idx.map((f) => f % V);
+          const newLengths = Float32Array.from(sources, (src) => lengths[src]);
+          s.tokens = sources.map((src, j) => [...s.tokens[src], nextTokens[j]]);
+          s.scores = Float32Array.from(best.val, (avg, j) => f32(avg * newLengths[j]));
+          s.lengths = newLengths;
+          s.stopped = sources.map((src, j) => s.stopped[src] || nextTokens[j] === stop);
+          s.done = s.stopped.every(Boolean) || step + 1 >= opts.maxTokens;
+          if (!s.done) {
+            stillActive.push(i);
+            for (const src of sources) sourceRows.push(a * beam + src);
+          }
+        });
+      } finally {
+        logits.dispose();
+      }
       active = stillActive;
       if (active.length > 0) cache = keepRows(cache, sourceRows);
     }

@@ -12,15 +12,30 @@ export interface PrefixRun {
   logits: Float32Array;
 }
 
-function hostLogits(lm: CausalLM, t: Tensor, rows: number): Float32Array {
+/** runPrefix's result with the logits left on the backend. */
+export interface PrefixRunTensor {
+  cache: KvCache;
+  /** (B, V) logits after the last prefix position; the caller disposes it. */
+  logits: Tensor;
+}
+
+function checkLogits(lm: CausalLM, t: Tensor, rows: number): Tensor {
+  if (t.shape.length !== 2 || t.shape[0] !== rows || t.shape[1] !== lm.vocabSize) {
+    t.dispose();
+    throw new Error(
+      `CausalLM.step returned logits [${t.shape.join(', ')}], expected [${rows}, ${lm.vocabSize}]`,
+    );
+  }
+  if (t.dtype !== 'f32') {
+    t.dispose();
+    throw new Error('CausalLM.step returned integer logits');
+  }
+  return t;
+}
+
+function hostLogits(t: Tensor): Float32Array {
   try {
-    if (t.shape.length !== 2 || t.shape[0] !== rows || t.shape[1] !== lm.vocabSize)
-      throw new Error(
-        `CausalLM.step returned logits [${t.shape.join(', ')}], expected [${rows}, ${lm.vocabSize}]`,
-      );
-    const data = t.toArray();
-    if (!(data instanceof Float32Array)) throw new Error('CausalLM.step returned integer logits');
-    return data;
+    return t.toArray() as Float32Array;
   } finally {
     t.dispose();
   }
@@ -31,6 +46,12 @@ function hostLogits(lm: CausalLM, t: Tensor, rows: number): Float32Array {
  * tokens that are fed back (the last token is never fed), runs the prefix, returns the cache and logits.
  */
 export function runPrefix(lm: CausalLM, prefix: Tensor, maxTokens: number): PrefixRun {
+  const run = runPrefixTensor(lm, prefix, maxTokens);
+  return { cache: run.cache, logits: hostLogits(run.logits) };
+}
+
+/** runPrefix, leaving the logits on the backend. */
+export function runPrefixTensor(lm: CausalLM, prefix: Tensor, maxTokens: number): PrefixRunTensor {
   if (prefix.shape.length !== 3 || prefix.shape[2] !== lm.width)
     throw new Error(`prefix embeddings must be (B, K, ${lm.width}), got [${prefix.shape.join(', ')}]`);
   const [batch, k] = prefix.shape;
@@ -42,7 +63,7 @@ export function runPrefix(lm: CausalLM, prefix: Tensor, maxTokens: number): Pref
     );
   const cache = lm.createCache(batch, capacity);
   try {
-    return { cache, logits: hostLogits(lm, lm.step(prefix, cache), batch) };
+    return { cache, logits: checkLogits(lm, lm.step(prefix, cache), batch) };
   } catch (e) {
     cache.dispose();
     throw e;
@@ -51,11 +72,16 @@ export function runPrefix(lm: CausalLM, prefix: Tensor, maxTokens: number): Pref
 
 /** Feed one token to each cache row (tokens[r] to row r) and return the (rows, V) logits. */
 export function feedTokens(lm: CausalLM, cache: KvCache, tokens: readonly number[]): Float32Array {
+  return hostLogits(feedTokensTensor(lm, cache, tokens));
+}
+
+/** feedTokens, leaving the (rows, V) logits on the backend (the caller disposes them). */
+export function feedTokensTensor(lm: CausalLM, cache: KvCache, tokens: readonly number[]): Tensor {
   const ids = lm.backend.upload(Int32Array.from(tokens), [tokens.length, 1]);
   let embeds: Tensor | undefined;
   try {
     embeds = lm.embed(ids); // (R, 1, E)
-    return hostLogits(lm, lm.step(embeds, cache), tokens.length);
+    return checkLogits(lm, lm.step(embeds, cache), tokens.length);
   } finally {
     ids.dispose();
     embeds?.dispose();

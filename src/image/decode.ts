@@ -18,7 +18,8 @@
  */
 import { readFile } from 'node:fs/promises';
 import sharp from 'sharp';
-import { UserError } from '../util/errors.js';
+import { errorMessage, UserError } from '../util/errors.js';
+import { safeText } from '../util/text.js';
 import { fillTransparent, gifTransparentColour } from './gif.js';
 
 /** 8-bit RGB pixels: data is (height, width, 3), row-major, interleaved. */
@@ -37,6 +38,11 @@ export interface DecodeOptions {
    * (a small file that expands to gigabytes). Default 100 million.
    */
   limitInputPixels?: number;
+  /**
+   * Refuse images whose long side is more than this many times the short side, checked from the header before
+   * decoding (a 400 KB PNG of 1x20,000,000 pixels takes libvips 20 s to decode). Default MAX_ASPECT_RATIO.
+   */
+  maxAspectRatio?: number;
   /** Rotate/flip as the EXIF Orientation tag says. Default false, as Pillow's `Image.open` (and CLIP). */
   applyExif?: boolean;
   /** How errors name an input given as bytes or pixels (a path names itself). */
@@ -45,14 +51,34 @@ export interface DecodeOptions {
 
 export const DEFAULT_PIXEL_LIMIT = 100_000_000;
 
+/**
+ * Images whose long side is more than this many times the short side are refused: CLIP would see a sliver
+ * blown up to a square, and the reference itself would first resize a 1x1,000,000 strip to 224x224,000,000.
+ */
+export const MAX_ASPECT_RATIO = 10_000;
+
+function checkAspect(name: string, width: number, height: number, opts: DecodeOptions): void {
+  const max = opts.maxAspectRatio ?? MAX_ASPECT_RATIO;
+  if (!(max >= 1)) throw new UserError(`maxAspectRatio must be at least 1, got ${max}`);
+  if (Math.max(width, height) > max * Math.min(width, height)) {
+    throw new UserError(
+      `${name}: a ${width}x${height} image is too elongated (the long side is more than ${max} times the short side); crop it first`,
+    );
+  }
+}
+
 /** sharp's format ids we accept ('heif' covers AVIF). */
 const RASTER_FORMATS: ReadonlySet<string> = new Set(['jpeg', 'png', 'webp', 'gif', 'tiff', 'heif']);
 
 const ADVICE = 'check that it is a valid JPEG, PNG, WebP, GIF, TIFF or AVIF image';
 
-function describeInput(input: ImageInput, opts: DecodeOptions): string {
-  if (typeof input === 'string') return input;
-  return opts.name ?? (input instanceof Uint8Array ? 'image data' : 'RGB pixel input');
+/**
+ * How messages name an input: its path, or `opts.name`, with control characters escaped (file names found by a
+ * directory walk are as untrusted as file contents).
+ */
+export function describeInput(input: ImageInput, opts: DecodeOptions): string {
+  if (typeof input === 'string') return safeText(input, 1000);
+  return safeText(opts.name ?? (input instanceof Uint8Array ? 'image data' : 'RGB pixel input'), 1000);
 }
 
 function pixelLimit(opts: DecodeOptions): number {
@@ -66,7 +92,7 @@ function pixelLimit(opts: DecodeOptions): number {
 function overLimit(name: string, width: number, height: number, limit: number): UserError {
   return new UserError(
     `${name}: ${width}x${height} = ${width * height} pixels is over the limit of ${limit}; ` +
-      'raise the pixel limit (limitInputPixels) if you trust this file',
+      'raise it with --max-pixels (limitInputPixels in the library) if you trust this file',
   );
 }
 
@@ -88,27 +114,91 @@ async function readImageFile(path: string): Promise<Buffer> {
   }
 }
 
-/** Turn a sharp/libvips error into a one-line UserError naming the input. */
-function decodeError(name: string, e: unknown, limit: number): UserError {
-  const msg = (e instanceof Error ? e.message : String(e)).split('\n')[0].trim();
-  if (/unsupported image format/i.test(msg)) {
-    return new UserError(`${name}: not an image in a supported format; ${ADVICE}`, { cause: e });
+/** File signatures: what a file says it is, to name it when libvips cannot read it. */
+const SIGNATURES: ReadonlyArray<[string, boolean, (b: Uint8Array) => boolean]> = [
+  ['PNG', true, (b) => b[0] === 0x89 && b[1] === 0x50 && b[2] === 0x4e && b[3] === 0x47],
+  ['JPEG', true, (b) => b[0] === 0xff && b[1] === 0xd8 && b[2] === 0xff],
+  ['GIF', true, (b) => ascii(b, 0, 4) === 'GIF8'],
+  ['WebP', true, (b) => ascii(b, 0, 4) === 'RIFF' && ascii(b, 8, 12) === 'WEBP'],
+  ['TIFF', true, (b) => ascii(b, 0, 4) === 'II*\0' || ascii(b, 0, 4) === 'MM\0*'],
+  ['AVIF/HEIF', true, (b) => ascii(b, 4, 8) === 'ftyp'],
+  ['BMP', false, (b) => ascii(b, 0, 2) === 'BM'],
+  ['PDF', false, (b) => ascii(b, 0, 5) === '%PDF-'],
+  ['Photoshop', false, (b) => ascii(b, 0, 4) === '8BPS'],
+  ['ICO', false, (b) => b[0] === 0 && b[1] === 0 && b[2] === 1 && b[3] === 0],
+  ['JPEG 2000', false, (b) => ascii(b, 4, 8) === 'jP  ' || (b[0] === 0xff && b[1] === 0x4f && b[2] === 0xff)],
+  ['JPEG XL', false, (b) => (b[0] === 0xff && b[1] === 0x0a) || ascii(b, 4, 8) === 'JXL '],
+  ['SVG', false, (b) => /^\s*(<\?xml|<svg)/i.test(ascii(b, 0, 64))],
+];
+
+function ascii(b: Uint8Array, from: number, to: number): string {
+  return Buffer.from(b.subarray(from, to)).toString('latin1');
+}
+
+/** The format a file's first bytes announce, and whether we read it. */
+function sniff(bytes: Uint8Array): { format: string; supported: boolean } | undefined {
+  for (const [format, supported, test] of SIGNATURES)
+    if (bytes.length >= 4 && test(bytes)) return { format, supported };
+  return undefined;
+}
+
+/** libvips words for data it could not read: a damaged or cut file, not an unsupported one. */
+const CORRUPT =
+  /premature end|truncated|unexpected end|end of stream|end of (file|data)|corrupt|invalid|read error|bad |bogus|stream error|unable to (read|parse)|not defined|damaged|out of data|unsupported marker|not yet in table/i;
+
+/**
+ * sharp says "Unknown error" when libvips failed with warnings only (its error buffer is empty) and drops the
+ * warnings; decoding again with failOn 'warning' makes sharp put them in the message.
+ */
+async function warningsOf(bytes: Uint8Array, options: sharp.SharpOptions): Promise<string | undefined> {
+  try {
+    await sharp(bytes, { ...options, failOn: 'warning' })
+      .raw()
+      .toBuffer();
+  } catch (e) {
+    const lines = errorMessage(e)
+      .split('\n')
+      .map((l) => l.trim())
+      .filter((l) => l && !/^warning treated as error|^unknown error$/i.test(l));
+    if (lines.length) return lines.join('; ');
   }
-  if (/exceeds pixel limit/i.test(msg)) {
+  return undefined;
+}
+
+/** Turn a sharp/libvips error into a one-line UserError naming the input and, when known, what was wrong. */
+function decodeError(name: string, e: unknown, limit: number, bytes: Uint8Array, detail?: string): UserError {
+  const raw = detail ?? errorMessage(e);
+  const msg = safeText(raw.replace(/\s*\n\s*/g, '; ').trim(), 200);
+  const kind = sniff(bytes);
+  if (/exceeds pixel limit/i.test(raw)) {
     return new UserError(
-      `${name}: the image has more than ${limit} pixels; raise the pixel limit (limitInputPixels) if you trust this file`,
+      `${name}: the image has more than ${limit} pixels; raise it with --max-pixels (limitInputPixels in the library) if you trust this file`,
       { cause: e },
     );
   }
-  if (/premature end|truncated|unexpected end|corrupt|invalid|read error|bad /i.test(msg)) {
-    return new UserError(
-      `${name}: the image data is corrupt or truncated (${msg}); re-download or re-export it`,
-      {
+  if (/unsupported image format/i.test(raw)) {
+    if (kind && !kind.supported) {
+      return new UserError(`${name}: ${kind.format} images are not supported; convert it to JPEG or PNG`, {
         cause: e,
-      },
+      });
+    }
+    if (kind) {
+      // The signature says PNG, TIFF...; libvips could not even read the header: cut short or damaged.
+      return new UserError(
+        `${name}: a ${kind.format} file that is truncated or damaged (its header cannot be read); re-download or re-export it`,
+        { cause: e },
+      );
+    }
+    return new UserError(`${name}: not an image in a supported format; ${ADVICE}`, { cause: e });
+  }
+  const what = kind ? `${kind.format} ` : '';
+  if (CORRUPT.test(raw)) {
+    return new UserError(
+      `${name}: the ${what}image data is corrupt or truncated (${msg}); re-download or re-export it`,
+      { cause: e },
     );
   }
-  return new UserError(`${name}: cannot decode the image (${msg}); ${ADVICE}`, { cause: e });
+  return new UserError(`${name}: cannot decode the ${what}image (${msg}); ${ADVICE}`, { cause: e });
 }
 
 /** Pillow's `cmyk2rgb`: R = (255 - K) - C * (255 - K) / 255 with its rounded integer division. */
@@ -171,7 +261,7 @@ function sixteenToRgb(
   return out;
 }
 
-function checkRaw(input: RgbImage, name: string, limit: number): RgbImage {
+function checkRaw(input: RgbImage, name: string, limit: number, opts: DecodeOptions): RgbImage {
   const { data, width, height } = input;
   if (!(data instanceof Uint8Array))
     throw new UserError(`${name}: pixel data must be a Uint8Array of RGB bytes`);
@@ -179,6 +269,7 @@ function checkRaw(input: RgbImage, name: string, limit: number): RgbImage {
     throw new UserError(`${name}: width and height must be positive integers, got ${width}x${height}`);
   }
   if (width * height > limit) throw overLimit(name, width, height, limit);
+  checkAspect(name, width, height, opts);
   if (data.length !== width * height * 3) {
     throw new UserError(
       `${name}: ${width}x${height} RGB needs ${width * height * 3} bytes, got ${data.length}; pass interleaved 8-bit RGB`,
@@ -194,7 +285,7 @@ function checkRaw(input: RgbImage, name: string, limit: number): RgbImage {
 export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): Promise<RgbImage> {
   const name = describeInput(input, opts);
   const limit = pixelLimit(opts);
-  if (typeof input !== 'string' && !(input instanceof Uint8Array)) return checkRaw(input, name, limit);
+  if (typeof input !== 'string' && !(input instanceof Uint8Array)) return checkRaw(input, name, limit, opts);
 
   const bytes = typeof input === 'string' ? await readImageFile(input) : input;
   if (bytes.length === 0) {
@@ -222,6 +313,8 @@ export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): 
     }
     const frameHeight = meta.pageHeight ?? meta.height;
     if (meta.width * frameHeight > limit) throw overLimit(name, meta.width, frameHeight, limit);
+    // From the header, before decoding: libvips' cost per row makes a tall strip slow to decode however small.
+    checkAspect(name, meta.width, frameHeight, opts);
 
     let pipeline = sharp(bytes, sharpOptions);
     const space = meta.space ?? 'srgb';
@@ -281,6 +374,9 @@ export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): 
     };
   } catch (e) {
     if (e instanceof UserError) throw e;
-    throw decodeError(name, e, limit);
+    const detail = /^\s*unknown error\s*$/i.test(errorMessage(e))
+      ? await warningsOf(bytes, sharpOptions)
+      : undefined;
+    throw decodeError(name, e, limit, bytes, detail);
   }
 }

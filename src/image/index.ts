@@ -1,4 +1,4 @@
-export { decodeToRgb, DEFAULT_PIXEL_LIMIT } from './decode.js';
+export { decodeToRgb, DEFAULT_PIXEL_LIMIT, MAX_ASPECT_RATIO } from './decode.js';
 export type { DecodeOptions, ImageInput, RgbImage } from './decode.js';
 export {
   centerCrop,

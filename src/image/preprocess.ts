@@ -8,7 +8,8 @@
  * would resize RGBA/LA with premultiplied alpha, palette ("P") and 1-bit images with nearest neighbour, and CMYK
  * per ink channel before converting.
  */
-import { decodeToRgb, type DecodeOptions, type ImageInput } from './decode.js';
+import { UserError } from '../util/errors.js';
+import { decodeToRgb, describeInput, type DecodeOptions, type ImageInput } from './decode.js';
 import { resizeAndCenterCrop } from './resize.js';
 
 /** CLIP's normalization constants, as float32 (torch keeps them as float32 tensors). */
@@ -74,6 +75,18 @@ export async function preprocessImage(
   if (!Number.isInteger(size) || size < 1)
     throw new RangeError(`preprocessImage: size must be a positive integer`);
   const rgb = await decodeToRgb(input, opts);
-  const uint8 = resizeAndCenterCrop(rgb.data, rgb.width, rgb.height, size);
-  return { pixelValues: normalizeClip(uint8, size), uint8, width: rgb.width, height: rgb.height };
+  const { width, height } = rgb;
+  const name = describeInput(input, opts);
+  // (Absurd aspect ratios were refused by decodeToRgb, from the header.)
+  let uint8: Uint8Array;
+  try {
+    // Only the crop is computed: memory follows size x size plus the input rows under it, not the resized image.
+    uint8 = resizeAndCenterCrop(rgb.data, width, height, size);
+  } catch (e) {
+    // An allocation failure is this image's problem, not the batch's.
+    if (e instanceof RangeError)
+      throw new UserError(`${name}: cannot resize the image (${e.message})`, { cause: e });
+    throw e;
+  }
+  return { pixelValues: normalizeClip(uint8, size), uint8, width, height };
 }

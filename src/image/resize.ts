@@ -34,29 +34,49 @@ function bicubicFilter(x: number): number {
   return 0.0;
 }
 
-/** Fixed-point resampling weights for one axis. */
+/** Fixed-point resampling weights for a window of output indices on one axis. */
 export interface ResampleCoeffs {
+  /** The first output index described (the window is [first, first + bounds.length / 2)). */
+  readonly first: number;
   /** Taps per output index (the row stride of `weights`). */
   readonly ksize: number;
-  /** bounds[2i] = first input index, bounds[2i + 1] = number of taps for output index i. */
+  /** bounds[2i] = first input index, bounds[2i + 1] = number of taps for output index first + i. */
   readonly bounds: Int32Array;
   /** weights[i * ksize + t]: fixed-point weight of input index bounds[2i] + t. */
   readonly weights: Int32Array;
 }
 
-/** Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box [0, inSize) mapped onto outSize pixels. */
-export function precomputeCoeffs(inSize: number, outSize: number): ResampleCoeffs {
+/**
+ * Pillow's `precompute_coeffs` + `normalize_coeffs_8bpc` for the box [0, inSize) mapped onto outSize pixels, for
+ * the output indices [first, first + count) only (default all): each index's weights depend on nothing else, so
+ * a crop of a hugely elongated image needs weights for the crop, not for the whole resized axis.
+ */
+export function precomputeCoeffs(
+  inSize: number,
+  outSize: number,
+  first = 0,
+  count: number = outSize - first,
+): ResampleCoeffs {
+  if (![inSize, outSize, first, count].every(Number.isSafeInteger) || inSize < 1 || outSize < 1) {
+    throw new RangeError(`precomputeCoeffs: sizes must be positive integers, got ${inSize} -> ${outSize}`);
+  }
+  if (first < 0 || count < 0 || first + count > outSize) {
+    throw new RangeError(
+      `precomputeCoeffs: window [${first}, ${first + count}) is not inside [0, ${outSize})`,
+    );
+  }
   const in0 = 0;
   const in1 = inSize;
   const scale = (in1 - in0) / outSize;
   const filterscale = scale < 1.0 ? 1.0 : scale;
   const support = BICUBIC_SUPPORT * filterscale;
   const ksize = Math.ceil(support) * 2 + 1;
-  const bounds = new Int32Array(outSize * 2);
-  const weights = new Int32Array(outSize * ksize);
+  const bounds = new Int32Array(count * 2);
+  const weights = new Int32Array(count * ksize);
   const k = new Float64Array(ksize);
   const ss = 1.0 / filterscale;
-  for (let xx = 0; xx < outSize; xx++) {
+  for (let i = 0; i < count; i++) {
+    const xx = first + i;
     const center = in0 + (xx + 0.5) * scale;
     // C's (int) cast truncates toward zero.
     let xmin = Math.trunc(center - support + 0.5);
@@ -73,12 +93,12 @@ export function precomputeCoeffs(inSize: number, outSize: number): ResampleCoeff
     for (let x = 0; x < xmax; x++) {
       const v = ww !== 0.0 ? k[x] / ww : k[x];
       const scaled = v * (1 << PRECISION_BITS);
-      weights[xx * ksize + x] = Math.trunc(v < 0 ? scaled - 0.5 : scaled + 0.5);
+      weights[i * ksize + x] = Math.trunc(v < 0 ? scaled - 0.5 : scaled + 0.5);
     }
-    bounds[xx * 2] = xmin;
-    bounds[xx * 2 + 1] = xmax;
+    bounds[i * 2] = xmin;
+    bounds[i * 2 + 1] = xmax;
   }
-  return { ksize, bounds, weights };
+  return { first, ksize, bounds, weights };
 }
 
 /** Pillow's `clip8`: a fixed-point accumulator back to uint8. */
@@ -90,7 +110,7 @@ function clip8(acc: number): number {
 
 /**
  * Horizontal pass. src: (srcH, srcW, 3); returns (rows, cols, 3) where output row r is input row rowFirst + r and
- * output column c is resized column colFirst + c.
+ * output column c is resized column coeffs.first + c (cols = the columns coeffs describe).
  */
 function resampleHorizontal(
   src: Uint8Array,
@@ -98,19 +118,17 @@ function resampleHorizontal(
   rowFirst: number,
   rows: number,
   coeffs: ResampleCoeffs,
-  colFirst: number,
-  cols: number,
 ): Uint8Array {
   const { ksize, bounds, weights } = coeffs;
+  const cols = bounds.length / 2;
   const out = new Uint8Array(rows * cols * 3);
   for (let r = 0; r < rows; r++) {
     const rowBase = (rowFirst + r) * srcW * 3;
     let o = r * cols * 3;
     for (let c = 0; c < cols; c++) {
-      const xx = colFirst + c;
-      const xmin = bounds[xx * 2];
-      const n = bounds[xx * 2 + 1];
-      const kBase = xx * ksize;
+      const xmin = bounds[c * 2];
+      const n = bounds[c * 2 + 1];
+      const kBase = c * ksize;
       let s0 = HALF;
       let s1 = HALF;
       let s2 = HALF;
@@ -130,25 +148,18 @@ function resampleHorizontal(
 }
 
 /**
- * Vertical pass. src: (srcRows, w, 3) holding input rows rowOffset.. ; returns (rows, w, 3) for resized rows
- * rowFirst.. rowFirst + rows.
+ * Vertical pass. src: (srcRows, w, 3) holding input rows rowOffset.. ; returns (rows, w, 3) for the resized rows
+ * coeffs describes (coeffs.first..).
  */
-function resampleVertical(
-  src: Uint8Array,
-  w: number,
-  rowOffset: number,
-  coeffs: ResampleCoeffs,
-  rowFirst: number,
-  rows: number,
-): Uint8Array {
+function resampleVertical(src: Uint8Array, w: number, rowOffset: number, coeffs: ResampleCoeffs): Uint8Array {
   const { ksize, bounds, weights } = coeffs;
+  const rows = bounds.length / 2;
   const stride = w * 3;
   const out = new Uint8Array(rows * stride);
   for (let r = 0; r < rows; r++) {
-    const yy = rowFirst + r;
-    const ymin = bounds[yy * 2] - rowOffset;
-    const n = bounds[yy * 2 + 1];
-    const kBase = yy * ksize;
+    const ymin = bounds[r * 2] - rowOffset;
+    const n = bounds[r * 2 + 1];
+    const kBase = r * ksize;
     const o = r * stride;
     for (let i = 0; i < stride; i++) {
       let s = HALF;
@@ -216,16 +227,17 @@ export function resizeBicubicPilRegion(
   let rowFirst = y;
   let rowEnd = y + height;
   if (needVertical) {
-    vert = precomputeCoeffs(h, outH);
-    rowFirst = vert.bounds[y * 2];
-    const last = y + height - 1;
+    // Weights for the region's rows only (memory follows the region, not outH).
+    vert = precomputeCoeffs(h, outH, y, height);
+    rowFirst = vert.bounds[0];
+    const last = height - 1;
     rowEnd = vert.bounds[last * 2] + vert.bounds[last * 2 + 1];
   }
 
   // tmp: (rowEnd - rowFirst, width, 3), input rows rowFirst.. with the region's columns already resampled.
   let tmp: Uint8Array;
   if (needHorizontal) {
-    tmp = resampleHorizontal(rgb, w, rowFirst, rowEnd - rowFirst, precomputeCoeffs(w, outW), x, width);
+    tmp = resampleHorizontal(rgb, w, rowFirst, rowEnd - rowFirst, precomputeCoeffs(w, outW, x, width));
   } else {
     tmp = new Uint8Array((rowEnd - rowFirst) * width * 3);
     for (let r = rowFirst; r < rowEnd; r++) {
@@ -233,7 +245,7 @@ export function resizeBicubicPilRegion(
     }
   }
   if (!vert) return tmp;
-  return resampleVertical(tmp, width, rowFirst, vert, y, height);
+  return resampleVertical(tmp, width, rowFirst, vert);
 }
 
 /** rgb (h, w, 3) resized to (outH, outW, 3) exactly as Pillow's `Image.resize((outW, outH), Image.BICUBIC)`. */

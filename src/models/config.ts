@@ -98,3 +98,23 @@ export interface ClipCapConfig {
   /** Divide the CLIP embedding by its L2 norm before the mapper (official --normalize_prefix). */
   normalize_prefix: boolean;
 }
+
+/**
+ * OpenAI CLIP's ModifiedResNet image tower (clip/model.py), the fields `build_model` infers from the weights:
+ * RN50 layers [3, 4, 6, 3] width 64 at 224; RN101 [3, 4, 23, 3] 64 at 224; RN50x4 [4, 6, 10, 6] 80 at 288;
+ * RN50x16 [6, 8, 18, 8] 96 at 384; RN50x64 [3, 15, 36, 10] 128 at 448.
+ */
+export interface ClipResNetConfig {
+  /** Bottleneck blocks per stage. */
+  layers: readonly [number, number, number, number];
+  /** Stem output channels; stage s has width·2^s planes and 4x as many output channels. */
+  width: number;
+  /** Side of the square input (input_resolution); the attention pool sees (image_size / 32)² positions. */
+  image_size: number;
+  /** Attention-pool heads: width·32 / 64 in OpenAI's models. */
+  heads: number;
+  /** Width of the projected embedding (attnpool.c_proj rows): 1024 RN50, 640 RN50x4. */
+  output_dim: number;
+  /** BatchNorm epsilon (nn.BatchNorm2d's default 1e-5). */
+  bn_eps: number;
+}

@@ -61,7 +61,11 @@ export interface Gpt2Output {
   logits?: Tensor;
 }
 
-/** Preallocated keys/values of every layer: (B, maxLength, C) per layer and per k/v. */
+/**
+ * Preallocated keys/values of every layer: (B, maxLength, C) per layer and per k/v. Beam search reorders
+ * rows every step (select): the rows go into a second set of buffers of the same shape, kept for the next
+ * reorder, copying only the filled positions, so a step allocates nothing.
+ */
 export class Gpt2KvCache implements KvCache {
   private disposed = false;
 
@@ -71,6 +75,8 @@ export class Gpt2KvCache implements KvCache {
     readonly batch: number,
     readonly maxLength: number,
     public length: number,
+    /** Buffers shaped like `layers` that select() writes into (null until the first select). */
+    private spare: LayerKv[] | null = null,
   ) {}
 
   select(indices: readonly number[]): Gpt2KvCache {
@@ -79,21 +85,33 @@ export class Gpt2KvCache implements KvCache {
       if (!Number.isInteger(i) || i < 0 || i >= this.batch)
         throw new RangeError(`KvCache.select: row ${i} is outside 0..${this.batch - 1}`);
     const b = this.backend;
-    const layers = this.layers.map((l) => ({
-      k: b.indexSelect(l.k, indices),
-      v: b.indexSelect(l.v, indices),
-    }));
-    this.dispose();
-    return new Gpt2KvCache(b, layers, indices.length, this.maxLength, this.length);
+    const n = indices.length;
+    const sameRows = n === this.batch;
+    const alloc = (like: Tensor): Tensor => b.zeros([n, ...like.shape.slice(1)]);
+    // Same row count: the spare set (made once); otherwise new buffers, and the spare set goes.
+    const target = sameRows
+      ? (this.spare ?? this.layers.map((l) => ({ k: alloc(l.k), v: alloc(l.v) })))
+      : this.layers.map((l) => ({ k: alloc(l.k), v: alloc(l.v) }));
+    this.layers.forEach((l, i) => {
+      b.copyRows(target[i].k, l.k, indices, this.length);
+      b.copyRows(target[i].v, l.v, indices, this.length);
+    });
+    const next = new Gpt2KvCache(b, target, n, this.maxLength, this.length, sameRows ? this.layers : null);
+    if (sameRows) {
+      this.spare = null;
+      this.disposed = true; // its buffers now belong to `next`
+    } else this.dispose();
+    return next;
   }
 
   dispose(): void {
     if (this.disposed) return;
     this.disposed = true;
-    for (const l of this.layers) {
+    for (const l of [...this.layers, ...(this.spare ?? [])]) {
       this.backend.free(l.k);
       this.backend.free(l.v);
     }
+    this.spare = null;
   }
 
   /** @internal */

@@ -8,6 +8,7 @@ export {
   type Gpt2Output,
 } from './gpt2.js';
 export { ClipVisionModel, ClipTextModel, type ClipVisionOutput, type ClipTextOutput } from './clip.js';
+export { ClipResNetVisionModel, type ClipResNetOptions, type ClipResNetTaps } from './clip-resnet.js';
 export { createMapper, mapperWeightSpec, MlpMapper, TransformerMapper, type Mapper } from './mapper.js';
 export {
   ClipCapModel,
@@ -19,14 +20,6 @@ export {
   type ClipCapParts,
   type ClipCapStepOptions,
 } from './clipcap.js';
-export {
-  FULLSIZE_MLP_MAPPER,
-  fnv1a32,
-  lowbias32,
-  syntheticClipVision,
-  syntheticGpt2,
-  syntheticMapper,
-  syntheticStateDict,
-  syntheticValues,
-} from './synthetic.js';
+// The synthetic weights of the full-size tests and benches (the fixture hash rule) are internal:
+// import them from './synthetic.js'.
 export { checkWeights, paramsToStateDict } from './weights.js';

@@ -66,4 +66,30 @@ export class AdamW {
   zeroGrad(): void {
     for (const p of this.params) p.zeroGrad();
   }
+
+  /** Bias-correction steps `p` has taken (0 before its first update): part of a resumable checkpoint. */
+  paramSteps(p: Parameter): number {
+    return this.steps.get(p) ?? 0;
+  }
+
+  /**
+   * Continue from a checkpoint: `stepCount` steps taken, each parameter's own count, and its moments (m, v as
+   * host arrays of its shape; a parameter with count 0 has none yet).
+   */
+  restore(
+    stepCount: number,
+    perParam: Map<Parameter, { steps: number; m: Float32Array; v: Float32Array }>,
+  ): void {
+    this.stepCount = stepCount;
+    for (const p of this.params) {
+      const s = perParam.get(p);
+      if (!s || s.steps === 0) continue;
+      const b = p.value.backend;
+      if (p.m) b.free(p.m);
+      if (p.v) b.free(p.v);
+      p.m = b.upload(s.m, p.shape);
+      p.v = b.upload(s.v, p.shape);
+      this.steps.set(p, s.steps);
+    }
+  }
 }

@@ -23,6 +23,7 @@ import { inputStream } from '../generate/random.js';
 import type { GenerationResult } from '../generate/types.js';
 import { preprocessImage, type RgbImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 import { loadCaptionerParts, PRETRAINED, type ClipCapLoadOptions, type PretrainedName } from './load.js';
 import type {
   CaptionCandidate,
@@ -72,6 +73,32 @@ export interface CaptionerParts {
 
 const DEFAULT_BATCH_SIZE = 8;
 
+/** Every key of the option objects, for the run-time check of JavaScript callers. */
+const LOAD_KEYS = optionKeys<ClipCapLoadOptions>({
+  model: true,
+  clipcap: true,
+  clip: true,
+  gpt2: true,
+  backend: true,
+  offline: true,
+  revision: true,
+  normalizePrefix: true,
+});
+const CAPTION_KEYS = optionKeys<CaptionOptions>({
+  method: true,
+  beamSize: true,
+  maxTokens: true,
+  stop: true,
+  temperature: true,
+  topP: true,
+  seed: true,
+  numCaptions: true,
+  batchSize: true,
+  limitInputPixels: true,
+  applyExif: true,
+  onProgress: true,
+});
+
 interface Prepared {
   index: number;
   image?: string;
@@ -111,6 +138,7 @@ export class ClipCap {
    * ```
    */
   static async load(options: ClipCapLoadOptions = {}): Promise<ClipCap> {
+    checkOptionKeys(options, LOAD_KEYS, 'ClipCap.load options');
     return new ClipCap(await loadCaptionerParts(options));
   }
 
@@ -128,6 +156,11 @@ export class ClipCap {
     name: PretrainedName,
     options: Omit<ClipCapLoadOptions, 'model' | 'clipcap'> = {},
   ): Promise<ClipCap> {
+    checkOptionKeys(
+      options,
+      LOAD_KEYS.filter((k) => k !== 'model' && k !== 'clipcap'),
+      'ClipCap.fromPretrained options',
+    );
     if (!(name in PRETRAINED))
       throw new UserError(`unknown pretrained model "${String(name)}": use coco or conceptual`);
     return ClipCap.load({ ...options, model: name });
@@ -176,6 +209,7 @@ export class ClipCap {
    * ```
    */
   async caption(inputs: readonly CaptionInput[], options: CaptionOptions = {}): Promise<CaptionResult[]> {
+    checkOptionKeys(options, CAPTION_KEYS, 'caption options');
     const out: CaptionResult[] = [];
     for await (const r of this.captionStream(inputs, options)) out.push(r);
     return out;
@@ -195,6 +229,7 @@ export class ClipCap {
     options: CaptionOptions = {},
   ): AsyncGenerator<CaptionResult> {
     this.checkAlive();
+    checkOptionKeys(options, CAPTION_KEYS, 'captionStream options');
     const decode = resolveDecodeOptions(options, this.parts.lm.vocabSize);
     const batchSize = options.batchSize ?? DEFAULT_BATCH_SIZE;
     if (!Number.isInteger(batchSize) || batchSize < 1)

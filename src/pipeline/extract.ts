@@ -3,14 +3,14 @@
  * `clip_embedding` [N, D] f32 in input order, with `__metadata__` and an optional captions sidecar in the
  * layout of the official parse_coco.py (`{image_id, caption, embedding: row}`), ready for training.
  */
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 import { preprocessImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { saveSafetensors } from '../weights/safetensors.js';
 import type { ImageEncoder } from './caption.js';
 import { EMBEDDING_TENSOR } from './embeddings.js';
+import { pairCaptions, readCaptionsFile, type CaptionEntry } from '../data/captions.js';
 
 export interface ExtractOptions {
   /** Images per CLIP batch. Default 16. */
@@ -29,6 +29,13 @@ export interface ExtractedRow {
   error?: string;
 }
 
+const EXTRACT_KEYS = optionKeys<ExtractOptions>({
+  batchSize: true,
+  limitInputPixels: true,
+  applyExif: true,
+  onProgress: true,
+});
+
 /**
  * CLIP embeddings of image files, batch by batch, in input order; a bad image yields its error and the
  * rest continue. The next batch is decoded while CLIP runs on the current one.
@@ -38,6 +45,7 @@ export async function* extractEmbeddings(
   images: readonly string[],
   options: ExtractOptions = {},
 ): AsyncGenerator<ExtractedRow> {
+  checkOptionKeys(options, EXTRACT_KEYS, 'extractEmbeddings options');
   const batchSize = options.batchSize ?? 16;
   if (!Number.isInteger(batchSize) || batchSize < 1)
     throw new UserError(`batch size must be a positive integer, got ${batchSize}`);
@@ -109,129 +117,25 @@ export interface CaptionRecord {
   caption: string;
 }
 
-/** A captions file entry before matching: an image id, and/or a file name. */
-interface RawCaption {
-  image_id?: number | string;
-  file?: string;
-  caption: string;
-}
-
-function asRecord(x: unknown, file: string, where: string): RawCaption {
-  if (typeof x !== 'object' || x === null) throw new UserError(`${file}: ${where} is not an object`);
-  const o = x as Record<string, unknown>;
-  if (typeof o.caption !== 'string') throw new UserError(`${file}: ${where} has no "caption" string`);
-  const id = o.image_id;
-  const f = o.image ?? o.file_name ?? o.file;
-  if (id === undefined && f === undefined)
-    throw new UserError(`${file}: ${where} needs "image_id" or "image" (a file name) to match an image`);
-  if (id !== undefined && typeof id !== 'number' && typeof id !== 'string')
-    throw new UserError(`${file}: ${where}: "image_id" must be a number or string`);
-  if (f !== undefined && typeof f !== 'string')
-    throw new UserError(`${file}: ${where}: "image" must be a string`);
-  return { image_id: id as number | string | undefined, file: f as string | undefined, caption: o.caption };
+/** Read a captions file (any format of data/captions.ts) as entries to pair. */
+export async function readCaptions(
+  file: string,
+  opts: { splits?: readonly string[] } = {},
+): Promise<CaptionEntry[]> {
+  return (await readCaptionsFile(file, opts)).entries;
 }
 
 /**
- * Read captions: COCO annotations (`{images: [{id, file_name}], annotations: [{image_id, caption}]}`), the
- * official train_caption.json (`[{image_id, caption}]`), or JSON Lines of `{image_id | image, caption}`.
- */
-export async function readCaptions(file: string): Promise<RawCaption[]> {
-  let text: string;
-  try {
-    text = await readFile(file, 'utf8');
-  } catch (e) {
-    throw new UserError(
-      `cannot read captions file ${file}: ${(e as NodeJS.ErrnoException).code ?? String(e)}`,
-    );
-  }
-  let doc: unknown;
-  try {
-    doc = JSON.parse(text);
-  } catch {
-    // JSON Lines
-    return text
-      .split('\n')
-      .map((l, i) => [l.trim(), i] as const)
-      .filter(([l]) => l !== '')
-      .map(([l, i]) => {
-        try {
-          return asRecord(JSON.parse(l), file, `line ${i + 1}`);
-        } catch (e) {
-          if (e instanceof UserError) throw e;
-          throw new UserError(
-            `${file}: line ${i + 1} is not valid JSON; give COCO annotations, a JSON list or JSON Lines`,
-          );
-        }
-      });
-  }
-  if (Array.isArray(doc)) return doc.map((x, i) => asRecord(x, file, `entry ${i}`));
-  if (
-    typeof doc === 'object' &&
-    doc !== null &&
-    Array.isArray((doc as { annotations?: unknown }).annotations)
-  ) {
-    const coco = doc as { images?: unknown; annotations: unknown[] };
-    const names = new Map<string, string>();
-    if (Array.isArray(coco.images))
-      for (const im of coco.images as Array<{ id?: unknown; file_name?: unknown }>)
-        if (
-          im &&
-          (typeof im.id === 'number' || typeof im.id === 'string') &&
-          typeof im.file_name === 'string'
-        )
-          names.set(String(im.id), im.file_name);
-    return coco.annotations.map((a, i) => {
-      const r = asRecord(a, file, `annotation ${i}`);
-      const f = r.image_id !== undefined ? names.get(String(r.image_id)) : undefined;
-      return { ...r, file: r.file ?? f };
-    });
-  }
-  throw new UserError(`${file}: expected COCO annotations, a JSON list of {image_id, caption} or JSON Lines`);
-}
-
-/** The COCO-style numeric id in a file name (COCO_val2014_000000060623.jpg -> 60623), if any. */
-export function imageIdFromName(p: string): number | undefined {
-  const m = /(\d+)(?!.*\d)/.exec(path.basename(p, path.extname(p)));
-  return m ? Number(m[1]) : undefined;
-}
-
-/**
- * Sidecar records for the extracted rows: each caption whose image is among `rows` (matched by file name,
- * else by image_id against the file's stem or its numeric id) with that row's index. Returns the records
- * (in caption-file order) and how many captions matched no image.
+ * Sidecar records for the extracted rows: each caption whose image file is among `rows` (by file name only,
+ * see data/captions.ts) with that row's index, in caption-file order; `unmatched` counts the captions that
+ * name no row (or several).
  */
 export function matchCaptions(
-  captions: readonly RawCaption[],
+  captions: readonly CaptionEntry[],
   rows: readonly string[],
 ): { records: Array<CaptionRecord & { embedding: number }>; unmatched: number } {
-  const byName = new Map<string, number>();
-  const byStem = new Map<string, number>();
-  const byNumber = new Map<number, number>();
-  rows.forEach((p, i) => {
-    const base = path.basename(p);
-    if (!byName.has(base)) byName.set(base, i);
-    const stem = path.basename(p, path.extname(p));
-    if (!byStem.has(stem)) byStem.set(stem, i);
-    const n = imageIdFromName(p);
-    if (n !== undefined && !byNumber.has(n)) byNumber.set(n, i);
-  });
-  const records: Array<CaptionRecord & { embedding: number }> = [];
-  let unmatched = 0;
-  for (const c of captions) {
-    let row: number | undefined;
-    if (c.file !== undefined) row = byName.get(path.basename(c.file));
-    if (row === undefined && c.image_id !== undefined) {
-      row = byStem.get(String(c.image_id));
-      if (row === undefined && /^\d+$/.test(String(c.image_id))) row = byNumber.get(Number(c.image_id));
-    }
-    if (row === undefined) {
-      unmatched++;
-      continue;
-    }
-    const imageId = c.image_id ?? path.basename(rows[row], path.extname(rows[row]));
-    records.push({ image_id: imageId, caption: c.caption, embedding: row });
-  }
-  return { records, unmatched };
+  const p = pairCaptions(captions, rows);
+  return { records: p.records, unmatched: p.unmatchedCaptions + p.ambiguous };
 }
 
 // ---- writing ----
@@ -244,6 +148,8 @@ export interface EmbeddingsMetadata {
   shard?: Shard;
   /** Index of this file's first row among all shards' inputs. */
   rowOffset?: number;
+  /** Digest of (model, every input of this run) that a re-run compares to know the file is complete. */
+  inputsDigest?: string;
 }
 
 export const PREPROCESSING_DESCRIPTION =
@@ -270,6 +176,7 @@ export async function writeEmbeddings(
   };
   if (meta.shard) metadata.shard = `${meta.shard.index}/${meta.shard.count}`;
   if (meta.rowOffset !== undefined) metadata.row_offset = String(meta.rowOffset);
+  if (meta.inputsDigest !== undefined) metadata.inputs_digest = meta.inputsDigest;
   await saveSafetensors(out, { [EMBEDDING_TENSOR]: { shape: [n, dim], data: rows } }, metadata);
 }
 

@@ -42,6 +42,11 @@ function compareStrings(a: string, b: string): number {
 
 /** Every image file under `dir`, recursively, sorted by path; hidden entries (".name") are skipped. */
 export async function listImages(dir: string): Promise<string[]> {
+  return listFiles(dir, isImagePath);
+}
+
+/** Every file under `dir` that `accept` takes, recursively, sorted by path; hidden entries are skipped. */
+export async function listFiles(dir: string, accept: (p: string) => boolean): Promise<string[]> {
   const out: string[] = [];
   const walk = async (d: string): Promise<void> => {
     const entries = await fs.readdir(d, { withFileTypes: true });
@@ -50,7 +55,7 @@ export async function listImages(dir: string): Promise<string[]> {
       if (e.name.startsWith('.')) continue;
       const p = path.join(d, e.name);
       if (e.isDirectory()) await walk(p);
-      else if ((e.isFile() || e.isSymbolicLink()) && isImagePath(p)) out.push(p);
+      else if ((e.isFile() || e.isSymbolicLink()) && accept(p)) out.push(p);
     }
   };
   await walk(dir);
@@ -82,7 +87,10 @@ export function segmentRegExp(seg: string): RegExp {
  * Files matching a glob pattern, sorted. `**` matches any number of directories (including none); a
  * segment starting with "." matches hidden names only when the pattern says so, as in shells.
  */
-export async function expandGlob(pattern: string): Promise<string[]> {
+export async function expandGlob(
+  pattern: string,
+  accept: (p: string) => boolean = isImagePath,
+): Promise<string[]> {
   const normalized = pattern.split(path.sep).join('/');
   const segments = normalized.split('/');
   // The longest leading run of literal segments is where the walk starts.
@@ -102,7 +110,7 @@ export async function expandGlob(pattern: string): Promise<string[]> {
     if (seg === '**') {
       // Zero directories ...
       if (last) {
-        for (const f of await listImages(dir)) results.add(f);
+        for (const f of await listFiles(dir, accept)) results.add(f);
         return;
       }
       await match(dir, i + 1);
@@ -127,7 +135,7 @@ export async function expandGlob(pattern: string): Promise<string[]> {
       if (!re.test(e.name)) continue;
       const p = join(dir, e.name);
       if (last) {
-        if ((e.isFile() || e.isSymbolicLink()) && isImagePath(p)) results.add(p);
+        if ((e.isFile() || e.isSymbolicLink()) && accept(p)) results.add(p);
       } else if (e.isDirectory()) await match(p, i + 1);
     }
   };

@@ -29,9 +29,11 @@ import {
   gpt2Weights,
   loadClipcapDir,
 } from '../weights/keymaps.js';
-import { loadOpenAIClipVision } from '../weights/families/openai-clip.js';
+import { loadOpenAIClip, type OpenAIClipVision } from '../weights/families/openai-clip.js';
+import { isOpenAIClipName, openaiClipFile } from '../weights/openai-clip-hub.js';
+import { ClipResNetVisionModel } from '../models/clip-resnet.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
-import { hubFile } from '../weights/hub.js';
+import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
 
 export const DEFAULT_CLIP = 'openai/clip-vit-base-patch32';
 export const DEFAULT_GPT2 = 'openai-community/gpt2';
@@ -145,8 +147,14 @@ async function gpt2ConfigJson(spec: string, o: SourceOptions): Promise<Record<st
   return j;
 }
 
-/** GPT-2 config + canonical weights from a directory or hub repo (config.json + model.safetensors). */
-async function loadGpt2(spec: string, o: SourceOptions): Promise<{ config: Gpt2Config; weights: StateDict }> {
+/**
+ * GPT-2 config + canonical weights from a directory or hub repo (config.json + model.safetensors); the one
+ * path captioning and training both load GPT-2 through.
+ */
+export async function loadGpt2(
+  spec: string,
+  o: SourceOptions = {},
+): Promise<{ config: Gpt2Config; weights: StateDict }> {
   const config = await gpt2ConfigJson(spec, o);
   const file = await modelFile(spec, 'model.safetensors', o, `GPT-2 ${spec}`);
   return gpt2Weights(await readSafetensorsFile(file), config, file);
@@ -208,15 +216,22 @@ async function resolveClipcap(
 // ---- CLIP ----
 
 /**
- * The CLIP image encoder from a directory or hub repo (config.json + model.safetensors), or from OpenAI's own
- * TorchScript file (a `.pt` path, e.g. ~/.cache/clip/ViT-B-32.pt).
+ * The CLIP image encoder from a directory or hub repo (config.json + model.safetensors), from OpenAI's own file
+ * (a `.pt` path: the TorchScript archive clip.load caches, e.g. ~/.cache/clip/RN50x4.pt, or a plain state dict
+ * of it; ViT or ResNet), or by OpenAI's model name (`RN50x4`, `ViT-B/32`: clip.available_models()), downloaded
+ * into ~/.cache/clip as clip.load does.
  */
 export async function loadImageEncoder(
   spec: string,
   o: SourceOptions & { backend?: BackendName | Backend } = {},
 ): Promise<ImageEncoder> {
+  if (isOpenAIClipName(spec) && !(await exists(spec))) {
+    const file = await openaiClipFile(spec, { offline: o.offline });
+    return openaiImageEncoder(await loadOpenAIClip(file), file, o.backend);
+  }
+  await checkOfflineClip(spec, { offline: o.offline, revision: o.revision });
   if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
-    return imageEncoder(await loadOpenAIClipVision(spec), spec, o.backend);
+    return openaiImageEncoder(await loadOpenAIClip(spec), spec, o.backend);
   }
   const what = `CLIP ${spec}`;
   const config = await readJson(await modelFile(spec, 'config.json', o, what), what);
@@ -250,8 +265,32 @@ function imageEncoder(
   };
 }
 
+/** OpenAI's CLIP file, either architecture, as an image encoder. */
+function openaiImageEncoder(
+  clip: OpenAIClipVision,
+  file: string,
+  backend: BackendName | Backend | undefined,
+): ImageEncoder {
+  if (clip.kind === 'vit') return imageEncoder(clip, file, backend);
+  const model = ClipResNetVisionModel.fromWeights(resolveBackend(backend), clip.config, clip.weights, file);
+  return {
+    projectionDim: model.embedDim,
+    imageSize: model.imageSize,
+    encodeImages: (pixels) => model.encodeImages(pixels),
+    dispose: () => model.dispose(),
+  };
+}
+
 function resolveBackend(b: BackendName | Backend | undefined): Backend {
   return typeof b === 'object' ? b : getBackend(b);
+}
+
+/**
+ * The CLIP a checkpoint runs on when none is given: 640-d prefixes are RN50x4's (the official Transformer COCO
+ * model; no other published CLIP is 640 wide), anything else the default ViT-B/32.
+ */
+export function defaultClipFor(prefixSize: number): string {
+  return prefixSize === 640 ? 'RN50x4' : DEFAULT_CLIP;
 }
 
 // ---- everything together ----
@@ -265,13 +304,57 @@ async function checkpointPath(o: ClipCapLoadOptions): Promise<string> {
     return hubFile({ repo: p.repo, file: p.file, offline: o.offline });
   }
   if (await isDirectory(model)) return model;
-  throw new UserError(`--model ${model}: use coco, conceptual or a clipcap checkpoint directory`);
+  if (await exists(model))
+    throw new UserError(
+      `--model ${model}: a file, not a clipcap checkpoint directory; give an official .pt checkpoint as --clipcap FILE`,
+    );
+  throw new UserError(
+    `--model ${model}: no such directory; --model takes coco, conceptual or a clipcap checkpoint directory`,
+  );
+}
+
+/**
+ * Offline, every hub file the load will need that the cache lacks, checked before anything loads so that one
+ * error lists them all (instead of one per run): a published checkpoint, CLIP's files when CLIP was named or
+ * comes with a published checkpoint (`clip`: images will be captioned), a named GPT-2's config.
+ */
+export async function checkOfflineFiles(o: ClipCapLoadOptions, need: { clip: boolean }): Promise<void> {
+  const src = { offline: o.offline, revision: o.revision };
+  const files: HubFileOptions[] = [];
+  const preset = o.clipcap === undefined && (o.model ?? 'coco') in PRETRAINED;
+  if (preset) files.push({ ...PRETRAINED[(o.model ?? 'coco') as PretrainedName], offline: o.offline });
+  const clip = o.clip ?? (preset ? DEFAULT_CLIP : undefined);
+  if (need.clip && clip !== undefined) files.push(...(await clipHubFiles(clip, src)));
+  if (o.gpt2 !== undefined && (await isHubId(o.gpt2)))
+    files.push({ repo: o.gpt2, file: 'config.json', ...src });
+  const missing = await missingOfflineFiles(files);
+  if (missing.length > 0) throw offlineMissingError(missing);
+}
+
+/** A model spec that names a hub repo (not a local directory or file). */
+async function isHubId(spec: string): Promise<boolean> {
+  // OpenAI's own CLIP names (ViT-B/32, RN50x4) look like repo ids but download from OpenAI.
+  return looksLikeRepoId(spec) && !isOpenAIClipName(spec) && !/\.pt$/i.test(spec) && !(await exists(spec));
+}
+
+/** The hub files a CLIP image encoder loads from (none for a local directory or .pt file). */
+async function clipHubFiles(spec: string, src: SourceOptions): Promise<HubFileOptions[]> {
+  return (await isHubId(spec))
+    ? ['config.json', 'model.safetensors'].map((file) => ({ repo: spec, file, ...src }))
+    : [];
+}
+
+/** Offline, one error listing every CLIP file the cache lacks (as checkOfflineFiles does for captioning). */
+export async function checkOfflineClip(spec: string, src: SourceOptions = {}): Promise<void> {
+  const missing = await missingOfflineFiles(await clipHubFiles(spec, src));
+  if (missing.length > 0) throw offlineMissingError(missing);
 }
 
 /** Load every part of a captioner (CLIP lazily). */
 export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<CaptionerParts> {
   const backend = resolveBackend(o.backend);
   const src: SourceOptions = { offline: o.offline, revision: o.revision };
+  await checkOfflineFiles(o, { clip: false });
   const file = await checkpointPath(o);
   const ck = await resolveClipcap(file, o.gpt2, src);
   const model = ClipCapModel.create(
@@ -284,7 +367,7 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
     },
     file,
   );
-  const clipSpec = o.clip ?? DEFAULT_CLIP;
+  const clipSpec = o.clip ?? defaultClipFor(ck.mapper.prefix_size);
   return captionerParts(model, {
     description: path.basename(file),
     loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),

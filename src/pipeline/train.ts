@@ -1,44 +1,66 @@
 /**
- * `clipcap train` as a library call: the official train.py loop (DESIGN.md "Training input", "Optimizer").
- *
- * Captions -> GPT-2 BPE padded to the dataset's max_seq_len; each epoch a seeded shuffle, batches of
- * `batchSize` (the last partial batch dropped); AdamW (lr, betas 0.9/0.999, eps 1e-6, no weight decay) with
- * linear warmup then linear decay to 0 at epochs · steps_per_epoch (the first step runs at lr 0); GPT-2 in
- * train mode (dropout) when fine-tuned, eval mode when frozen. Checkpoints are clipcap directories
- * (config.json + model.safetensors), each written atomically: OUT/epoch-NNN after every `saveEvery` epochs
- * and OUT/final at the end; GPT-2's weights are saved only when they were trained.
+ * `clipcap train` as a library call: options, files and sources. The loop itself (official train.py recipe,
+ * checkpoints, resume) lives in train/loop.ts; this file reads the data (several files and globs: shards),
+ * loads GPT-2 through the same path captioning uses, builds a fresh or resumed model, and records in every
+ * checkpoint what it needs to be used and continued: the CLIP model the features came from and the GPT-2
+ * (config.json "sources"), the mapper config, the training options and the data's digest.
  */
-import { promises as fs } from 'node:fs';
+import { createHash } from 'node:crypto';
+import { createReadStream, promises as fs } from 'node:fs';
 import path from 'node:path';
 import { getBackend, type BackendName } from '../engine/index.js';
 import type { Backend } from '../engine/backend.js';
 import { ClipCapModel, type ClipCapLossMode, type ClipCapMode } from '../models/clipcap.js';
-import type { Gpt2Config, MapperConfig } from '../models/config.js';
-import { AdamW, CLIPCAP_ADAMW } from '../nn/adamw.js';
-import { paramsToStateDict } from '../models/weights.js';
+import type { MapperConfig } from '../models/config.js';
+import { CLIPCAP_ADAMW } from '../nn/adamw.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import {
-  makeBatch,
-  mulberry32,
-  readTrainingData,
-  shuffled,
-  tokenize,
+  cleanStaleTemps,
+  findResumePoint,
+  liveEntries,
+  readOptimizerState,
+  truncateMetrics,
+} from '../train/checkpoint.js';
+import {
+  officialMaxSeqLen,
+  readTrainingFiles,
+  splitByImage,
+  TrainingSetBuilder,
   type TrainingSet,
 } from '../train/data.js';
 import { initMapperWeights } from '../train/init.js';
-import { linearWarmupSchedule } from '../train/schedule.js';
+import {
+  LOSS_CHART_FILE,
+  METRICS_FILE,
+  runTrainingLoop,
+  type LoopResult,
+  type ResumeFrom,
+  type TrainEvent,
+} from '../train/loop.js';
 import { UserError } from '../util/errors.js';
-import { OFFICIAL_MAPPER_HEADS, saveClipcapDir } from '../weights/families/clipcap.js';
-import { gpt2Weights } from '../weights/families/gpt2.js';
+import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
-import { loadSafetensors } from '../weights/safetensors.js';
-import { DEFAULT_GPT2, modelFile } from './load.js';
+import { saveTorchStateDict } from '../weights/torch-write.js';
+import { captionsSidecarPath } from './extract.js';
+import { expandGlob, hasGlobMagic } from './inputs.js';
+import { DEFAULT_GPT2, loadGpt2, looksLikeRepoId } from './load.js';
+
+export type { TrainEvent } from '../train/loop.js';
 
 export interface TrainOptions {
-  /** .pkl from the official parse_coco.py, or .safetensors from clipcap extract (+ .captions.jsonl). */
-  data: string;
-  /** Output directory (must not exist, or be empty). */
-  out: string;
+  /**
+   * Training data: files or glob patterns (shards), each a .pkl from the official parse_coco.py or a
+   * .safetensors from clipcap extract (+ its .captions.jsonl). Rows of all files are concatenated in order.
+   */
+  data?: string | readonly string[];
+  /** Validation data (same formats); its loss is computed after every epoch. */
+  val?: string | readonly string[];
+  /** Hold out this fraction of the data's images (with all their captions) for validation instead. */
+  valFraction?: number;
+  /** Output directory (new, or empty apart from stale temps). */
+  out?: string;
+  /** Continue a run: its --out directory (latest checkpoint) or one of its checkpoints. */
+  resume?: string;
   mappingType?: 'mlp' | 'transformer';
   /** Train only the mapper (GPT-2 frozen). Default: true for transformer, false for mlp. */
   onlyPrefix?: boolean;
@@ -54,13 +76,28 @@ export interface TrainOptions {
   warmup?: number;
   seed?: number;
   loss?: ClipCapLossMode;
-  /** Save OUT/epoch-NNN every this many epochs (0 or undefined: only OUT/final). */
+  /** Save OUT/epoch-NNN every this many epochs (default 1; 0: none). */
   saveEvery?: number;
+  /** Also save OUT/step-NNNNNNN every this many steps (default 0: none). */
+  saveEverySteps?: number;
+  /** Keep only the newest K epoch-/step- checkpoints (default: all). */
+  keepLast?: number;
   /** Stop after this many optimizer steps (the schedule still spans every epoch). */
   maxSteps?: number;
+  /** Also write the final model as the official `torch.save(ClipCaptionModel.state_dict())` .pt file. */
+  exportTorch?: string;
   backend?: BackendName | Backend;
   offline?: boolean;
   revision?: string;
+}
+
+export interface TrainControl {
+  /** Progress and notices as events (start, step, epoch, checkpoint, warning). */
+  onEvent?: (e: TrainEvent) => void;
+  /** Abort: a resumable checkpoint is saved at the next step boundary; the result says `interrupted`. */
+  signal?: AbortSignal;
+  /** The trained model, before it is disposed (e.g. to inspect its weights). */
+  onFinish?: (model: ClipCapModel) => void;
 }
 
 export interface TrainProgress {
@@ -71,50 +108,23 @@ export interface TrainProgress {
   lr: number;
 }
 
+/** Callback hooks (the older interface; `train` with `onEvent` gives the same and more). */
 export interface TrainHooks {
   /** Before the first step: the sizes of the run. */
   onStart?(info: { captions: number; maxSeqLen: number; stepsPerEpoch: number; totalSteps: number }): void;
   onStep?(p: TrainProgress): void;
   onEpoch?(info: { epoch: number; meanLoss: number; checkpoint?: string }): void;
-  /** The trained model, before it is disposed (e.g. to inspect its weights). */
   onFinish?(model: ClipCapModel): void;
 }
 
-export interface TrainResult {
-  steps: number;
-  epochs: number;
-  final_loss: number;
-  losses_per_epoch: number[];
-  /** Every step's loss, in order. */
-  losses: number[];
-  checkpoint: string;
-  maxSeqLen: number;
+export interface TrainResult extends LoopResult {
+  /** The run directory. */
+  out: string;
 }
 
 function positiveInt(name: string, v: number, min = 1): number {
   if (!Number.isInteger(v) || v < min) throw new UserError(`${name} must be an integer >= ${min}, got ${v}`);
   return v;
-}
-
-async function loadGpt2ForTraining(
-  spec: string,
-  o: { offline?: boolean; revision?: string },
-): Promise<{ config: Gpt2Config; weights: StateDict }> {
-  const what = `GPT-2 ${spec}`;
-  const cfgFile = await modelFile(spec, 'config.json', o, what);
-  let config: Record<string, unknown>;
-  try {
-    config = JSON.parse(await fs.readFile(cfgFile, 'utf8')) as Record<string, unknown>;
-  } catch {
-    throw new UserError(`${what}: ${cfgFile} is not valid JSON; re-download it`);
-  }
-  const file = await modelFile(spec, 'model.safetensors', o, what);
-  const f = await loadSafetensors(file);
-  try {
-    return gpt2Weights(await f.readAll(), config, file);
-  } finally {
-    await f.close();
-  }
 }
 
 /** The mapper config train.py builds for these options and GPT-2 width `e`. */
@@ -137,116 +147,357 @@ export function trainMapperConfig(o: TrainOptions, prefixSize: number, e: number
   };
 }
 
-async function checkOut(out: string): Promise<void> {
-  const entries = await fs.readdir(out).catch((e: NodeJS.ErrnoException) => {
-    if (e.code === 'ENOENT') return [];
-    if (e.code === 'ENOTDIR') throw new UserError(`--out ${out} is a file; give a new directory`);
-    throw new UserError(`--out ${out}: cannot read it (${e.code ?? String(e)})`);
-  });
-  if (entries.length > 0) throw new UserError(`--out ${out} is not empty; give a new or empty directory`);
+const DATA_HINT = 'give .pkl files from parse_coco.py or .safetensors files from clipcap extract';
+const isDataFile = (p: string): boolean => /\.(safetensors|pkl|pickle)$/i.test(p);
+
+/** Data arguments -> files in order: globs expanded (sorted), absolute paths. */
+export async function expandDataFiles(args: string | readonly string[], what = '--data'): Promise<string[]> {
+  const list = typeof args === 'string' ? [args] : [...args];
+  if (list.length === 0) throw new UserError(`${what}: no files given; ${DATA_HINT}`);
+  const out: string[] = [];
+  for (const a of list) {
+    const st = await fs.stat(a).catch(() => null);
+    if (!st && hasGlobMagic(a)) {
+      const files = await expandGlob(a, isDataFile);
+      if (files.length === 0)
+        throw new UserError(`${what} ${a}: no .safetensors or .pkl file matches this pattern`);
+      out.push(...files);
+    } else out.push(a);
+  }
+  const abs = out.map((f) => path.resolve(f));
+  const dup = abs.find((f, i) => abs.indexOf(f) !== i);
+  if (dup) throw new UserError(`${what}: ${dup} is given twice; each shard once`);
+  return abs;
 }
 
-/** Load data, GPT-2 and a fresh mapper, then run the official training loop. */
-export async function trainClipcap(o: TrainOptions, hooks: TrainHooks = {}): Promise<TrainResult> {
-  const epochs = positiveInt('--epochs', o.epochs ?? 10);
-  const batchSize = positiveInt('--batch-size', o.batchSize ?? 40);
-  const warmup = positiveInt('--warmup', o.warmup ?? 5000, 0);
+/** sha256 over every data file (and its captions sidecar), in order. */
+export async function dataDigest(files: readonly string[]): Promise<string> {
+  const h = createHash('sha256');
+  for (const f of files) {
+    const parts = /\.safetensors$/i.test(f) ? [f, captionsSidecarPath(f)] : [f];
+    for (const p of parts) {
+      h.update(`${path.basename(p)}\0`);
+      await new Promise<void>((resolve, reject) => {
+        createReadStream(p)
+          .on('data', (c) => h.update(c))
+          .on('end', resolve)
+          .on('error', (e: NodeJS.ErrnoException) =>
+            reject(e.code === 'ENOENT' ? new UserError(`${p}: no such file; ${DATA_HINT}`) : e),
+          );
+      });
+    }
+  }
+  return `sha256:${h.digest('hex')}`;
+}
+
+/** A model reference as a checkpoint records it: hub ids as they are, local paths relative to the checkpoint. */
+function sourceRef(spec: string, outAbs: string): string {
+  if (spec.startsWith('bundled:')) return spec;
+  const local = path.resolve(spec);
+  if (looksLikeRepoId(spec) && !path.isAbsolute(spec) && !spec.startsWith('.')) return spec;
+  // Every checkpoint sits directly in the run directory: one relative path serves them all.
+  return path.relative(path.join(outAbs, 'final'), local);
+}
+
+/** What `train` resolved: the options a checkpoint records, with paths made absolute. */
+interface Resolved {
+  data: string[];
+  val?: string[];
+  valFraction?: number;
+  out: string;
+  mappingType: 'mlp' | 'transformer';
+  onlyPrefix: boolean;
+  gpt2: string;
+  prefixLength: number;
+  clipLength: number;
+  numLayers: number;
+  normalizePrefix: boolean;
+  epochs: number;
+  batchSize: number;
+  lr: number;
+  warmup: number;
+  seed: number;
+  loss: ClipCapLossMode;
+  saveEvery: number;
+  saveEverySteps: number;
+  keepLast?: number;
+  maxSteps?: number;
+  exportTorch?: string;
+}
+
+async function resolveOptions(o: TrainOptions): Promise<Resolved> {
+  if (o.data === undefined) throw new UserError(`--data is required (${DATA_HINT})`);
+  if (o.out === undefined) throw new UserError('--out is required: the run directory');
   const lr = o.lr ?? CLIPCAP_ADAMW.lr;
   if (!Number.isFinite(lr) || lr < 0) throw new UserError(`--lr must be a non-negative number, got ${lr}`);
-  const saveEvery = o.saveEvery ?? 0;
-  positiveInt('--save-every', saveEvery, 0);
-  if (o.maxSteps !== undefined) positiveInt('--max-steps', o.maxSteps);
-  const seed = o.seed ?? 0;
-  await checkOut(o.out);
-
-  // Data first: a bad file fails before GPT-2 loads.
-  const raw = await readTrainingData(o.data);
-  const set: TrainingSet = tokenize(raw, await Gpt2Tokenizer.load(), o.data);
-  const stepsPerEpoch = Math.floor(set.tokens.length / batchSize);
-  if (stepsPerEpoch === 0)
-    throw new UserError(
-      `${o.data}: ${set.tokens.length} captions make no full batch of ${batchSize}; lower --batch-size`,
-    );
-
-  const gpt2 = await loadGpt2ForTraining(o.gpt2 ?? DEFAULT_GPT2, o);
-  const mapper = trainMapperConfig(o, raw.dim, gpt2.config.n_embd);
-  const mode: ClipCapMode =
-    (o.onlyPrefix ?? (o.mappingType ?? 'mlp') === 'transformer') ? 'frozen' : 'finetune';
-  const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
-  const model = ClipCapModel.create(
-    backend,
-    {
-      mapper,
-      mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, seed),
-      gpt2,
-      mode,
-      normalizePrefix: o.normalizePrefix ?? false,
-    },
-    o.gpt2 ?? DEFAULT_GPT2,
-  );
-  model.gpt2.setDropoutSeed(seed);
-  const totalSteps = epochs * stepsPerEpoch;
-  const opt = new AdamW(
-    model.trainableParameters(),
-    { ...CLIPCAP_ADAMW, lr },
-    linearWarmupSchedule(warmup, totalSteps),
-  );
-  const k = model.prefixLength;
-  const rand = mulberry32(seed);
-  const losses: number[] = [];
-  const perEpoch: number[] = [];
-  const limit = o.maxSteps ?? totalSteps;
-  let checkpoint = '';
-
-  const save = async (name: string): Promise<string> => {
-    const dir = path.join(o.out, name);
-    await fs.mkdir(o.out, { recursive: true });
-    await saveClipcapDir(dir, {
-      config: { mapper, gpt2: gpt2.config, normalize_prefix: model.normalizePrefix },
-      mapperWeights: paramsToStateDict(model.mapper.parameters()),
-      ...(mode === 'finetune' ? { gpt2: paramsToStateDict(model.gpt2.parameters()) } : {}),
-      source: `clipcap train ${path.basename(o.data)}`,
-    });
-    return dir;
+  if (o.valFraction !== undefined && !(o.valFraction > 0 && o.valFraction < 1))
+    throw new UserError(`--val-fraction must be between 0 and 1, got ${o.valFraction}`);
+  if (o.valFraction !== undefined && o.val !== undefined)
+    throw new UserError('give --val or --val-fraction, not both');
+  const mappingType = o.mappingType ?? 'mlp';
+  const gpt2 = o.gpt2 ?? DEFAULT_GPT2;
+  const r: Resolved = {
+    data: await expandDataFiles(o.data),
+    ...(o.val !== undefined ? { val: await expandDataFiles(o.val, '--val') } : {}),
+    ...(o.valFraction !== undefined ? { valFraction: o.valFraction } : {}),
+    out: path.resolve(o.out),
+    mappingType,
+    onlyPrefix: o.onlyPrefix ?? mappingType === 'transformer',
+    gpt2: (await fs.stat(gpt2).catch(() => null)) ? path.resolve(gpt2) : gpt2,
+    prefixLength: positiveInt('--prefix-length', o.prefixLength ?? 10),
+    clipLength: positiveInt('--clip-length', o.clipLength ?? 10),
+    numLayers: positiveInt('--num-layers', o.numLayers ?? 8),
+    normalizePrefix: o.normalizePrefix ?? false,
+    epochs: positiveInt('--epochs', o.epochs ?? 10),
+    batchSize: positiveInt('--batch-size', o.batchSize ?? 40),
+    lr,
+    warmup: positiveInt('--warmup', o.warmup ?? 5000, 0),
+    seed: positiveInt('--seed', o.seed ?? 0, 0),
+    loss: o.loss ?? 'official',
+    saveEvery: positiveInt('--save-every', o.saveEvery ?? 1, 0),
+    saveEverySteps: positiveInt('--save-every-steps', o.saveEverySteps ?? 0, 0),
+    ...(o.keepLast !== undefined ? { keepLast: positiveInt('--keep-last', o.keepLast) } : {}),
+    ...(o.maxSteps !== undefined ? { maxSteps: positiveInt('--max-steps', o.maxSteps) } : {}),
+    ...(o.exportTorch !== undefined ? { exportTorch: path.resolve(o.exportTorch) } : {}),
   };
+  return r;
+}
 
-  hooks.onStart?.({ captions: set.tokens.length, maxSeqLen: set.maxSeqLen, stepsPerEpoch, totalSteps });
+/** The options a checkpoint recorded, checked as freshly given ones are. */
+async function optionsFromState(options: Record<string, unknown>, run: string): Promise<Resolved> {
+  const r = await resolveOptions({ ...(options as TrainOptions), out: run });
+  return r;
+}
+
+/** Read the data (and validation data) into sets; over-long captions are cut to what GPT-2 can take. */
+async function readSets(
+  r: Resolved,
+  nPositions: number,
+  warn: (m: string) => void,
+): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
+  const tok = await Gpt2Tokenizer.load();
+  const b = new TrainingSetBuilder(tok);
+  const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
+    b.close();
+    throw e;
+  });
+  let train = b.build(r.data.length === 1 ? r.data[0] : `${r.data.length} data files`);
+  const built = train.features;
   try {
-    let epoch = 0;
-    for (; epoch < epochs && losses.length < limit; epoch++) {
-      const order = shuffled(set.tokens.length, rand);
-      let sum = 0;
-      let n = 0;
-      for (let s = 0; s < stepsPerEpoch && losses.length < limit; s++) {
-        const batch = makeBatch(set, order.slice(s * batchSize, (s + 1) * batchSize), k);
-        opt.zeroGrad();
-        const stepLr = opt.currentLr;
-        const { loss } = model.lossAndBackward(batch, { train: true, lossMode: o.loss ?? 'official' });
-        opt.step();
-        losses.push(loss);
-        sum += loss;
-        n++;
-        hooks.onStep?.({ epoch, step: losses.length, stepsPerEpoch, loss, lr: stepLr });
-      }
-      perEpoch.push(sum / n);
-      const last = epoch === epochs - 1 || losses.length >= limit;
-      let saved: string | undefined;
-      if (saveEvery > 0 && (epoch + 1) % saveEvery === 0 && !last)
-        saved = await save(`epoch-${String(epoch + 1).padStart(3, '0')}`);
-      hooks.onEpoch?.({ epoch, meanLoss: sum / n, checkpoint: saved });
+    let val: TrainingSet | undefined;
+    if (r.valFraction !== undefined) ({ train, val } = splitByImage(train, r.valFraction, r.seed));
+    // max_seq_len over the captions trained on (as train.py computes it over its dataset).
+    const lengths = new Int32Array(train.count);
+    for (let c = 0; c < train.count; c++) lengths[c] = train.tokenOffsets[c + 1] - train.tokenOffsets[c];
+    let maxSeqLen = officialMaxSeqLen(lengths);
+    const room = nPositions - r.prefixLength;
+    if (room < 1)
+      throw new UserError(
+        `--prefix-length ${r.prefixLength} leaves no room for tokens in GPT-2's ${nPositions} positions; lower it`,
+      );
+    if (maxSeqLen > room) {
+      warn(
+        `captions of up to ${maxSeqLen} tokens do not fit GPT-2's ${nPositions} positions after a ${r.prefixLength}-vector prefix; ` +
+          `cutting them to ${room} tokens`,
+      );
+      maxSeqLen = room;
     }
-    checkpoint = await save('final');
-    hooks.onFinish?.(model);
-    return {
-      steps: losses.length,
-      epochs: epoch,
-      final_loss: losses[losses.length - 1],
-      losses_per_epoch: perEpoch,
-      losses,
-      checkpoint,
-      maxSeqLen: set.maxSeqLen,
-    };
-  } finally {
-    model.dispose();
+    train = { ...train, maxSeqLen };
+    if (r.val) {
+      const vb = new TrainingSetBuilder(tok);
+      const v = await readTrainingFiles(r.val, vb);
+      const other = v.clipModels.find((m) => !clipModels.includes(m));
+      if (other && clipModels.length > 0)
+        throw new UserError(
+          `--val was extracted with CLIP ${other} but --data with ${clipModels.join(', ')}`,
+        );
+      val = vb.build(r.val.length === 1 ? r.val[0] : `${r.val.length} validation files`, maxSeqLen);
+      if (val.dim !== train.dim)
+        throw new UserError(`--val embeddings are ${val.dim}-d but --data's are ${train.dim}-d`);
+    } else if (val) val = { ...val, maxSeqLen };
+    if (clipModels.length > 1)
+      throw new UserError(
+        `the data files were extracted with different CLIP models (${clipModels.join(', ')}); train on one model's features`,
+      );
+    return { train, val, clipModels };
+  } catch (e) {
+    built.close();
+    throw e;
   }
+}
+
+/**
+ * Train a ClipCap model (fresh, or `resume` a run). Checkpoints, metrics.jsonl and loss.png go to the run
+ * directory; an aborted run (`control.signal`) saves a resumable checkpoint and returns `interrupted: true`.
+ */
+export async function train(o: TrainOptions, control: TrainControl = {}): Promise<TrainResult> {
+  const emit = control.onEvent ?? ((): void => undefined);
+  const warn = (message: string): void => emit({ type: 'warning', message });
+  let r: Resolved;
+  let resume: ResumeFrom | undefined;
+  if (o.resume !== undefined) {
+    const { run, checkpoint } = await findResumePoint(o.resume);
+    if (checkpoint.state.complete)
+      throw new UserError(
+        `${checkpoint.dir}: this run is complete (step ${checkpoint.state.step}); nothing to resume`,
+      );
+    r = await optionsFromState(checkpoint.state.options, run);
+    if (o.exportTorch !== undefined) r.exportTorch = path.resolve(o.exportTorch);
+    if (o.keepLast !== undefined) r.keepLast = positiveInt('--keep-last', o.keepLast);
+    const opt = await readOptimizerState(checkpoint.dir);
+    resume = {
+      dir: checkpoint.dir,
+      state: checkpoint.state,
+      optimizer: opt.tensors,
+      optimizerSteps: opt.steps,
+    };
+  } else {
+    r = await resolveOptions(o);
+    // A run killed before its first checkpoint leaves only its log and chart: nothing to resume, start over.
+    const live = (await liveEntries(r.out)).filter((e) => e !== METRICS_FILE && e !== LOSS_CHART_FILE);
+    if (live.length > 0)
+      throw new UserError(
+        `--out ${r.out} is not empty; give a new or empty directory, or continue that run with clipcap train --resume ${r.out}`,
+      );
+  }
+
+  // Data first (a bad file fails before GPT-2 loads); digest for the record and to check a resume.
+  const digest = await dataDigest(r.data);
+  if (resume && resume.state.data_digest !== digest)
+    throw new UserError(
+      `the data files (${r.data.join(', ')}) changed since ${resume.dir} was saved (digest ${digest} vs ` +
+        `${resume.state.data_digest}); resume with the same data`,
+    );
+  const loadOpts = { offline: o.offline, revision: o.revision };
+  const gpt2 = await loadGpt2(r.gpt2, loadOpts);
+  const sets = await readSets(r, gpt2.config.n_positions, warn);
+  try {
+    if (sets.train.count < r.batchSize)
+      throw new UserError(
+        `${r.data.join(', ')}: ${sets.train.count} training captions make no full batch of ${r.batchSize}; lower --batch-size`,
+      );
+    const mapper = trainMapperConfig(r, sets.train.dim, gpt2.config.n_embd);
+    const mode: ClipCapMode = r.onlyPrefix ? 'frozen' : 'finetune';
+    if (resume && resume.state.max_seq_len !== sets.train.maxSeqLen)
+      throw new UserError(
+        `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
+      );
+    const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
+    let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
+    if (resume) {
+      const ck = await loadClipcapDir(resume.dir);
+      if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
+        throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
+      parts = {
+        mapperWeights: ck.mapperWeights,
+        gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
+      };
+    } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
+    const model = ClipCapModel.create(
+      backend,
+      {
+        mapper,
+        mapperWeights: parts.mapperWeights,
+        gpt2: parts.gpt2,
+        mode,
+        normalizePrefix: r.normalizePrefix,
+      },
+      r.gpt2,
+    );
+    try {
+      await fs.mkdir(r.out, { recursive: true });
+      if (!resume)
+        for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
+      for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
+      if (resume)
+        await truncateMetrics(
+          path.join(r.out, METRICS_FILE),
+          resume.state.step,
+          resume.state.val_losses.some((v) => v.step === resume?.state.step),
+        );
+      const clip = sets.clipModels[0];
+      const options: Record<string, unknown> = { ...r };
+      delete options.out;
+      const result = await runTrainingLoop(
+        model,
+        sets.train,
+        sets.val,
+        {
+          out: r.out,
+          epochs: r.epochs,
+          batchSize: r.batchSize,
+          lr: r.lr,
+          warmup: r.warmup,
+          seed: r.seed,
+          lossMode: r.loss,
+          maxSteps: r.maxSteps,
+          saveEvery: r.saveEvery,
+          saveEverySteps: r.saveEverySteps,
+          keepLast: r.keepLast,
+        },
+        {
+          config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
+          source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
+          extraConfig: {
+            sources: {
+              ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
+              gpt2: sourceRef(r.gpt2, r.out),
+            },
+            training: options,
+            data: {
+              files: r.data,
+              digest,
+              captions: sets.train.count,
+              images: sets.train.rows,
+              max_seq_len: sets.train.maxSeqLen,
+            },
+          },
+          options,
+          dataDigest: digest,
+        },
+        resume,
+        { onEvent: control.onEvent, signal: control.signal },
+      );
+      if (!result.interrupted && r.exportTorch !== undefined) {
+        // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
+        // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
+        await saveTorchStateDict(r.exportTorch, model.stateDict());
+        emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+      }
+      if (!result.interrupted) control.onFinish?.(model);
+      return { ...result, out: r.out };
+    } finally {
+      model.dispose();
+    }
+  } finally {
+    // File handles of on-disk features (the validation split shares the training store).
+    sets.train.features.close();
+    if (sets.val && sets.val.features !== sets.train.features) sets.val.features.close();
+  }
+}
+
+/** `train` with callback hooks (kept for callers of the first API). */
+export async function trainClipcap(o: TrainOptions, hooks: TrainHooks = {}): Promise<TrainResult> {
+  return train(o, {
+    onFinish: hooks.onFinish,
+    onEvent: (e) => {
+      if (e.type === 'start')
+        hooks.onStart?.({
+          captions: e.captions,
+          maxSeqLen: e.maxSeqLen,
+          stepsPerEpoch: e.stepsPerEpoch,
+          totalSteps: e.totalSteps,
+        });
+      else if (e.type === 'step')
+        hooks.onStep?.({
+          epoch: e.epoch,
+          step: e.step,
+          stepsPerEpoch: e.stepsPerEpoch,
+          loss: e.loss,
+          lr: e.lr,
+        });
+      else if (e.type === 'epoch')
+        hooks.onEpoch?.({ epoch: e.epoch, meanLoss: e.meanLoss, checkpoint: e.checkpoint });
+    },
+  });
 }

@@ -7,7 +7,7 @@
 import type { MapperConfig } from '../models/config.js';
 import { mapperWeightSpec } from '../models/mapper.js';
 import type { StateDict } from '../weights/host.js';
-import { mulberry32 } from './data.js';
+import { mulberry32 } from '../util/random.js';
 
 /** clip_project.* for a new mapper of GPT-2 width `width`. */
 export function initMapperWeights(config: MapperConfig, width: number, seed: number): StateDict {

@@ -25,6 +25,7 @@ import path from 'node:path';
 import type { IncomingMessage } from 'node:http';
 import cliProgress from 'cli-progress';
 import { UserError } from '../util/errors.js';
+import { checkOptionKeys, optionKeys } from '../util/options.js';
 
 export const DEFAULT_ENDPOINT = 'https://huggingface.co';
 
@@ -54,6 +55,20 @@ export interface HubFileOptions {
   timeoutMs?: number;
 }
 
+const HUB_FILE_KEYS = optionKeys<HubFileOptions>({
+  repo: true,
+  file: true,
+  revision: true,
+  repoType: true,
+  offline: true,
+  endpoint: true,
+  token: true,
+  cacheDir: true,
+  refresh: true,
+  onProgress: true,
+  timeoutMs: true,
+});
+
 /** The cache root, as huggingface_hub computes it. */
 export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   if (env.HF_HUB_CACHE) return env.HF_HUB_CACHE;
@@ -61,7 +76,8 @@ export function hubCacheDir(env: NodeJS.ProcessEnv = process.env): string {
   return path.join(os.homedir(), '.cache', 'huggingface', 'hub');
 }
 
-function isOfflineEnv(env: NodeJS.ProcessEnv = process.env): boolean {
+/** HF_HUB_OFFLINE as huggingface_hub reads it (1, true, yes, on). */
+export function isOfflineEnv(env: NodeJS.ProcessEnv = process.env): boolean {
   return ['1', 'true', 'yes', 'on'].includes((env.HF_HUB_OFFLINE ?? '').trim().toLowerCase());
 }
 
@@ -106,15 +122,65 @@ export async function cachedHubFile(o: HubFileOptions): Promise<string | null> {
   return (await fs.stat(p).catch(() => null))?.isFile() ? p : null;
 }
 
-/** Where a user can put the file by hand (the commit, when unknown, as a placeholder). */
-async function expectedPath(o: HubFileOptions, revision: string): Promise<string> {
+/** What stands for an unknown commit in a snapshot path, and what goes there. */
+const COMMIT_HELP =
+  "<commit>: the repo's 40-hex commit hash (from its page on the hub), also written alone into refs/main " +
+  'beside snapshots/';
+
+/** Where a user can put the file by hand: the snapshot path, with `<commit>` when the cache knows none. */
+async function snapshotPath(
+  o: HubFileOptions,
+  revision: string,
+): Promise<{ where: string; placeholder: boolean }> {
   const repoDir = repoCacheDir(o.repo, o.cacheDir ?? hubCacheDir(), o.repoType);
   let commit = COMMIT.test(revision) ? revision : null;
-  if (!commit)
-    commit =
-      (await fs.readFile(path.join(repoDir, 'refs', revision), 'utf8').catch(() => null))?.trim() ?? null;
-  const where = path.join(repoDir, 'snapshots', commit ?? '<commit>', ...o.file.split('/'));
-  return commit ? where : `${where} (and the commit hash in ${path.join(repoDir, 'refs', revision)})`;
+  if (!commit) {
+    const ref = (await fs.readFile(path.join(repoDir, 'refs', revision), 'utf8').catch(() => null))?.trim();
+    commit = ref !== undefined && COMMIT.test(ref) ? ref : null;
+  }
+  return {
+    where: path.join(repoDir, 'snapshots', commit ?? '<commit>', ...o.file.split('/')),
+    placeholder: !commit,
+  };
+}
+
+/** snapshotPath with the placeholder explained. */
+async function expectedPath(o: HubFileOptions, revision: string): Promise<string> {
+  const p = await snapshotPath(o, revision);
+  return p.placeholder ? `${p.where} (${COMMIT_HELP})` : p.where;
+}
+
+/**
+ * Offline (the option or HF_HUB_OFFLINE): the files among `files` that the cache lacks, each with the exact
+ * path to put it at (`placeholder`: the path holds `<commit>`). Empty when online or when all are cached.
+ */
+export async function missingOfflineFiles(
+  files: readonly HubFileOptions[],
+): Promise<Array<{ file: string; path: string; placeholder: boolean }>> {
+  const out: Array<{ file: string; path: string; placeholder: boolean }> = [];
+  for (const o of files) {
+    if (!(o.offline || isOfflineEnv())) continue;
+    const revision = o.revision ?? 'main';
+    checkInputs(o.repo, o.file, revision);
+    if ((await cachedHubFile(o)) !== null) continue;
+    const what = `${o.repo}/${o.file}${revision === 'main' ? '' : ` (revision ${revision})`}`;
+    const p = await snapshotPath(o, revision);
+    out.push({ file: what, path: p.where, placeholder: p.placeholder });
+  }
+  return out;
+}
+
+/** One error naming every missing file and where each goes (see missingOfflineFiles). */
+export function offlineMissingError(
+  missing: ReadonlyArray<{ file: string; path: string; placeholder: boolean }>,
+): UserError {
+  const list = missing.map((m, i) => `(${i + 1}) ${m.file} at ${m.path}`).join('; ');
+  const n = missing.length;
+  return new UserError(
+    `offline mode is on and ${n === 1 ? '1 file is' : `${n} files are`} not in the Hugging Face cache: ` +
+      `download once online, or put ${n === 1 ? 'it' : 'each'} by hand: ${list}` +
+      (missing.some((m) => m.placeholder) ? ` (${COMMIT_HELP})` : ''),
+  );
 }
 
 interface Head {
@@ -205,7 +271,8 @@ async function headFile(
   }
 }
 
-class HttpStatus extends Error {
+/** An HTTP error status (also from openai-clip-hub.ts's downloads). */
+export class HttpStatus extends Error {
   constructor(
     readonly status: number,
     readonly code: string | undefined,
@@ -216,9 +283,9 @@ class HttpStatus extends Error {
 
 /**
  * GET `url` into `incomplete`, resuming from its current size. Authorization goes only to `authHost`.
- * Returns when the body has been fully written.
+ * Returns when the body has been fully written. (Also OpenAI's CLIP downloads, openai-clip-hub.ts.)
  */
-async function download(
+export async function download(
   url: URL,
   incomplete: string,
   total: number | undefined,
@@ -292,7 +359,7 @@ async function download(
   }
 }
 
-async function sha256File(file: string): Promise<string> {
+export async function sha256File(file: string): Promise<string> {
   const h = createHash('sha256');
   for await (const chunk of createReadStream(file)) h.update(chunk as Buffer);
   return h.digest('hex');
@@ -367,6 +434,7 @@ async function fetchBlob(
  * cache path where it can be put by hand.
  */
 export async function hubFile(o: HubFileOptions): Promise<string> {
+  checkOptionKeys(o, HUB_FILE_KEYS, 'hubFile options');
   const revision = o.revision ?? 'main';
   checkInputs(o.repo, o.file, revision);
   const what = `${o.repo}/${o.file}${revision === 'main' ? '' : ` (revision ${revision})`}`;
@@ -374,9 +442,8 @@ export async function hubFile(o: HubFileOptions): Promise<string> {
   if (cached && !o.refresh) return cached;
   if (o.offline || isOfflineEnv()) {
     if (cached) return cached;
-    throw new UserError(
-      `${what} is not in the Hugging Face cache and offline mode is on; download it once online, or put it at ${await expectedPath(o, revision)}`,
-    );
+    const p = await snapshotPath(o, revision);
+    throw offlineMissingError([{ file: what, path: p.where, placeholder: p.placeholder }]);
   }
   const endpoint = o.endpoint ?? process.env.HF_ENDPOINT ?? DEFAULT_ENDPOINT;
   const token = o.token ?? process.env.HF_TOKEN ?? undefined;

@@ -12,6 +12,7 @@
  */
 import { readSync } from 'node:fs';
 import { UserError } from '../util/errors.js';
+import { quoted, safeText } from '../util/text.js';
 
 /** A name the policy allowed. `call` runs for REDUCE / NEWOBJ / INST / OBJ; absent: the name is not callable. */
 export class PyGlobal {
@@ -26,58 +27,126 @@ export class PyGlobal {
   }
 }
 
+/**
+ * Python's hash equality for dict keys and set elements (1 == 1.0 == True; tuples, bytes and strings by value),
+ * in time linear in the pickle. A pickle can share one tuple many times inside another (`t1 = (t0, t0)`,
+ * `t2 = (t1, t1)`, ...: 2^n leaves from n memoized tuples), so keys are never spelled out: each tuple gets a
+ * token once, from the ids of its elements, and a tuple met again is looked up by identity. Lists, dicts and
+ * sets are unhashable, as in Python; tuples cannot change once built (APPEND only takes lists), so a token
+ * never goes stale.
+ */
+export class KeyHasher {
+  /** Tuple / bytes / global -> its token. */
+  private readonly tokens = new WeakMap<object, object>();
+  /** A tuple's, bytes' or global's content signature -> the one token for it. */
+  private readonly interned = new Map<string, object>();
+  /** Key -> small id, to spell a tuple's signature from its elements. */
+  private readonly ids = new Map<unknown, number>();
+  /**
+   * Arrays that are lists (unhashable, appendable) carry this symbol; every other array is a tuple. (A property,
+   * not a WeakSet: a WeakSet entry per list cost 4x the time and memory of the list.)
+   */
+  markList<T extends unknown[]>(l: T): T {
+    (l as unknown as Record<symbol, boolean>)[IS_LIST] = true;
+    return l;
+  }
+
+  isList(v: unknown): v is unknown[] {
+    return Array.isArray(v) && (v as unknown as Record<symbol, boolean>)[IS_LIST] === true;
+  }
+
+  /** A value usable as a JS Map key that is equal for equal Python keys. */
+  key(k: unknown): unknown {
+    if (k === null) return null;
+    switch (typeof k) {
+      case 'string':
+        return k;
+      case 'boolean':
+        return k ? 1 : 0;
+      case 'number':
+        return Number.isInteger(k) && !Number.isSafeInteger(k) ? BigInt(k) : k;
+      case 'bigint':
+        return smallInt(k);
+    }
+    if (typeof k !== 'object') throw new PickleError('unhashable dict key');
+    const known = this.tokens.get(k);
+    if (known) return known;
+    let signature: string;
+    if (k instanceof Uint8Array)
+      signature = `b${Buffer.from(k.buffer, k.byteOffset, k.length).toString('latin1')}`;
+    else if (k instanceof PyGlobal) signature = `g${k.qualname}`;
+    else if (Array.isArray(k) && !this.isList(k)) {
+      const parts = new Array<number>(k.length);
+      for (let i = 0; i < k.length; i++) parts[i] = this.id(this.key(k[i]));
+      signature = `t${parts.join(',')}`;
+    } else throw new PickleError(`unhashable dict key (${Array.isArray(k) ? 'a list' : 'a dict or set'})`);
+    let token = this.interned.get(signature);
+    if (!token) {
+      token = Object.freeze({});
+      this.interned.set(signature, token);
+    }
+    this.tokens.set(k, token);
+    return token;
+  }
+
+  private id(key: unknown): number {
+    let n = this.ids.get(key);
+    if (n === undefined) {
+      n = this.ids.size;
+      this.ids.set(key, n);
+    }
+    return n;
+  }
+}
+
+const IS_LIST = Symbol('list');
+const EMPTY: ReadonlyMap<unknown, [unknown, unknown]> = new Map();
+
 /** A Python dict (or OrderedDict), insertion ordered, with Python key equality for hashable keys. */
 export class PyDict {
-  private readonly items = new Map<string, [unknown, unknown]>();
+  /** Made on the first item: a pickle can hold millions of empty dicts, one byte of file each. */
+  private items: Map<unknown, [unknown, unknown]> | undefined;
   /** Attributes set by BUILD (e.g. a state dict's `_metadata`); kept, never interpreted. */
   attrs: unknown = undefined;
 
+  constructor(private readonly hasher: KeyHasher = new KeyHasher()) {}
+
   set(key: unknown, value: unknown): void {
-    this.items.set(hashKey(key), [key, value]);
+    const k = this.hasher.key(key);
+    this.items ??= new Map();
+    const item = this.items.get(k);
+    // As in Python, an equal key replaces the value but the first key object stays.
+    if (item) item[1] = value;
+    else this.items.set(k, [key, value]);
   }
 
   get(key: unknown): unknown {
-    return this.items.get(hashKey(key))?.[1];
+    return this.items?.get(this.hasher.key(key))?.[1];
   }
 
   has(key: unknown): boolean {
-    return this.items.has(hashKey(key));
+    return this.items?.has(this.hasher.key(key)) ?? false;
   }
 
   get size(): number {
-    return this.items.size;
+    return this.items?.size ?? 0;
   }
 
   entries(): IterableIterator<[unknown, unknown]> {
-    return this.items.values();
+    return (this.items ?? EMPTY).values();
   }
 }
 
 export class PySet {
-  readonly items = new Map<string, unknown>();
+  readonly items = new Map<unknown, unknown>();
+  constructor(private readonly hasher: KeyHasher = new KeyHasher()) {}
   add(v: unknown): void {
-    this.items.set(hashKey(v), v);
+    this.items.set(this.hasher.key(v), v);
   }
 }
 
-/** Python's hash equality for the key types a pickle can hold (1 == 1.0 == True, as in Python). */
-function hashKey(k: unknown): string {
-  if (k === null) return 'N';
-  switch (typeof k) {
-    case 'string':
-      return `s${k}`;
-    case 'boolean':
-      return `n${k ? 1 : 0}`;
-    case 'number':
-      return Number.isInteger(k) ? `n${BigInt(k)}` : `f${k}`;
-    case 'bigint':
-      return `n${k}`;
-  }
-  if (k instanceof Uint8Array) return `b${Buffer.from(k).toString('hex')}`;
-  if (Array.isArray(k)) return `t(${k.map(hashKey).join(',')})`;
-  if (k instanceof PyGlobal) return `g${k.qualname}`;
-  throw new PickleError('unhashable dict key');
-}
+/** One strict decoder for every string (a decoder per string costs more than the string). */
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
 
 /** A malformed pickle (not a refusal): becomes a UserError naming the file and position. */
 class PickleError extends Error {}
@@ -195,6 +264,8 @@ export interface UnpicklePolicy {
   persistentLoad?(pid: unknown): unknown;
   /** BUILD on an object the policy made; absent or false: refused. PyDict state is always accepted. */
   build?(obj: unknown, state: unknown): boolean;
+  /** Key equality for the dicts and sets of this load (shared with the policy's handlers); default a fresh one. */
+  hasher?: KeyHasher;
 }
 
 /**
@@ -232,6 +303,7 @@ function run(
   let stack: unknown[] = [];
   const metastack: unknown[][] = [];
   const memo = new Map<number, unknown>();
+  const hasher = policy.hasher ?? new KeyHasher();
 
   const u32 = (): number => {
     const b = src.take(4);
@@ -261,7 +333,7 @@ function run(
   };
   const utf8 = (b: Uint8Array): string => {
     try {
-      return new TextDecoder('utf-8', { fatal: true }).decode(b);
+      return UTF8.decode(b);
     } catch {
       throw new PickleError('invalid UTF-8 in a string');
     }
@@ -274,7 +346,7 @@ function run(
     const g = policy.resolveGlobal(module, name);
     if (!g) {
       throw new UserError(
-        `refusing to load ${module}.${name} from ${file}: only tensors, storages and plain containers are allowed (loading a checkpoint never runs code from it)`,
+        `refusing to load ${safeText(`${module}.${name}`, 100)} from ${file}: only tensors, storages and plain containers are allowed (loading a checkpoint never runs code from it)`,
       );
     }
     return g;
@@ -283,7 +355,9 @@ function run(
     if (!(fn instanceof PyGlobal)) throw new PickleError('call of a non-callable object');
     if (!Array.isArray(args)) throw new PickleError('call arguments are not a tuple');
     if (!fn.call) {
-      throw new UserError(`refusing to call ${fn.qualname} from ${file}: it is allowed as a type only`);
+      throw new UserError(
+        `refusing to call ${safeText(fn.qualname, 100)} from ${file}: it is allowed as a type only`,
+      );
     }
     return fn.call(args);
   };
@@ -293,7 +367,8 @@ function run(
     for (let i = 0; i < kv.length; i += 2) d.set(kv[i], kv[i + 1]);
   };
   const appendItems = (l: unknown, items: unknown[]): void => {
-    if (Array.isArray(l)) l.push(...items);
+    // A loop, not push(...items): a spread of a million arguments overflows the stack.
+    if (hasher.isList(l)) for (const v of items) l.push(v);
     else if (l instanceof PySet) for (const v of items) l.add(v);
     else throw new PickleError('APPEND on a non-list');
   };
@@ -301,7 +376,9 @@ function run(
     const t = s.trim().replace(/L$/, '');
     if (t === '01') return true;
     if (t === '00') return false;
-    if (!/^[-+]?\d+$/.test(t)) throw new PickleError(`bad integer ${JSON.stringify(s)}`);
+    if (!/^[-+]?\d+$/.test(t)) throw new PickleError(`bad integer ${quoted(s, 40)}`);
+    // Decimal BigInt parsing is superlinear; no checkpoint holds an integer of thousands of digits.
+    if (t.length > MAX_INT_DIGITS) throw new PickleError(`integer of ${t.length} digits is too long`);
     const v = BigInt(t);
     return smallInt(v);
   };
@@ -368,9 +445,9 @@ function run(
         stack.push(longLE(src.take(src.byte())));
         break;
       case 0x8b: {
-        // LONG4
+        // LONG4: Python writes it only for integers of 256 bytes and more, which no checkpoint holds.
         const n = u32();
-        if (n > 1 << 20) throw new PickleError('integer too long');
+        if (n > MAX_LONG_BYTES) throw new PickleError(`integer of ${n} bytes is too long`);
         stack.push(longLE(src.take(n)));
         break;
       }
@@ -378,9 +455,9 @@ function run(
         // FLOAT (text)
         // Python's repr: also inf, -inf, nan.
         const t = src.line().trim();
-        const special: Record<string, number> = { inf: Infinity, '-inf': -Infinity, nan: NaN };
-        const v = t in special ? special[t] : Number(t);
-        if (Number.isNaN(v) && t !== 'nan') throw new PickleError('bad float');
+        // A Map, not an object: "toString" must not find Object.prototype's.
+        const v = SPECIAL_FLOATS.get(t) ?? (FLOAT_TEXT.test(t) ? Number(t) : NaN);
+        if (Number.isNaN(v) && t !== 'nan') throw new PickleError(`bad float ${quoted(t, 40)}`);
         stack.push(v);
         break;
       }
@@ -424,12 +501,12 @@ function run(
         break;
 
       case 0x5d: // EMPTY_LIST
-        stack.push([]);
+        stack.push(hasher.markList([]));
         break;
       case 0x6c: {
         // LIST (popMark first: it replaces `stack`)
         const items = popMark();
-        stack.push(items);
+        stack.push(hasher.markList(items));
         break;
       }
       case 0x61: {
@@ -472,11 +549,11 @@ function run(
         break;
       }
       case 0x7d: // EMPTY_DICT
-        stack.push(new PyDict());
+        stack.push(new PyDict(hasher));
         break;
       case 0x64: {
         // DICT
-        const d = new PyDict();
+        const d = new PyDict(hasher);
         setItems(d, popMark());
         stack.push(d);
         break;
@@ -495,7 +572,7 @@ function run(
         break;
       }
       case 0x8f: // EMPTY_SET
-        stack.push(new PySet());
+        stack.push(new PySet(hasher));
         break;
       case 0x90: {
         // ADDITEMS
@@ -507,7 +584,7 @@ function run(
       }
       case 0x91: {
         // FROZENSET
-        const s = new PySet();
+        const s = new PySet(hasher);
         for (const v of popMark()) s.add(v);
         stack.push(s);
         break;
@@ -630,14 +707,28 @@ function smallInt(v: bigint): number | bigint {
   return v >= BigInt(Number.MIN_SAFE_INTEGER) && v <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(v) : v;
 }
 
-/** Two's-complement little-endian integer (LONG1 / LONG4). */
+/** The longest LONG1 / LONG4 payload accepted (Python pickles ints below 2^2047 with LONG1). */
+const MAX_LONG_BYTES = 1024;
+/** The longest text INT / LONG accepted: as many digits as MAX_LONG_BYTES bytes hold. */
+const MAX_INT_DIGITS = 2500;
+
+/** Two's-complement little-endian integer (LONG1 / LONG4), decoded in linear time through hex. */
 function longLE(b: Uint8Array): number | bigint {
   if (b.length === 0) return 0;
-  let v = 0n;
-  for (let i = b.length - 1; i >= 0; i--) v = (v << 8n) | BigInt(b[i]);
+  const hex = Buffer.from(b).reverse().toString('hex');
+  let v = BigInt(`0x${hex}`);
   if (b[b.length - 1] & 0x80) v -= 1n << BigInt(8 * b.length);
   return smallInt(v);
 }
+
+/** A float as Python's repr writes it (Number() alone would also take "", "0x10" and "Infinity"). */
+const FLOAT_TEXT = /^[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?$/;
+
+const SPECIAL_FLOATS: ReadonlyMap<string, number> = new Map([
+  ['inf', Infinity],
+  ['-inf', -Infinity],
+  ['nan', NaN],
+]);
 
 /** A protocol-0 STRING argument: a Python 2 str repr, 'abc' or "abc", with backslash escapes. */
 function pyStringLiteral(s: string): string {
@@ -661,7 +752,9 @@ function pyStringLiteral(s: string): string {
 
 /** Python's raw-unicode-escape: only \uXXXX and \UXXXXXXXX are escapes; other bytes are latin-1. */
 function rawUnicodeEscape(s: string): string {
-  return s.replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_, u4: string, u8: string) =>
-    String.fromCodePoint(parseInt(u4 ?? u8, 16)),
-  );
+  return s.replace(/\\u([0-9a-fA-F]{4})|\\U([0-9a-fA-F]{8})/g, (_, u4: string, u8: string) => {
+    const code = parseInt(u4 ?? u8, 16);
+    if (code > 0x10ffff) throw new PickleError('bad \\U escape in a UNICODE string');
+    return String.fromCodePoint(code);
+  });
 }

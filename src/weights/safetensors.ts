@@ -17,6 +17,7 @@
 import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import { UserError } from '../util/errors.js';
+import { quoted, safeText, shapeText } from '../util/text.js';
 import { withAtomicPath } from '../util/atomic.js';
 import type { FileDType, HostTensor, StateDict } from './host.js';
 import { checkedNumel, dataBytes, decodeElements, DTYPE_BYTES } from './dtype.js';
@@ -94,6 +95,16 @@ interface ParsedHeader {
   entries: Array<[string, SafetensorsInfo]>;
 }
 
+/** Own properties only: a dtype named "toString" or "__proto__" is unknown, not Object.prototype's. */
+const hasOwn = (o: object, k: string): boolean => Object.prototype.hasOwnProperty.call(o, k);
+
+/** A JSON value from the header, for a message: short and without control characters. */
+function jsonText(v: unknown): string {
+  if (Array.isArray(v)) return shapeText(v);
+  if (typeof v === 'string') return quoted(v, 40);
+  return safeText(JSON.stringify(v) ?? String(v), 40);
+}
+
 function isObject(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
@@ -123,7 +134,7 @@ export function parseSafetensorsHeader(
   try {
     json = JSON.parse(text);
   } catch (e) {
-    throw bad(`the header is not valid JSON (${(e as Error).message})`);
+    throw bad(`the header is not valid JSON (${safeText((e as Error).message, 100)})`);
   }
   if (!isObject(json)) throw bad('the header is not a JSON object');
 
@@ -133,32 +144,34 @@ export function parseSafetensorsHeader(
     if (name === '__metadata__') {
       if (!isObject(raw)) throw bad('__metadata__ is not an object of strings');
       for (const [k, v] of Object.entries(raw)) {
-        if (typeof v !== 'string') throw bad(`__metadata__["${k}"] is not a string`);
+        if (typeof v !== 'string') throw bad(`__metadata__[${quoted(k, 60)}] is not a string`);
         Object.defineProperty(metadata, k, { value: v, enumerable: true, writable: false });
       }
       continue;
     }
-    const where = `tensor "${name}"`;
+    const where = `tensor ${quoted(name, 80)}`;
     if (!isObject(raw)) throw bad(`${where} is not an object`);
-    const { dtype, shape, data_offsets: offsets } = raw;
-    if (typeof dtype !== 'string' || !(dtype in ST_DTYPE_BITS)) {
-      throw bad(`${where} has an unknown dtype ${JSON.stringify(dtype)}`);
+    const dtype = hasOwn(raw, 'dtype') ? raw.dtype : undefined;
+    const shape = hasOwn(raw, 'shape') ? raw.shape : undefined;
+    const offsets = hasOwn(raw, 'data_offsets') ? raw.data_offsets : undefined;
+    if (typeof dtype !== 'string' || !hasOwn(ST_DTYPE_BITS, dtype)) {
+      throw bad(`${where} has an unknown dtype ${jsonText(dtype)}`);
     }
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw bad(`${where} has an invalid shape ${JSON.stringify(shape)}`);
+      throw bad(`${where} has an invalid shape ${jsonText(shape)}`);
     }
     if (
       !Array.isArray(offsets) ||
       offsets.length !== 2 ||
       !offsets.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)
     ) {
-      throw bad(`${where} has invalid data_offsets ${JSON.stringify(offsets)}`);
+      throw bad(`${where} has invalid data_offsets ${jsonText(offsets)}`);
     }
     entries.push([
       name,
       {
         fileDtype: dtype,
-        dtype: ST_TO_FILE[dtype],
+        dtype: hasOwn(ST_TO_FILE, dtype) ? ST_TO_FILE[dtype] : undefined,
         shape: shape as number[],
         dataOffsets: [offsets[0] as number, offsets[1] as number],
       },
@@ -173,7 +186,7 @@ export function parseSafetensorsHeader(
   let start = 0;
   for (const [name, info] of entries) {
     const [s, e] = info.dataOffsets;
-    const where = `tensor "${name}"`;
+    const where = `tensor ${quoted(name, 80)}`;
     if (s !== start || e < s) {
       throw bad(
         `${where} has data_offsets [${s}, ${e}] but the previous tensor ends at ${start} (tensors must be contiguous and not overlap)`,
@@ -187,13 +200,13 @@ export function parseSafetensorsHeader(
     const numel = checkedNumel(info.shape);
     const bits = numel === undefined ? undefined : numel * ST_DTYPE_BITS[info.fileDtype];
     if (bits === undefined || !Number.isSafeInteger(bits)) {
-      throw bad(`${where} has a shape ${JSON.stringify(info.shape)} whose size overflows`);
+      throw bad(`${where} has a shape ${shapeText(info.shape)} whose size overflows`);
     }
     if (bits % 8 !== 0)
       throw bad(`${where}: ${info.fileDtype} x ${numel} elements is not a whole number of bytes`);
     if (e - s !== bits / 8) {
       throw bad(
-        `${where} is ${info.fileDtype} ${JSON.stringify(info.shape)} = ${bits / 8} bytes but its data_offsets span ${e - s}`,
+        `${where} is ${info.fileDtype} ${shapeText(info.shape)} = ${bits / 8} bytes but its data_offsets span ${e - s}`,
       );
     }
     start = e;
@@ -250,7 +263,7 @@ class SafetensorsReader implements SafetensorsFile {
 
   info(name: string): SafetensorsInfo {
     const info = this.byName.get(name);
-    if (!info) throw new UserError(`${this.path}: no tensor named "${name}"`);
+    if (!info) throw new UserError(`${this.path}: no tensor named ${quoted(name, 80)}`);
     return info;
   }
 
@@ -259,7 +272,7 @@ class SafetensorsReader implements SafetensorsFile {
     const info = this.info(name);
     if (info.dtype === undefined) {
       throw new UserError(
-        `${this.path}: tensor "${name}" has dtype ${info.fileDtype}, which clipcap cannot load (convert it to F32)`,
+        `${this.path}: tensor ${quoted(name, 80)} has dtype ${info.fileDtype}, which clipcap cannot load (convert it to F32)`,
       );
     }
     const [s, e] = info.dataOffsets;
@@ -350,7 +363,7 @@ export function parseSafetensors(
   for (const [tname, info] of header.entries) {
     if (info.dtype === undefined) {
       throw new UserError(
-        `${name}: tensor "${tname}" has dtype ${info.fileDtype}, which clipcap cannot load`,
+        `${name}: tensor ${quoted(tname, 80)} has dtype ${info.fileDtype}, which clipcap cannot load`,
       );
     }
     const [s, e] = info.dataOffsets;

@@ -13,10 +13,11 @@ import { promises as fs } from 'node:fs';
 import type { FileHandle } from 'node:fs/promises';
 import yauzl from 'yauzl';
 import type { Entry, ZipFile } from 'yauzl';
-import { UserError } from '../util/errors.js';
+import { errorMessage, UserError } from '../util/errors.js';
+import { quoted, safeText, shapeText } from '../util/text.js';
 import type { FileDType, HostTensor, StateDict } from './host.js';
 import { checkedNumel, decodeElements, DTYPE_BYTES } from './dtype.js';
-import { FileSource, MemorySource, PyDict, PyGlobal, PySet, unpickle } from './pickle.js';
+import { FileSource, KeyHasher, MemorySource, PyDict, PyGlobal, PySet, unpickle } from './pickle.js';
 import type { ByteSource, UnpicklePolicy } from './pickle.js';
 
 /** A value from a pickle: Python dicts with only string keys become plain objects, other dicts Maps. */
@@ -42,7 +43,7 @@ export function isHostTensor(v: unknown): v is HostTensor {
   const t = v as Partial<HostTensor>;
   return (
     typeof t.dtype === 'string' &&
-    t.dtype in DTYPE_BYTES &&
+    Object.prototype.hasOwnProperty.call(DTYPE_BYTES, t.dtype) &&
     Array.isArray(t.shape) &&
     ArrayBuffer.isView(t.data) &&
     !(t.data instanceof DataView) &&
@@ -116,12 +117,35 @@ interface LoadContext {
   readonly storages: Map<string, Storage>;
   /** How persistent ids of this container resolve. */
   readonly persistent: 'zip' | 'legacy' | 'none';
+  /** Dict and set key equality, shared by every pickle of the load (pickle.ts). */
+  readonly hasher: KeyHasher;
+  /** True inside a `_load_from_bytes` blob (which may not embed another). */
+  readonly embedded?: boolean;
+}
+
+/** More dimensions than any tensor has (PyTorch's CUDA kernels stop at 25). */
+const MAX_RANK = 64;
+
+/**
+ * Views may overlap (stride 0 from `expand`, sliding windows): they then hold more elements than their storage.
+ * All the tensors of a file may hold at most twice the elements its storages hold (tied weights: two tensors,
+ * one storage) plus this many (16 M, 64 MiB as f32), so a 480-byte file cannot ask for 16 GiB.
+ */
+const VIEW_SLACK_ELEMENTS = 1 << 24;
+
+function newContext(file: string, persistent: LoadContext['persistent']): LoadContext {
+  return { file, refs: [], storages: new Map(), persistent, hasher: new KeyHasher() };
 }
 
 const isInt = (v: unknown): v is number => typeof v === 'number' && Number.isSafeInteger(v) && v >= 0;
 
 function intTuple(v: unknown, what: string, file: string): number[] {
   if (!Array.isArray(v) || !v.every(isInt)) throw new UserError(`${file}: a tensor has an invalid ${what}`);
+  if (v.length > MAX_RANK) {
+    throw new UserError(
+      `${file}: a tensor has ${v.length} dimensions (more than ${MAX_RANK}); the file is damaged`,
+    );
+  }
   return v as number[];
 }
 
@@ -147,13 +171,13 @@ function rebuildTensor(ctx: LoadContext, args: unknown[]): TensorRef {
     throw new UserError(`${ctx.file}: a tensor is rebuilt from something that is not a storage`);
   }
   const numel = checkedNumel(size);
-  if (numel === undefined) throw new UserError(`${ctx.file}: a tensor's size [${size.join(', ')}] overflows`);
+  if (numel === undefined) throw new UserError(`${ctx.file}: a tensor's size ${shapeText(size)} overflows`);
   if (numel > 0) {
     let extent = base + 1;
     for (let i = 0; i < size.length; i++) extent += (size[i] - 1) * stride[i];
     if (!Number.isSafeInteger(extent) || extent > limit) {
       throw new UserError(
-        `${ctx.file}: a tensor of size [${size.join(', ')}] at offset ${offset} reads past the end of storage "${storage.key}" (${storage.numel} elements)`,
+        `${ctx.file}: a tensor of size ${shapeText(size)} at offset ${offset} reads past the end of storage ${quoted(storage.key, 40)} (${storage.numel} elements)`,
       );
     }
   }
@@ -202,9 +226,9 @@ function torchPolicy(ctx: LoadContext, extension?: PolicyExtension): UnpicklePol
   );
   for (const [name, dtype] of Object.entries(STORAGE_DTYPES)) add(new StorageType(name, dtype));
   add(new PyGlobal('torch.storage', '_load_from_bytes', (a) => loadFromBytes(ctx, a[0])));
-  add(new PyGlobal('collections', 'OrderedDict', (a) => makeDict(a, ctx.file)));
+  add(new PyGlobal('collections', 'OrderedDict', (a) => makeDict(a, ctx)));
   const makeSet = (a: unknown[]): PySet => {
-    const s = new PySet();
+    const s = new PySet(ctx.hasher);
     if (a.length > 0) {
       if (!Array.isArray(a[0])) throw new UserError(`${ctx.file}: set() of a non-list`);
       for (const v of a[0]) s.add(v);
@@ -231,11 +255,13 @@ function torchPolicy(ctx: LoadContext, extension?: PolicyExtension): UnpicklePol
     resolveGlobal: (module, name) => table.get(`${module}.${name}`) ?? extension?.resolveGlobal(module, name),
     build: extension ? (obj, state) => extension.build(obj, state) : undefined,
     persistentLoad: ctx.persistent === 'none' ? undefined : (pid) => persistentLoad(ctx, pid),
+    hasher: ctx.hasher,
   };
 }
 
-function makeDict(args: unknown[], file: string): PyDict {
-  const d = new PyDict();
+function makeDict(args: unknown[], ctx: LoadContext): PyDict {
+  const file = ctx.file;
+  const d = new PyDict(ctx.hasher);
   if (args.length > 0) {
     const items = args[0];
     if (!Array.isArray(items)) throw new UserError(`${file}: OrderedDict() of a non-list`);
@@ -270,15 +296,17 @@ function persistentLoad(ctx: LoadContext, pid: unknown): Storage | StorageView {
   if (!storage) {
     storage = new Storage(key, type.dtype, numel);
     if (!Number.isSafeInteger(numel * DTYPE_BYTES[type.dtype])) {
-      throw new UserError(`${ctx.file}: storage "${key}" is too large`);
+      throw new UserError(`${ctx.file}: storage ${quoted(key, 40)} is too large`);
     }
     ctx.storages.set(key, storage);
   } else if (storage.dtype !== type.dtype || storage.numel !== numel) {
-    throw new UserError(`${ctx.file}: storage "${key}" is referenced with two different types or sizes`);
+    throw new UserError(
+      `${ctx.file}: storage ${quoted(key, 40)} is referenced with two different types or sizes`,
+    );
   }
   if (ctx.persistent === 'legacy' && view !== null && view !== undefined) {
     if (!Array.isArray(view) || !isInt(view[1]) || !isInt(view[2]) || view[1] + view[2] > numel) {
-      throw new UserError(`${ctx.file}: malformed storage view of "${key}"`);
+      throw new UserError(`${ctx.file}: malformed storage view of ${quoted(key, 40)}`);
     }
     return new StorageView(storage, view[1], view[2]);
   }
@@ -308,7 +336,7 @@ function parseLegacy(src: ByteSource, ctx: LoadContext, fileSize: number): { roo
   if (magic !== LEGACY_MAGIC) throw new UserError(`${ctx.file}: not a PyTorch file (bad magic number)`);
   const proto = unpickle(src, plainPolicy(), ctx.file);
   if (proto !== LEGACY_PROTOCOL)
-    throw new UserError(`${ctx.file}: unsupported legacy PyTorch protocol ${String(proto)}`);
+    throw new UserError(`${ctx.file}: unsupported legacy PyTorch protocol ${safeText(String(proto), 40)}`);
   const sysInfo = unpickle(src, plainPolicy(), ctx.file);
   if (!(sysInfo instanceof PyDict) || sysInfo.get('little_endian') !== true) {
     throw new UserError(`${ctx.file}: saved on a big-endian machine, which clipcap cannot read`);
@@ -321,12 +349,12 @@ function parseLegacy(src: ByteSource, ctx: LoadContext, fileSize: number): { roo
   let pos = src.pos;
   for (const key of keys as string[]) {
     const s = ctx.storages.get(key);
-    if (!s) throw new UserError(`${ctx.file}: storage "${key}" is stored but never referenced`);
+    if (!s) throw new UserError(`${ctx.file}: storage ${quoted(key, 40)} is stored but never referenced`);
     s.source = { kind: 'file', offset: pos + 8 };
     pos += 8 + s.numel * DTYPE_BYTES[s.dtype];
   }
   for (const s of ctx.storages.values()) {
-    if (!s.source) throw new UserError(`${ctx.file}: storage "${s.key}" is referenced but missing`);
+    if (!s.source) throw new UserError(`${ctx.file}: storage ${quoted(s.key, 40)} is referenced but missing`);
   }
   if (pos > fileSize)
     throw new UserError(`${ctx.file}: truncated (the storages need ${pos} bytes, the file has ${fileSize})`);
@@ -342,11 +370,15 @@ function legacyCount(header: Uint8Array): bigint {
 function loadFromBytes(outer: LoadContext, blob: unknown): unknown {
   if (!(blob instanceof Uint8Array))
     throw new UserError(`${outer.file}: _load_from_bytes of a non-bytes value`);
+  // torch pickles each storage as one legacy blob; a blob inside a blob is never written.
+  if (outer.embedded) throw new UserError(`${outer.file}: a storage embedded in an embedded storage`);
   const ctx: LoadContext = {
     file: `${outer.file} (embedded storage)`,
     refs: outer.refs,
     storages: new Map(),
     persistent: 'legacy',
+    hasher: outer.hasher,
+    embedded: true,
   };
   if (!looksLegacy(blob)) throw new UserError(`${ctx.file}: not a legacy torch.save blob`);
   const src = new MemorySource(blob);
@@ -354,7 +386,7 @@ function loadFromBytes(outer: LoadContext, blob: unknown): unknown {
   for (const s of ctx.storages.values()) {
     const at = (s.source as { offset: number }).offset;
     if (legacyCount(blob.subarray(at - 8, at)) !== BigInt(s.numel)) {
-      throw new UserError(`${ctx.file}: storage "${s.key}" has a wrong element count`);
+      throw new UserError(`${ctx.file}: storage ${quoted(s.key, 40)} has a wrong element count`);
     }
     s.bytes = blob.subarray(at, at + s.numel * DTYPE_BYTES[s.dtype]);
   }
@@ -370,8 +402,17 @@ function isContiguous(shape: readonly number[], stride: readonly number[]): bool
   return true;
 }
 
-/** Build a contiguous row-major tensor from `ref`'s view of its storage bytes. */
-function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean): HostTensor {
+/**
+ * Build a contiguous row-major tensor from `ref`'s view of its storage bytes. `decoded` gives the whole storage
+ * decoded (once per storage, however many strided views read it: decoding the covered range per view would
+ * cost views x storage size).
+ */
+function tensorFromStorage(
+  ref: TensorRef,
+  bytes: Uint8Array,
+  shareable: boolean,
+  decoded: () => HostTensor['data'],
+): HostTensor {
   const { dtype } = ref.storage;
   const es = DTYPE_BYTES[dtype];
   const numel = checkedNumel(ref.shape) as number;
@@ -382,17 +423,15 @@ function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean
     const span = whole ? bytes : bytes.subarray(ref.offset * es, (ref.offset + numel) * es);
     return { dtype, shape, data: decodeElements(span, dtype, numel) };
   }
-  // Strided: decode the covered range, then gather in row-major order with an odometer over the dims.
-  let hi = ref.offset + 1;
-  for (let i = 0; i < shape.length; i++) hi += (shape[i] - 1) * ref.stride[i];
-  const src = decodeElements(bytes.subarray(ref.offset * es, hi * es), dtype, hi - ref.offset);
+  // Strided: gather from the decoded storage in row-major order with an odometer over the dims.
+  const src = decoded();
   const out = new (src.constructor as new (n: number) => HostTensor['data'])(numel);
   // Element access through one typed-array type: the loop only copies values between arrays of one kind.
   const from = src as unknown as Float32Array;
   const to = out as unknown as Float32Array;
   const rank = shape.length;
   const idx = new Array<number>(rank).fill(0);
-  let at = 0;
+  let at = ref.offset;
   for (let i = 0; i < numel; i++) {
     to[i] = from[at];
     for (let d = rank - 1; d >= 0; d--) {
@@ -404,31 +443,70 @@ function tensorFromStorage(ref: TensorRef, bytes: Uint8Array, shareable: boolean
       idx[d] = 0;
     }
   }
+  if (out instanceof BigInt64Array) {
+    // The storage had an i64 beyond 32 bits; this view may not (decodeElements' rule, per tensor).
+    const small = Int32Array.from(out, Number);
+    if (small.every((v, i) => BigInt(v) === out[i])) return { dtype, shape, data: small };
+  }
   return { dtype, shape, data: out };
 }
 
 /**
+ * Refuse views that hold far more elements than the storages they view (see VIEW_SLACK_ELEMENTS), before
+ * anything is allocated; names the largest overlapping view.
+ */
+function checkViewBudget(ctx: LoadContext, refs: readonly TensorRef[], storages: ReadonlySet<Storage>): void {
+  let stored = 0;
+  for (const s of storages) stored += s.numel;
+  let viewed = 0;
+  let worst: TensorRef | undefined;
+  let worstNumel = 0;
+  for (const r of refs) {
+    const n = checkedNumel(r.shape) as number;
+    viewed += n;
+    if (n > r.storage.numel && n > worstNumel) {
+      worst = r;
+      worstNumel = n;
+    }
+  }
+  if (viewed <= 2 * stored + VIEW_SLACK_ELEMENTS) return;
+  const which = worst
+    ? `a tensor of size ${shapeText(worst.shape)} and stride ${shapeText(worst.stride)} repeats the ${worst.storage.numel} elements of storage ${quoted(worst.storage.key, 40)}`
+    : 'many tensors view the same storages';
+  throw new UserError(
+    `${ctx.file}: its tensors hold ${viewed} elements but its storages only ${stored} (${which}); refusing to allocate that much for a damaged or hostile file`,
+  );
+}
+
+/**
  * Read every referenced storage once (one at a time) and build its tensors. `keep`: only these tensors (the
- * others keep `result` undefined and storages only they use are never read).
+ * others keep `result` undefined and storages only they use are never read). `check` throws when a storage's
+ * bytes are missing from the file; it runs for all of them before anything is read or allocated.
  */
 async function materialize(
   ctx: LoadContext,
   read: (s: Storage) => Promise<Uint8Array>,
   keep?: ReadonlySet<TensorRef>,
+  check?: (s: Storage) => void,
 ): Promise<void> {
-  const storages = new Set(ctx.refs.filter((r) => !keep || keep.has(r)).map((r) => r.storage));
+  const refs = ctx.refs.filter((r) => !keep || keep.has(r));
+  const storages = new Set(refs.map((r) => r.storage));
+  if (check) for (const s of storages) if (s.bytes === undefined) check(s);
+  checkViewBudget(ctx, refs, storages);
   for (const s of storages) {
     const bytes = s.bytes ?? (await read(s));
     const expected = s.numel * DTYPE_BYTES[s.dtype];
     if (bytes.byteLength !== expected) {
       throw new UserError(
-        `${ctx.file}: storage "${s.key}" has ${bytes.byteLength} bytes, expected ${expected}`,
+        `${ctx.file}: storage ${quoted(s.key, 40)} has ${bytes.byteLength} bytes, expected ${expected}`,
       );
     }
     // A buffer read for a single tensor may become that tensor's memory; shared storages are copied.
     const shareable = s.bytes === undefined && s.refs.length === 1;
+    let whole: HostTensor['data'] | undefined;
+    const decoded = (): HostTensor['data'] => (whole ??= decodeElements(bytes, s.dtype, s.numel));
     for (const ref of s.refs)
-      if (!keep || keep.has(ref)) ref.result = tensorFromStorage(ref, bytes, shareable);
+      if (!keep || keep.has(ref)) ref.result = tensorFromStorage(ref, bytes, shareable, decoded);
     s.bytes = undefined;
   }
 }
@@ -509,18 +587,26 @@ async function readAt(fh: FileHandle, pos: number, len: number, file: string): P
   return out;
 }
 
-async function readEntry(zip: ZipFile, entry: Entry, file: string, expected?: number): Promise<Uint8Array> {
-  // Trust no header: sizes are checked before anything is allocated. A stored entry cannot be larger than
-  // the archive; deflate expands at most ~1032:1.
+/**
+ * Trust no header: sizes are checked before anything is allocated. A stored entry cannot be larger than
+ * the archive; deflate expands at most ~1032:1.
+ */
+function checkEntrySize(entry: Entry, file: string, expected?: number): void {
   if (expected !== undefined && entry.uncompressedSize !== expected) {
     throw new UserError(
-      `${file}: ${entry.fileName} has ${entry.uncompressedSize} bytes, expected ${expected}`,
+      `${file}: ${safeText(entry.fileName, 80)} has ${entry.uncompressedSize} bytes, expected ${expected}`,
     );
   }
   const limit = entry.compressionMethod === 0 ? entry.compressedSize : entry.compressedSize * 1032;
   if (entry.uncompressedSize > limit) {
-    throw new UserError(`${file}: ${entry.fileName} declares an impossible size; the archive is damaged`);
+    throw new UserError(
+      `${file}: ${safeText(entry.fileName, 80)} declares an impossible size; the archive is damaged`,
+    );
   }
+}
+
+async function readEntry(zip: ZipFile, entry: Entry, file: string, expected?: number): Promise<Uint8Array> {
+  checkEntrySize(entry, file, expected);
   const out = new Uint8Array(entry.uncompressedSize);
   let at = 0;
   try {
@@ -532,13 +618,11 @@ async function readEntry(zip: ZipFile, entry: Entry, file: string, expected?: nu
     }
   } catch (e) {
     throw new UserError(
-      `${file}: cannot read ${entry.fileName} (${(e as Error).message}); the file may be damaged`,
-      {
-        cause: e,
-      },
+      `${file}: cannot read ${safeText(entry.fileName, 80)} (${safeText(errorMessage(e), 200)}); the file may be damaged`,
+      { cause: e },
     );
   }
-  if (at !== out.length) throw new UserError(`${file}: ${entry.fileName} is truncated`);
+  if (at !== out.length) throw new UserError(`${file}: ${safeText(entry.fileName, 80)} is truncated`);
   return out;
 }
 
@@ -558,7 +642,7 @@ export async function loadZip(path: string, mode?: ZipMode): Promise<unknown> {
   try {
     zip = await yauzl.openPromise(path, { lazyEntries: true, autoClose: false, validateEntrySizes: true });
   } catch (e) {
-    throw new UserError(`${path}: not a valid zip archive (${(e as Error).message})`, { cause: e });
+    throw new UserError(`${path}: not a valid zip archive (${safeText(errorMessage(e), 200)})`, { cause: e });
   }
   try {
     const entries = new Map<string, Entry>();
@@ -571,7 +655,7 @@ export async function loadZip(path: string, mode?: ZipMode): Promise<unknown> {
       zip.on('error', reject);
       zip.readEntry();
     }).catch((e: unknown) => {
-      throw new UserError(`${path}: damaged zip archive (${(e as Error).message})`, { cause: e });
+      throw new UserError(`${path}: damaged zip archive (${safeText(errorMessage(e), 200)})`, { cause: e });
     });
     // torch.save writes <archive>/data.pkl, <archive>/data/<key>, <archive>/version (+ byteorder in 2.x).
     const pkl = [...entries.keys()].find((n) => /^[^/]+\/data\.pkl$/.test(n));
@@ -590,20 +674,24 @@ export async function loadZip(path: string, mode?: ZipMode): Promise<unknown> {
     if (byteorder && Buffer.from(await readEntry(zip, byteorder, path)).toString() !== 'little') {
       throw new UserError(`${path}: saved big-endian, which clipcap cannot read`);
     }
-    const ctx: LoadContext = { file: path, refs: [], storages: new Map(), persistent: 'zip' };
+    const ctx = newContext(path, 'zip');
     const root = unpickle(
       new MemorySource(await readEntry(zip, entries.get(pkl) as Entry, path)),
       torchPolicy(ctx, mode?.extension),
       path,
     );
+    const storageEntry = (s: Storage): Entry => {
+      const entry = entries.get(`${prefix}data/${s.key}`);
+      if (!entry)
+        throw new UserError(`${path}: storage data/${safeText(s.key, 40)} is missing from the archive`);
+      checkEntrySize(entry, path, s.numel * DTYPE_BYTES[s.dtype]);
+      return entry;
+    };
     await materialize(
       ctx,
-      async (s) => {
-        const entry = entries.get(`${prefix}data/${s.key}`);
-        if (!entry) throw new UserError(`${path}: storage data/${s.key} is missing from the archive`);
-        return readEntry(zip, entry, path, s.numel * DTYPE_BYTES[s.dtype]);
-      },
+      (s) => readEntry(zip, storageEntry(s), path, s.numel * DTYPE_BYTES[s.dtype]),
       mode?.select(root),
+      storageEntry,
     );
     return root;
   } finally {
@@ -612,13 +700,13 @@ export async function loadZip(path: string, mode?: ZipMode): Promise<unknown> {
 }
 
 async function loadLegacy(path: string, fh: FileHandle, size: number): Promise<unknown> {
-  const ctx: LoadContext = { file: path, refs: [], storages: new Map(), persistent: 'legacy' };
+  const ctx = newContext(path, 'legacy');
   const { root } = parseLegacy(new FileSource(fh.fd, size), ctx, size);
   await materialize(ctx, async (s) => {
     const at = (s.source as { offset: number }).offset;
     const header = await readAt(fh, at - 8, 8, path);
     if (legacyCount(header) !== BigInt(s.numel)) {
-      throw new UserError(`${path}: storage "${s.key}" has a wrong element count (damaged file?)`);
+      throw new UserError(`${path}: storage ${quoted(s.key, 40)} has a wrong element count (damaged file?)`);
     }
     return readAt(fh, at, s.numel * DTYPE_BYTES[s.dtype], path);
   });
@@ -643,7 +731,7 @@ export async function loadPickle(path: string): Promise<PickleValue> {
         `${path}: a tar-format PyTorch file (PyTorch < 0.4), which clipcap does not read; re-save it with a recent torch.save`,
       );
     } else if (head[0] === 0x80 || PROTOCOL0_STARTS.includes(head[0])) {
-      const ctx: LoadContext = { file: path, refs: [], storages: new Map(), persistent: 'none' };
+      const ctx = newContext(path, 'none');
       root = unpickle(new FileSource(fh.fd, size), torchPolicy(ctx), path);
       await materialize(ctx, () => {
         throw new Error('unreachable: plain pickles embed their storages');

@@ -21,6 +21,7 @@
  */
 import { promises as fs } from 'node:fs';
 import { UserError } from '../util/errors.js';
+import { safeText } from '../util/text.js';
 import type { HostTensor, StateDict } from './host.js';
 import { PyDict, PyGlobal } from './pickle.js';
 import { loadZip, TensorRef } from './torch.js';
@@ -86,7 +87,8 @@ function extension(file: string): PolicyExtension {
       if ((module === '__torch__' || module.startsWith('__torch__.')) && name !== '') {
         const className = `${module}.${name}`;
         return new PyGlobal(module, name, (args) => {
-          if (args.length) throw new UserError(`${file}: ${className} is constructed with arguments`);
+          if (args.length)
+            throw new UserError(`${file}: ${safeText(className, 100)} is constructed with arguments`);
           return new ScriptObject(className);
         });
       }
@@ -94,10 +96,11 @@ function extension(file: string): PolicyExtension {
     },
     build(obj, state) {
       if (!(obj instanceof ScriptObject)) return false;
-      if (obj.state !== undefined) throw new UserError(`${file}: ${obj.className} is restored twice`);
+      if (obj.state !== undefined)
+        throw new UserError(`${file}: ${safeText(obj.className, 100)} is restored twice`);
       if (!(state instanceof PyDict)) {
         throw new UserError(
-          `${file}: ${obj.className} pickles a custom state (__getstate__), which clipcap does not read; only plain modules with tensor attributes are supported`,
+          `${file}: ${safeText(obj.className, 100)} pickles a custom state (__getstate__), which clipcap does not read; only plain modules with tensor attributes are supported`,
         );
       }
       obj.state = state;
@@ -124,7 +127,7 @@ function walk(root: unknown, file: string): Walked {
     out.classes.set(prefix, obj.className);
     for (const [key, value] of obj.state?.entries() ?? []) {
       if (typeof key !== 'string')
-        throw new UserError(`${file}: ${obj.className} has a non-string attribute`);
+        throw new UserError(`${file}: ${safeText(obj.className, 100)} has a non-string attribute`);
       const name = prefix ? `${prefix}.${key}` : key;
       if (value instanceof ScriptObject) {
         if (!seen.has(value)) visit(value, name, depth + 1);

@@ -126,9 +126,8 @@ describe('clipcap extract', () => {
     const out = path.join(env.tmp, 'coco.safetensors');
     const r = await cli(['extract', dir, '--out', out, '--captions', capFile]);
     expect(r.code, r.err).toBe(0);
-    expect(r.err).toMatch(
-      /wrote 3 captions to .*coco\.captions\.jsonl \(1 captions matched no extracted image\)/,
-    );
+    expect(r.err).toMatch(/coco captions: 3 of 4 paired by file name; 1 caption names no input image/);
+    expect(r.err).toMatch(/wrote 3 captions to .*coco\.captions\.jsonl/);
     const lines = readFileSync(path.join(env.tmp, 'coco.captions.jsonl'), 'utf8')
       .trim()
       .split('\n')
@@ -138,7 +137,7 @@ describe('clipcap extract', () => {
       { image_id: ids[0], caption: 'first image', embedding: 0 },
       { image_id: ids[0], caption: 'first image again', embedding: 0 },
     ]);
-    // The official train_caption.json layout: ids matched by the number in the COCO file name.
+    // The official train_caption.json layout: parse_coco.py's file name rule (COCO_train2014_, else COCO_val2014_%012d).
     writeFileSync(capFile, JSON.stringify([{ image_id: String(ids[1]), caption: 'second' }]));
     const r2 = await cli(['extract', dir, '--out', out, '--captions', capFile]);
     expect(r2.code).toBe(0);

@@ -10,6 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { register as registerCaption, type CliContext, type CliIO } from '../../src/cli/commands/caption.js';
 import { register as registerDemo } from '../../src/cli/commands/demo.js';
 import { register as registerExtract } from '../../src/cli/commands/extract.js';
+import { register as registerMerge } from '../../src/cli/commands/merge.js';
+import { register as registerEval } from '../../src/cli/commands/eval.js';
 import { UsageError, UserError } from '../../src/util/errors.js';
 import { startHub, type HubServer } from './hub-server.js';
 
@@ -36,7 +38,9 @@ export async function cli(args: string[]): Promise<CliRun> {
     .configureOutput({ writeErr: (s) => void (run.err += s), writeOut: (s) => void (run.out += s) });
   registerCaption(program, ctx);
   registerExtract(program, ctx);
+  registerMerge(program, ctx);
   registerDemo(program, ctx);
+  registerEval(program, ctx);
   try {
     await program.parseAsync(args, { from: 'user' });
   } catch (e) {

@@ -1,7 +1,7 @@
 /**
  * One kernel suite for every backend that loads here (reference always; native when its addon builds):
  * each kernel is compared with the naive float64 definition in naive.ts on odd shapes (1, 7, 33, 769: not
- * multiples of 8, so vector tails are exercised) and on real GPT-2 / CLIP shapes, and every backward kernel
+ * multiples of 8, so vector tails are exercised) and on real GPT-2 / CLIP (ViT and ResNet) shapes, and every backward kernel
  * also with central finite differences of the naive forward.
  *
  * Tolerances, as max|actual - expected| / max|expected| (relative to the tensor's scale):
@@ -67,6 +67,7 @@ for (const be of availableBackends()) {
     describe('adamw', () => adamwTests(be, check));
     describe('dropout', () => dropoutTests(be, rand));
     describe('layout', () => layoutTests(be, check, rand));
+    describe('conv2d and avgPool2d', () => convTests(be, check, rand));
     describe('backward kernels vs finite differences', () => finiteDifferenceTests(be, check, rand));
   });
 }
@@ -1162,5 +1163,207 @@ function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
     fd('linear dx', be.matmul(r, w), (xs) => lin(xs, W, Bv), X);
     fd('linear dW', be.matmul(r, x, { transA: true }), (ws) => lin(X, ws, Bv), W);
     fd('linear db', be.sumRows(r), (bs) => lin(X, W, bs), Bv);
+  });
+}
+
+// ==================================================================================== conv2d and avgPool2d
+
+function convTests(be: Backend, check: Check, rand: Rand): void {
+  const cases: (naive.ConvCase & { id: string; bias: boolean; relu: boolean; residual?: boolean })[] = [
+    // 1x1 stride 1: the direct-GEMM path; odd channel counts
+    {
+      id: '1x1',
+      batch: 2,
+      H: 5,
+      W: 7,
+      C: 33,
+      O: 17,
+      kh: 1,
+      kw: 1,
+      stride: [1, 1],
+      padding: [0, 0],
+      bias: true,
+      relu: false,
+    },
+    // a ResNet block's last 1x1 conv: + bias + residual, then ReLU
+    {
+      id: '1x1 residual',
+      batch: 2,
+      H: 4,
+      W: 5,
+      C: 19,
+      O: 33,
+      kh: 1,
+      kw: 1,
+      stride: [1, 1],
+      padding: [0, 0],
+      bias: true,
+      relu: true,
+      residual: true,
+    },
+    // ResNet's 3x3 pad 1, and the CLIP stem's stride-2 first conv (3 input channels)
+    {
+      id: '3x3 pad1',
+      batch: 2,
+      H: 9,
+      W: 8,
+      C: 7,
+      O: 13,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: true,
+      relu: true,
+    },
+    {
+      id: 'stem 3x3 s2',
+      batch: 1,
+      H: 17,
+      W: 17,
+      C: 3,
+      O: 8,
+      kh: 3,
+      kw: 3,
+      stride: [2, 2],
+      padding: [1, 1],
+      bias: false,
+      relu: false,
+    },
+    // uneven kernel, strides and padding; 1x1 strided (im2col path)
+    {
+      id: '2x3 s(2,1) p(0,2)',
+      batch: 3,
+      H: 6,
+      W: 5,
+      C: 4,
+      O: 5,
+      kh: 2,
+      kw: 3,
+      stride: [2, 1],
+      padding: [0, 2],
+      bias: true,
+      relu: true,
+    },
+    {
+      id: '1x1 s2',
+      batch: 1,
+      H: 7,
+      W: 7,
+      C: 9,
+      O: 6,
+      kh: 1,
+      kw: 1,
+      stride: [2, 2],
+      padding: [0, 0],
+      bias: false,
+      relu: true,
+    },
+    // more output rows than one native im2col block (2^23 floats: K = 9·1000 -> 936 rows per block)
+    {
+      id: '3x3 multi-block',
+      batch: 1,
+      H: 32,
+      W: 33,
+      C: 1000,
+      O: 12,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: true,
+      relu: false,
+    },
+    // multi-block with a residual and ReLU (the residual is copied in and accumulated onto, block by block)
+    {
+      id: '3x3 multi-block residual',
+      batch: 1,
+      H: 34,
+      W: 31,
+      C: 1000,
+      O: 8,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: false,
+      relu: true,
+      residual: true,
+    },
+  ];
+  let seed = 7000;
+  for (const c of cases) {
+    it(`conv2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}] · w [${c.O},${c.kh},${c.kw},${c.C}]`, () => {
+      const x = rand([c.batch, c.H, c.W, c.C], seed++);
+      const w = rand([c.O, c.kh, c.kw, c.C], seed++);
+      const bias = c.bias ? rand([c.O], seed++) : undefined;
+      const Ho = naive.convOut(c.H, c.kh, c.stride[0], c.padding[0]);
+      const Wo = naive.convOut(c.W, c.kw, c.stride[1], c.padding[1]);
+      const residual = c.residual ? rand([c.batch, Ho, Wo, c.O], seed++) : undefined;
+      const y = be.conv2d(x, w, { stride: c.stride, padding: c.padding, bias, residual, relu: c.relu });
+      expect(y.shape).toEqual([c.batch, Ho, Wo, c.O]);
+      const expected = naive.conv2dNaive(
+        be.download(x),
+        be.download(w),
+        bias ? be.download(bias) : null,
+        c,
+        c.relu,
+        residual ? be.download(residual) : null,
+      );
+      check(`conv2d ${c.id}`, y, expected);
+      if (c.relu) expect(Math.min(...be.download(y))).toBe(0);
+    });
+  }
+
+  it('conv2d: a scalar stride/padding equals the pair, and the defaults are stride 1, padding 0', () => {
+    const x = rand([1, 6, 6, 3], 7100);
+    const w = rand([4, 3, 3, 3], 7101);
+    const a = be.download(be.conv2d(x, w, { stride: 2, padding: 1 }));
+    const b = be.download(be.conv2d(x, w, { stride: [2, 2], padding: [1, 1] }));
+    expect(a).toEqual(b);
+    expect(be.conv2d(x, w).shape).toEqual([1, 4, 4, 4]);
+  });
+
+  const pools: (Omit<naive.ConvCase, 'O'> & { id: string })[] = [
+    // ModifiedResNet: AvgPool2d(2) after the stem and in every strided block, on even and odd sides
+    { id: '2x2', batch: 2, H: 8, W: 6, C: 5, kh: 2, kw: 2, stride: [2, 2], padding: [0, 0] },
+    { id: '2x2 odd', batch: 1, H: 7, W: 9, C: 33, kh: 2, kw: 2, stride: [2, 2], padding: [0, 0] },
+    { id: '3x3 s1 p1', batch: 2, H: 5, W: 4, C: 3, kh: 3, kw: 3, stride: [1, 1], padding: [1, 1] },
+    { id: '3x2 s(2,1)', batch: 1, H: 7, W: 5, C: 4, kh: 3, kw: 2, stride: [2, 1], padding: [0, 0] },
+  ];
+  for (const c of pools) {
+    it(`avgPool2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}]`, () => {
+      const x = rand([c.batch, c.H, c.W, c.C], seed++);
+      const y = be.avgPool2d(x, { kernel: [c.kh, c.kw], stride: c.stride, padding: c.padding });
+      expect(y.shape).toEqual([
+        c.batch,
+        naive.convOut(c.H, c.kh, c.stride[0], c.padding[0]),
+        naive.convOut(c.W, c.kw, c.stride[1], c.padding[1]),
+        c.C,
+      ]);
+      check(`avgPool2d ${c.id}`, y, naive.avgPool2dNaive(be.download(x), c));
+    });
+  }
+
+  it('avgPool2d: the stride defaults to the kernel (nn.AvgPool2d)', () => {
+    const x = rand([1, 4, 4, 2], 7200);
+    expect(be.download(be.avgPool2d(x, { kernel: 2 }))).toEqual(
+      be.download(be.avgPool2d(x, { kernel: 2, stride: 2 })),
+    );
+  });
+
+  it('rejects bad shapes and options with ShapeError', () => {
+    const x = rand([1, 5, 5, 3], 7300);
+    expect(() => be.conv2d(x, rand([4, 3, 3, 2], 1))).toThrow(ShapeError); // channel mismatch
+    expect(() => be.conv2d(x.reshape([5, 5, 3]), rand([4, 3, 3, 3], 1))).toThrow(ShapeError); // not 4-D
+    expect(() => be.conv2d(x, rand([4, 7, 7, 3], 1))).toThrow(ShapeError); // window larger than the image
+    expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { stride: 0 })).toThrow(ShapeError);
+    expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { padding: -1 })).toThrow(ShapeError);
+    expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { bias: rand([3], 1) })).toThrow(ShapeError);
+    expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { residual: rand([1, 5, 5, 4], 1) })).toThrow(
+      ShapeError,
+    );
+    expect(() => be.avgPool2d(x, { kernel: 0 })).toThrow(ShapeError);
+    expect(() => be.avgPool2d(x, { kernel: 2, padding: 2 })).toThrow(ShapeError); // more than half the kernel
   });
 }

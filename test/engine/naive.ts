@@ -519,3 +519,79 @@ export function writeSliceNaive(
   }
   return out;
 }
+
+// ------------------------------------------------------------------ convolution and pooling (NHWC)
+
+export interface ConvCase {
+  batch: number;
+  H: number;
+  W: number;
+  C: number;
+  O: number;
+  kh: number;
+  kw: number;
+  stride: [number, number];
+  padding: [number, number];
+}
+
+/** Output size of a window sliding over a padded axis (PyTorch's floor rule). */
+export function convOut(n: number, k: number, stride: number, pad: number): number {
+  return Math.floor((n + 2 * pad - k) / stride) + 1;
+}
+
+/**
+ * PyTorch's Conv2d (NCHW, weight (O, C, kh, kw)) stated on NHWC data with an (O, kh, kw, C) weight:
+ * y[b, oy, ox, o] = bias[o] + Σ x[b, oy·s - p + ky, ox·s - p + kx, c]·w[o, ky, kx, c] (+ residual[b, oy, ox, o]),
+ * zero outside the image; then max(y, 0) with relu.
+ */
+export function conv2dNaive(
+  x: ArrayLike<number>,
+  w: ArrayLike<number>,
+  bias: ArrayLike<number> | null,
+  c: ConvCase,
+  relu = false,
+  residual: ArrayLike<number> | null = null,
+): Float64Array {
+  const Ho = convOut(c.H, c.kh, c.stride[0], c.padding[0]);
+  const Wo = convOut(c.W, c.kw, c.stride[1], c.padding[1]);
+  const y = new Float64Array(c.batch * Ho * Wo * c.O);
+  for (let b = 0; b < c.batch; b++)
+    for (let oy = 0; oy < Ho; oy++)
+      for (let ox = 0; ox < Wo; ox++)
+        for (let o = 0; o < c.O; o++) {
+          let s = bias ? bias[o] : 0;
+          for (let ky = 0; ky < c.kh; ky++)
+            for (let kx = 0; kx < c.kw; kx++) {
+              const iy = oy * c.stride[0] - c.padding[0] + ky;
+              const ix = ox * c.stride[1] - c.padding[1] + kx;
+              if (iy < 0 || iy >= c.H || ix < 0 || ix >= c.W) continue;
+              for (let ch = 0; ch < c.C; ch++)
+                s += x[((b * c.H + iy) * c.W + ix) * c.C + ch] * w[((o * c.kh + ky) * c.kw + kx) * c.C + ch];
+            }
+          const at = ((b * Ho + oy) * Wo + ox) * c.O + o;
+          if (residual) s += residual[at];
+          y[at] = relu ? Math.max(s, 0) : s;
+        }
+  return y;
+}
+
+/** nn.AvgPool2d(kernel, stride, padding) with count_include_pad=True on NHWC data. */
+export function avgPool2dNaive(x: ArrayLike<number>, c: Omit<ConvCase, 'O'>): Float64Array {
+  const Ho = convOut(c.H, c.kh, c.stride[0], c.padding[0]);
+  const Wo = convOut(c.W, c.kw, c.stride[1], c.padding[1]);
+  const y = new Float64Array(c.batch * Ho * Wo * c.C);
+  for (let b = 0; b < c.batch; b++)
+    for (let oy = 0; oy < Ho; oy++)
+      for (let ox = 0; ox < Wo; ox++)
+        for (let ch = 0; ch < c.C; ch++) {
+          let s = 0;
+          for (let ky = 0; ky < c.kh; ky++)
+            for (let kx = 0; kx < c.kw; kx++) {
+              const iy = oy * c.stride[0] - c.padding[0] + ky;
+              const ix = ox * c.stride[1] - c.padding[1] + kx;
+              if (iy >= 0 && iy < c.H && ix >= 0 && ix < c.W) s += x[((b * c.H + iy) * c.W + ix) * c.C + ch];
+            }
+          y[((b * Ho + oy) * Wo + ox) * c.C + ch] = s / (c.kh * c.kw);
+        }
+  return y;
+}

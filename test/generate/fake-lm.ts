@@ -5,6 +5,7 @@
  * arrays: the decoders only upload ids and download logits.
  */
 import type { Backend } from '../../src/engine/backend.js';
+import { logSoftmaxTopKRows } from '../../src/engine/reference-decoding.js';
 import { Tensor, shapeSize } from '../../src/engine/tensor.js';
 import type { CausalLM, KvCache } from '../../src/generate/lm.js';
 import { lowbias32 } from '../../src/models/synthetic.js';
@@ -29,6 +30,15 @@ class HostStore {
   }
   free(): void {
     this.live--;
+  }
+  /** The decoding op the beam decoder calls, by its reference kernel. */
+  logSoftmaxTopK(logits: Tensor, k: number, temperature: number): { values: Tensor; indices: Tensor } {
+    const [rows, V] = logits.shape;
+    const values = new Float32Array(rows * k);
+    const indices = new Int32Array(rows * k);
+    const t = temperature > 0 ? temperature : 1;
+    logSoftmaxTopKRows(logits.storage as Float32Array, rows, V, k, t, values, indices);
+    return { values: this.upload(values, [rows, k]), indices: this.upload(indices, [rows, k]) };
   }
 }
 

@@ -258,10 +258,12 @@ describe('hubFile', () => {
     vi.stubEnv('HF_HUB_OFFLINE', '1');
     expect(await hubFile(opts('org/model', 'config.json'))).toBe(p);
     expect(await failure(hubFile(opts('org/model', 'model.safetensors')))).toBe(
-      `org/model/model.safetensors is not in the Hugging Face cache and offline mode is on; download it once online, or put it at ${path.join(repoCacheDir('org/model', cache), 'snapshots', COMMIT, 'model.safetensors')}`,
+      'offline mode is on and 1 file is not in the Hugging Face cache: download once online, or put it by hand: ' +
+        `(1) org/model/model.safetensors at ${path.join(repoCacheDir('org/model', cache), 'snapshots', COMMIT, 'model.safetensors')}`,
     );
+    // No commit known for the revision: the placeholder is explained (a 40-hex hash, also written into refs/main).
     expect(await failure(hubFile(opts('org/other', 'config.json')))).toMatch(
-      /put it at .*models--org--other\/snapshots\/<commit>\/config\.json \(and the commit hash in .*models--org--other\/refs\/main\)/,
+      /\(1\) org\/other\/config\.json at .*models--org--other\/snapshots\/<commit>\/config\.json \(<commit>: the repo's 40-hex commit hash \(from its page on the hub\), also written alone into refs\/main beside snapshots\/\)$/,
     );
     expect(seen).toEqual([]);
   });

@@ -8,6 +8,7 @@ import { InvalidArgumentError, type Command } from 'commander';
 import { BENCHES } from '../../bench/registry.js';
 import { formatTable } from '../../bench/report.js';
 import { UsageError } from '../../util/errors.js';
+import { threadsOption } from '../options.js';
 
 function positiveInt(name: string, max: number): (v: string) => number {
   return (v) => {
@@ -34,11 +35,7 @@ export function register(program: Command): void {
     .description(`benchmark this machine (${names.map((n) => `${n}: ${BENCHES[n].description}`).join('; ')})`)
     .option('--format <text|json>', 'output format', 'text')
     .option('--runs <N>', 'timed runs per case (values are medians)', positiveInt('--runs', 1000))
-    .option(
-      '--threads <N>',
-      'kernel threads (default: CLIPCAP_THREADS or every core)',
-      positiveInt('--threads', 1024),
-    );
+    .addOption(threadsOption());
   // Every bench's own options (the registry says which bench reads each one); an option several benches
   // declare is added once, with their descriptions joined.
   const descriptions = new Map<string, string[]>();

@@ -2,15 +2,28 @@
  * `clipcap caption IMAGES... [options]`: caption image files, directories, globs or precomputed CLIP
  * embeddings. The contract (options, JSON shape) is in DESIGN.md; the work happens in pipeline/.
  */
-import { InvalidArgumentError, Option, type Command } from 'commander';
+import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { ClipCap } from '../../pipeline/caption.js';
 import { expandInputs, type ExpandedInput } from '../../pipeline/inputs.js';
-import { readEmbeddingsFile } from '../../pipeline/embeddings.js';
+import { readCaptionEmbeddings } from '../../pipeline/embeddings.js';
+import { checkOfflineFiles } from '../../pipeline/load.js';
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../../pipeline/types.js';
-import type { ClipCapLoadOptions } from '../../pipeline/load.js';
-import type { DecodeMethod, DecodeOptions, StopSpec } from '../../generate/options.js';
+import { imageIdForPath, readReferences, sample, type ReferenceSet } from '../../eval/readers.js';
 import { UsageError, UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
+import {
+  addDecodeOptions,
+  addModelOptions,
+  batchSizeOption,
+  checkDecodeFlags,
+  decodeOptionsFromCli,
+  intArg,
+  loadOptionsFromCli,
+  maxPixelsOption,
+  type DecodeCliOptions,
+  type ModelCliOptions,
+} from '../options.js';
 
 /** Where a command writes: the process streams, or buffers in tests. */
 export interface CliIO {
@@ -40,143 +53,31 @@ export const processContext: CliContext = {
   },
 };
 
-// ---- option parsers shared by caption, extract and demo ----
+// The option builders moved to ../options.ts; re-exported for the commands that import them from here.
+export {
+  intArg,
+  floatArg,
+  addModelOptions,
+  loadOptionsFromCli,
+  addDecodeOptions,
+  decodeOptionsFromCli,
+  type ModelCliOptions,
+  type DecodeCliOptions,
+} from '../options.js';
 
-export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (!/^-?\d+$/.test(v.trim()) || !Number.isSafeInteger(n) || n < min || n > max)
-      throw new InvalidArgumentError(`${name} must be an integer from ${min} to ${max}.`);
-    return n;
-  };
-}
-
-export function floatArg(name: string, ok: (x: number) => boolean, range: string): (v: string) => number {
-  return (v) => {
-    const n = Number(v);
-    if (v.trim() === '' || !Number.isFinite(n) || !ok(n))
-      throw new InvalidArgumentError(`${name} must be ${range}.`);
-    return n;
-  };
-}
-
-/** The model-selection options of every command that loads ClipCap. */
-export function addModelOptions(cmd: Command): Command {
-  return cmd
-    .option(
-      '--model <coco|conceptual|DIR>',
-      'published weights (coco, conceptual) or a clipcap checkpoint directory',
-      'coco',
-    )
-    .option(
-      '--clipcap <FILE>',
-      'a ClipCap checkpoint (.pt as the official code saves it, or a clipcap directory)',
-    )
-    .option(
-      '--clip <DIR|HUB_ID|FILE.pt>',
-      'CLIP model: a Hugging Face directory or repo, or OpenAI ViT .pt file (default openai/clip-vit-base-patch32)',
-    )
-    .option(
-      '--gpt2 <DIR|HUB_ID>',
-      'GPT-2 config (and weights, when the checkpoint has none); default openai-community/gpt2',
-    )
-    .addOption(
-      new Option('--backend <name>', 'compute backend (default: native when it loads)').choices([
-        'native',
-        'reference',
-      ]),
-    )
-    .option('--offline', 'use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1)')
-    .option(
-      '--normalize-prefix',
-      'L2-normalize CLIP embeddings first (checkpoints trained with --normalize_prefix)',
-    );
-}
-
-export interface ModelCliOptions {
-  model: string;
-  clipcap?: string;
-  clip?: string;
-  gpt2?: string;
-  backend?: 'native' | 'reference';
-  offline?: boolean;
-  normalizePrefix?: boolean;
-}
-
-/** CLI model options -> ClipCap.load options. */
-export function loadOptionsFromCli(o: ModelCliOptions): ClipCapLoadOptions {
-  return {
-    model: o.model,
-    clipcap: o.clipcap,
-    clip: o.clip,
-    gpt2: o.gpt2,
-    backend: o.backend,
-    offline: o.offline,
-    normalizePrefix: o.normalizePrefix,
-  };
-}
-
-/** The decoding options of every command that writes captions (caption, eval). */
-export function addDecodeOptions(cmd: Command): Command {
-  return cmd
-    .addOption(
-      new Option('--decode <method>', 'decoder').choices(['beam', 'greedy', 'nucleus']).default('beam'),
-    )
-    .option('--beam-size <n>', 'beams per image (beam)', intArg('--beam-size', 1, 1000), 5)
-    .option('--max-tokens <n>', 'most tokens per caption', intArg('--max-tokens', 1), 67)
-    .addOption(
-      new Option(
-        '--stop <token>',
-        "stop after '.', after <|endoftext|> (eos), or only at --max-tokens (none)",
-      )
-        .choices(['.', 'eos', 'none'])
-        .default('.'),
-    )
-    .option(
-      '--top-p <p>',
-      'nucleus mass (nucleus)',
-      floatArg('--top-p', (x) => x > 0 && x <= 1, 'in (0, 1]'),
-      0.8,
-    )
-    .option(
-      '--temperature <t>',
-      'divide logits by this',
-      floatArg('--temperature', (x) => x > 0, 'a positive number'),
-      1,
-    )
-    .option('--seed <n>', 'sampling seed (nucleus)', intArg('--seed', 0, 2 ** 32 - 1), 0);
-}
-
-export interface DecodeCliOptions {
-  decode: DecodeMethod;
-  beamSize: number;
-  maxTokens: number;
-  stop: StopSpec;
-  topP: number;
-  temperature: number;
-  seed: number;
-}
-
-/** CLI decoding options -> the library's DecodeOptions. */
-export function decodeOptionsFromCli(o: DecodeCliOptions): DecodeOptions {
-  return {
-    method: o.decode,
-    beamSize: o.beamSize,
-    maxTokens: o.maxTokens,
-    stop: o.stop,
-    topP: o.topP,
-    temperature: o.temperature,
-    seed: o.seed,
-  };
-}
+export type CaptionFormat = 'text' | 'json' | 'jsonl' | 'coco';
 
 export interface CaptionCliOptions extends ModelCliOptions, DecodeCliOptions {
   embeddings?: string;
   numCaptions: number;
   batchSize: number;
-  format: 'text' | 'json' | 'jsonl';
+  format: CaptionFormat;
   maxPixels?: number;
   applyExif?: boolean;
+  /** Write the output to this file (atomically) instead of stdout. */
+  out?: string;
+  /** COCO annotations (or a Karpathy file) whose file names map image paths to ids (--format coco). */
+  references?: string;
 }
 
 // ---- output ----
@@ -200,40 +101,72 @@ function oneLine(s: string): string {
   return s.replace(/[\t\r\n]/g, ' ');
 }
 
+/** A COCO image id as the results format writes it: a number when it is one. */
+function cocoId(id: string | number): string | number {
+  return typeof id === 'string' && /^\d+$/.test(id) ? Number(id) : id;
+}
+
+/**
+ * Writes results in the chosen format as they arrive: text lines `label<TAB>caption` (with several nucleus
+ * samples `label<TAB>k<TAB>caption`, k from 1; a failure `label<TAB>error: message`), JSON Lines, one JSON
+ * array, or a COCO results array `[{image_id, caption}]` (failures only on stderr: COCO results cannot hold
+ * them). `emit` receives the output (stdout, or a buffer for --out).
+ */
 export class ResultWriter {
   private readonly all: Record<string, unknown>[] = [];
   failed = 0;
   count = 0;
 
   constructor(
-    private readonly io: CliIO,
-    private readonly format: 'text' | 'json' | 'jsonl',
-    private readonly byIndex: boolean,
+    private readonly emit: (s: string) => void,
+    private readonly stderr: (s: string) => void,
+    private readonly format: CaptionFormat,
   ) {}
 
-  write(r: CaptionResult): void {
+  private json(r: CaptionResult, id: string | number | undefined): Record<string, unknown> {
+    const j = resultJson(r, false);
+    return id === undefined || r.image !== undefined ? j : { index: r.index, image_id: cocoId(id), ...j };
+  }
+
+  /** `id`: the input's COCO image id (needed for --format coco; added to JSON entries that name no image). */
+  write(r: CaptionResult, id?: string | number): void {
     this.count++;
     if (r.error !== undefined) this.failed++;
-    const label = this.byIndex || r.image === undefined ? String(r.index) : r.image;
+    const label = r.image ?? (id !== undefined ? String(id) : String(r.index));
     switch (this.format) {
       case 'json':
-        this.all.push(resultJson(r, this.byIndex));
+        this.all.push(this.json(r, id));
         break;
       case 'jsonl':
-        this.io.stdout(JSON.stringify(resultJson(r, this.byIndex)) + '\n');
+        this.emit(JSON.stringify(this.json(r, id)) + '\n');
+        break;
+      case 'coco':
+        if (r.error !== undefined) this.stderr(`clipcap: ${oneLine(r.error)}\n`);
+        else this.all.push({ image_id: cocoId(id as string | number), caption: r.caption });
         break;
       case 'text':
-        if (r.error !== undefined) this.io.stderr(`clipcap: ${oneLine(r.error)}\n`);
-        else if (r.candidates && r.candidates.every((c) => c.score === undefined))
-          // nucleus samples: one line each
-          for (const c of r.candidates) this.io.stdout(`${label}\t${oneLine(c.caption)}\n`);
-        else this.io.stdout(`${label}\t${oneLine(r.caption)}\n`);
+        if (r.error !== undefined) {
+          // Most messages start with the input's name, which the label already gives.
+          const msg = r.error.startsWith(`${label}: `) ? r.error.slice(label.length + 2) : r.error;
+          this.emit(`${label}\terror: ${oneLine(msg)}\n`);
+        } else if (
+          r.candidates &&
+          r.candidates.length > 1 &&
+          r.candidates.every((c) => c.score === undefined)
+        )
+          // several nucleus samples: numbered, one line each
+          r.candidates.forEach((c, k) => this.emit(`${label}\t${k + 1}\t${oneLine(c.caption)}\n`));
+        else this.emit(`${label}\t${oneLine(r.caption)}\n`);
     }
   }
 
   finish(): void {
-    if (this.format === 'json') this.io.stdout(JSON.stringify(this.all, null, 2) + '\n');
-    if (this.failed > 0) this.io.stderr(`clipcap: ${this.failed} of ${this.count} inputs failed\n`);
+    if (this.format === 'json' || this.format === 'coco') this.emit(JSON.stringify(this.all, null, 2) + '\n');
+    if (this.failed > 0)
+      this.stderr(
+        `clipcap: ${this.failed} of ${this.count} inputs failed` +
+          (this.format === 'coco' ? ' (left out of the COCO results)\n' : ' (see their entries)\n'),
+      );
   }
 }
 
@@ -258,36 +191,105 @@ export function progressBar(
 
 // ---- the command ----
 
+/** What was asked to be captioned, in order, with what names each input. */
+interface Inputs {
+  /** Expanded image arguments (failed expansions included, in place); empty with --embeddings. */
+  expanded: ExpandedInput[];
+  inputs: CaptionInput[];
+  /** COCO image ids known from the input file itself (parse_coco.py pickles), by input position. */
+  knownIds?: Array<number | string | undefined>;
+}
+
+async function readInputs(images: readonly string[], o: CaptionCliOptions): Promise<Inputs> {
+  if (o.embeddings === undefined) {
+    const expanded = await expandInputs(images);
+    return { expanded, inputs: expanded.filter((e) => e.error === undefined).map((e) => e.path) };
+  }
+  const e = await readCaptionEmbeddings(o.embeddings);
+  return {
+    expanded: [],
+    // Rows are named by the image paths the file records (clipcap extract), so results say which image.
+    inputs: e.rows.map((embedding, i) => ({ embedding, name: e.images?.[i] })),
+    knownIds: e.imageIds,
+  };
+}
+
+/**
+ * --format coco: the image id of every input, decided before any weights load: ids the input file holds,
+ * else the image path through the references' file names, else the number in a COCO file name.
+ */
+async function cocoIds(
+  images: readonly string[],
+  inp: Inputs,
+  o: CaptionCliOptions,
+): Promise<Array<string | number>> {
+  const refs: ReferenceSet | undefined =
+    o.references !== undefined ? await readReferences(o.references) : undefined;
+  const ids: Array<string | number> = [];
+  const missing: string[] = [];
+  inp.inputs.forEach((input, i) => {
+    const known = inp.knownIds?.[i];
+    const name = typeof input === 'string' ? input : (input as { name?: string }).name;
+    const id = known ?? (name !== undefined ? imageIdForPath(name, refs) : undefined);
+    if (id === undefined) missing.push(name ?? `row ${i}`);
+    else ids.push(id);
+  });
+  if (missing.length > 0) {
+    const where = o.embeddings ?? (images.length === 1 ? images[0] : 'the inputs');
+    throw new UserError(
+      `--format coco: no COCO image id for ${missing.length} of ${inp.inputs.length} inputs of ${where} (${sample(missing, 3)}); ` +
+        (refs !== undefined
+          ? `${refs.source} lists no such file_name and they are not COCO file names (COCO_val2014_000000391895.jpg)`
+          : 'pass --references ANNOTATIONS.json whose images[].file_name lists them, or name the files as COCO does ' +
+            '(COCO_val2014_000000391895.jpg)'),
+    );
+  }
+  return ids;
+}
+
 /**
  * Caption `images` (paths, directories, globs) or `--embeddings`; returns the number of failed inputs.
- * Fatal problems (bad options, weights that cannot load) throw a UserError.
+ * Fatal problems (bad options, weights that cannot load) throw a UserError. `cmd` (when given) lets the
+ * decoding options the chosen decoder ignores be refused.
  */
 export async function runCaption(
   images: readonly string[],
   o: CaptionCliOptions,
   io: CliIO,
+  cmd?: Command,
 ): Promise<number> {
   if (o.embeddings !== undefined && images.length > 0)
     throw new UsageError('give image paths or --embeddings, not both');
   if (o.embeddings === undefined && images.length === 0)
     throw new UsageError('give image files, directories or globs to caption (or --embeddings FILE)');
+  if (cmd !== undefined) {
+    checkDecodeFlags(cmd, o.decode);
+    // Image options do nothing when embeddings are captioned (no image is read, no CLIP loads).
+    const imageOnly = ['maxPixels', 'applyExif', 'clip'].filter(
+      (k) => o.embeddings !== undefined && cmd.getOptionValueSource(k) === 'cli',
+    );
+    if (imageOnly.length > 0)
+      throw new UsageError(
+        `${imageOnly.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(' and ')} ` +
+          `${imageOnly.length === 1 ? 'does' : 'do'} nothing with --embeddings (no image is read and no CLIP loads)`,
+      );
+  }
   if (o.decode !== 'nucleus' && o.numCaptions !== 1)
     throw new UsageError(
       '--num-captions needs --decode nucleus (beam search returns every beam as candidates)',
     );
+  if (o.references !== undefined && o.format !== 'coco')
+    throw new UsageError('--references maps image paths to COCO ids for --format coco; add --format coco');
+  if (o.format === 'coco' && o.numCaptions !== 1)
+    throw new UsageError('--format coco holds one caption per image: drop --num-captions');
 
-  // Inputs first, so a mistyped --embeddings file fails before any weights load.
-  let expanded: ExpandedInput[] = [];
-  let inputs: CaptionInput[];
-  if (o.embeddings !== undefined) {
-    const rows = await readEmbeddingsFile(o.embeddings);
-    inputs = rows.map((embedding) => ({ embedding }));
-  } else {
-    expanded = await expandInputs(images);
-    inputs = expanded.filter((e) => e.error === undefined).map((e) => e.path);
-  }
-
-  const model = await ClipCap.load(loadOptionsFromCli(o));
+  // Inputs first, so a mistyped --embeddings file or an unmappable image fails before any weights load.
+  const inp = await readInputs(images, o);
+  const ids = o.format === 'coco' ? await cocoIds(images, inp, o) : undefined;
+  const loadOptions = loadOptionsFromCli(o);
+  await checkOfflineFiles(loadOptions, { clip: o.embeddings === undefined });
+  const model = await ClipCap.load(loadOptions);
+  const { expanded, inputs } = inp;
   if (o.embeddings !== undefined && inputs.length > 0) {
     const d = (inputs[0] as { embedding: Float32Array }).embedding.length;
     if (d !== model.embeddingSize) {
@@ -298,7 +300,10 @@ export async function runCaption(
       );
     }
   }
-  const writer = new ResultWriter(io, o.format, o.embeddings !== undefined);
+  // --out: everything goes to one buffer, written atomically at the end (no partial file on failure).
+  let buffered = '';
+  const emit = o.out !== undefined ? (s: string): void => void (buffered += s) : io.stdout;
+  const writer = new ResultWriter(emit, io.stderr, o.format);
   const total = o.embeddings !== undefined ? inputs.length : expanded.length;
   const bar = progressBar(io, total, 'captioning');
   try {
@@ -319,7 +324,9 @@ export async function runCaption(
     };
     flushFailed();
     for await (const r of model.captionStream(inputs, options)) {
-      writer.write(o.embeddings !== undefined ? r : { ...r, index: pos });
+      // r.index counts the captioned inputs (ids are by it); an image result is numbered among the arguments.
+      const id = ids?.[r.index] ?? inp.knownIds?.[r.index];
+      writer.write(o.embeddings !== undefined ? r : { ...r, index: pos }, id);
       pos++;
       flushFailed();
       bar.update(writer.count);
@@ -329,6 +336,10 @@ export async function runCaption(
     model.dispose();
   }
   writer.finish();
+  if (o.out !== undefined) {
+    await writeFileAtomic(o.out, buffered);
+    io.stderr(`clipcap: wrote ${writer.count - writer.failed} captions to ${o.out}\n`);
+  }
   return writer.failed;
 }
 
@@ -339,22 +350,30 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     .argument('[images...]', 'image files, directories (searched recursively) or glob patterns')
     .option(
       '--embeddings <FILE>',
-      'caption CLIP embeddings from a safetensors file (tensor clip_embedding [N, D])',
+      'caption CLIP embeddings: a clipcap extract .safetensors (clip_embedding [N, D]; results name the ' +
+        "images it records) or parse_coco.py's .pkl (results name the COCO image ids)",
     );
   addDecodeOptions(addModelOptions(cmd))
     .option('--num-captions <n>', 'captions per image (nucleus)', intArg('--num-captions', 1, 1000), 1)
-    .option('--batch-size <n>', 'images per model batch', intArg('--batch-size', 1, 4096), 8)
+    .addOption(batchSizeOption('images per model batch', 8))
     .addOption(
-      new Option('--format <format>', 'output format').choices(['text', 'json', 'jsonl']).default('text'),
+      new Option(
+        '--format <format>',
+        'output: text (path<TAB>caption lines), json (one array), jsonl, or coco (COCO results [{image_id, caption}] for clipcap eval)',
+      )
+        .choices(['text', 'json', 'jsonl', 'coco'])
+        .default('text'),
     )
     .option(
-      '--max-pixels <n>',
-      'refuse images with more pixels (decompression bombs); default 100000000',
-      intArg('--max-pixels', 1),
+      '--references <FILE>',
+      'with --format coco: COCO annotations (or Karpathy dataset_coco.json) whose file names give the image ids ' +
+        '(default: the number in COCO file names, COCO_val2014_000000391895.jpg)',
     )
+    .option('--out <FILE>', 'write the output to FILE (atomically) instead of stdout')
+    .addOption(maxPixelsOption())
     .option('--apply-exif', 'rotate images as their EXIF orientation says (the reference ignores it)')
-    .action(async (images: string[], o: CaptionCliOptions) => {
-      const failed = await runCaption(images, o, ctx.io());
+    .action(async (images: string[], o: CaptionCliOptions, command: Command) => {
+      const failed = await runCaption(images, o, ctx.io(), command);
       if (failed > 0) ctx.exit(1);
     });
 }

@@ -4,9 +4,12 @@
  * an official ClipCap checkpoint -> clipcap's checkpoint directory (config.json + model.safetensors),
  * written atomically. The work is convertClipcap in src/weights/convert.ts.
  */
+import { stat } from 'node:fs/promises';
 import { Option, type Command } from 'commander';
 import { convertClipcap, type ConvertResult } from '../../weights/convert.js';
 import { hubFile } from '../../weights/hub.js';
+import { UserError } from '../../util/errors.js';
+import { offlineOption } from '../options.js';
 
 export interface ConvertCliOptions {
   gpt2?: string;
@@ -39,6 +42,11 @@ export async function runConvert(
   o: ConvertCliOptions,
   io: ConvertIO,
 ): Promise<ConvertResult> {
+  // Checked before the (possibly large) checkpoint is read; convertClipcap refuses it too.
+  if (o.overwrite !== true && (await stat(outDir).catch(() => null)) !== null)
+    throw new UserError(
+      `${outDir} already exists; pass --overwrite to replace it, or choose a new output directory`,
+    );
   const r = await convertClipcap(input, outDir, {
     gpt2: o.gpt2,
     normalizePrefix: o.normalizePrefix,
@@ -70,7 +78,7 @@ export function register(program: Command): void {
     )
     .option('--normalize-prefix', 'record that the model was trained with --normalize_prefix')
     .option('--overwrite', 'replace an existing output directory')
-    .option('--offline', 'use only files already in the Hugging Face cache (for --gpt2 HUB_ID)')
+    .addOption(offlineOption())
     .addOption(new Option('--format <format>', 'output format').choices(['text', 'json']).default('text'))
     .action(async (input: string, outDir: string, o: ConvertCliOptions) => {
       await runConvert(input, outDir, o, {

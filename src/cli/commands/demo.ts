@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { Option, type Command } from 'commander';
 import { UserError } from '../../util/errors.js';
 import { processContext, runCaption, type CliContext, type CliIO } from './caption.js';
+import { backendOption } from '../options.js';
 
 /** assets/demo, found by walking up from this file (src/cli/commands or dist/src/cli/commands). */
 export function demoAssetsDir(): string {
@@ -72,7 +73,7 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     .addOption(
       new Option('--format <format>', 'output format').choices(['text', 'json', 'jsonl']).default('text'),
     )
-    .addOption(new Option('--backend <name>', 'compute backend').choices(['native', 'reference']))
+    .addOption(backendOption())
     .action(async (o: DemoOptions) => {
       const failed = await runDemo(o, ctx.io());
       if (failed > 0) ctx.exit(1);

@@ -28,12 +28,12 @@ import {
   addDecodeOptions,
   addModelOptions,
   decodeOptionsFromCli,
-  intArg,
   loadOptionsFromCli,
   progressBar,
   type DecodeCliOptions,
   type ModelCliOptions,
 } from './caption.js';
+import { batchSizeOption, checkDecodeFlags } from '../options.js';
 
 /**
  * Produces the predictions for the reference images (e.g. by captioning them). It may ask to score only the
@@ -114,7 +114,13 @@ export async function runEval(opts: EvalCommandOptions, io: EvalIO = defaultIO()
   let predictions: PredictionSet;
   let onlyPredicted = opts.onlyPredicted === true;
   if (opts.predictions !== undefined) {
-    predictions = await readPredictions(opts.predictions);
+    // Results that name images by path (clipcap caption --format json) are mapped through the references.
+    predictions = await readPredictions(opts.predictions, { references });
+    if (predictions.failed !== undefined)
+      io.stderr(
+        `clipcap eval: ${predictions.failed} entries of ${opts.predictions} are failures (an "error", no caption); ` +
+          'they are left out\n',
+      );
   } else {
     const got = await (opts.predictionSource as PredictionSource)(references);
     if ('predictions' in got) {
@@ -357,7 +363,11 @@ export function register(program: Command, ctx: EvalContext = processEvalContext
       '--references <file>',
       'reference captions: COCO annotations JSON, Karpathy dataset_coco.json (see --split), or JSONL {image_id, caption}',
     )
-    .option('--predictions <file>', 'predicted captions: COCO results JSON [{image_id, caption}] or JSONL')
+    .option(
+      '--predictions <file>',
+      'predicted captions: COCO results JSON [{image_id, caption}] or JSONL; entries may name the image by path ' +
+        "({image, caption}: clipcap caption --format json), mapped through the references' file names",
+    )
     .option('--split <name>', 'Karpathy split to score (train, restval, val, test)')
     .addOption(
       new Option(
@@ -381,11 +391,11 @@ export function register(program: Command, ctx: EvalContext = processEvalContext
     )
     .option(
       '--out <FILE>',
-      'COCO results file the captions are written to (default results_<split>.json in the working directory); ' +
+      'COCO results file the captions are written to (default: results_<split>.json in the working directory); ' +
         'progress is kept in FILE.partial.jsonl so that a rerun resumes',
     )
     .option('--skip-missing', 'leave out reference images whose file is missing (scores cover the others)')
-    .option('--batch-size <n>', 'images per model batch', intArg('--batch-size', 1, 4096), 8);
+    .addOption(batchSizeOption('images per model batch', 8));
   addDecodeOptions(addModelOptions(cmd));
   // Captioning is asked for by naming the model: no default model here (caption's is coco).
   cmd.options.find((opt) => opt.long === '--model')?.default(undefined);
@@ -405,6 +415,7 @@ export function register(program: Command, ctx: EvalContext = processEvalContext
         await runEval(o, io);
         return;
       }
+      checkDecodeFlags(command, o.decode);
       const status: CaptionSplitStatus = { failed: 0 };
       await runEval(
         {

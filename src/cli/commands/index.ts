@@ -2,6 +2,7 @@ import type { Command } from 'commander';
 import { register as caption } from './caption.js';
 import { register as extract } from './extract.js';
 import { register as train } from './train.js';
+import { register as merge } from './merge.js';
 import { register as evalCmd } from './eval.js';
 import { register as convert } from './convert.js';
 import { register as serve } from './serve.js';
@@ -12,6 +13,7 @@ import { register as demo } from './demo.js';
 export const COMMANDS: ReadonlyArray<(program: Command) => void> = [
   caption,
   extract,
+  merge,
   train,
   evalCmd,
   convert,

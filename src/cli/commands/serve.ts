@@ -17,6 +17,7 @@ import {
   type DecodeCliOptions,
   type ModelCliOptions,
 } from './caption.js';
+import { maxPixelsOption } from '../options.js';
 
 interface ServeCliOptions extends ModelCliOptions, DecodeCliOptions {
   host: string;
@@ -162,11 +163,7 @@ export function register(program: Command): void {
       floatArg('--max-body-mb', (x) => x > 0 && x <= 4096, 'a number in (0, 4096]'),
       20,
     )
-    .option(
-      '--max-pixels <n>',
-      'refuse images with more pixels (decompression bombs) (default: 100000000)',
-      intArg('--max-pixels', 1),
-    )
+    .addOption(maxPixelsOption())
     .option(
       '--batch-window-ms <ms>',
       'how long a request waits to share a model call with others',

@@ -1,5 +1,6 @@
 /** Helpers shared by the per-family key maps: spec checks with one message per problem, config.json fields. */
 import { UserError } from '../../util/errors.js';
+import { safeText } from '../../util/text.js';
 import type { HostTensor, StateDict } from '../host.js';
 
 /** Expected names and shapes, in canonical order. */
@@ -8,7 +9,11 @@ export type KeySpec = Map<string, readonly number[]>;
 export const fmtShape = (s: readonly number[]): string => `[${s.join(', ')}]`;
 
 function listSome(names: readonly string[], n = 8): string {
-  const shown = names.slice(0, n).join(', ');
+  // Key names come from the file: escaped and cut, so a message stays one short line.
+  const shown = names
+    .slice(0, n)
+    .map((name) => safeText(name, 100))
+    .join(', ');
   return names.length > n ? `${shown} and ${names.length - n} more` : shown;
 }
 
@@ -91,7 +96,7 @@ export function intField(c: ConfigSource | undefined, key: string, what: string)
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 0) {
     throw new UserError(
-      `${what}: config field "${key}" must be a non-negative integer, got ${JSON.stringify(v)}`,
+      `${what}: config field "${key}" must be a non-negative integer, got ${safeText(JSON.stringify(v) ?? String(v), 60)}`,
     );
   }
   return v;
@@ -101,7 +106,9 @@ export function numField(c: ConfigSource | undefined, key: string, what: string)
   const v = c?.[key];
   if (v === undefined || v === null) return undefined;
   if (typeof v !== 'number' || !Number.isFinite(v)) {
-    throw new UserError(`${what}: config field "${key}" must be a number, got ${JSON.stringify(v)}`);
+    throw new UserError(
+      `${what}: config field "${key}" must be a number, got ${safeText(JSON.stringify(v) ?? String(v), 60)}`,
+    );
   }
   return v;
 }

@@ -22,13 +22,28 @@
  * `input_resolution`), projection D, MLP 4W; heads from the archive's `num_heads` when it was scripted, else
  * OpenAI's rule heads = W / 64 (traced archives, OpenAI's, keep no attributes); LayerNorm eps from the archive,
  * else 1e-5; activation QuickGELU (from the class of `mlp.gelu`).
+ *
+ * ResNet CLIPs (RN50, RN101, RN50x4, RN50x16, RN50x64: `visual.layer1.*`, `visual.attnpool.*`) keep OpenAI's
+ * names (`visual.conv1.weight`, `visual.layer2.0.downsample.1.running_var`, ...): clip-resnet.ts reads them
+ * directly. Their architecture comes from the keys as clip.model.build_model infers it: blocks per stage = the
+ * distinct block indexes under visual.layerN, width = rows of layer1.0.conv1.weight, resolution = 32·√(positions
+ * - 1) of attnpool.positional_embedding, heads = width·32 / 64, output width = rows of attnpool.c_proj.weight.
+ * Conv and linear weights are fp16 in OpenAI's files, BatchNorm fp32; all become f32, and each BatchNorm's
+ * num_batches_tracked counter (unused in eval mode) is dropped.
+ *
+ * Besides TorchScript archives, plain `torch.save(model.state_dict())` files of the same model (open_clip's
+ * OpenAI weights, `clip.load(name, jit=False)` re-saved) are read: same names, no module classes, so a ViT is
+ * taken to use OpenAI's QuickGELU.
  */
 import { UserError } from '../../util/errors.js';
-import type { ClipVisionConfig } from '../../models/config.js';
+import { promises as fs } from 'node:fs';
+import yauzl from 'yauzl';
+import type { ClipResNetConfig, ClipVisionConfig } from '../../models/config.js';
 import type { HostTensor, StateDict } from '../host.js';
+import { loadTorchCheckpoint } from '../torch.js';
 import { loadTorchScript, type TorchScriptModule } from '../torchscript.js';
 import { clipWeights } from './clip.js';
-import { fmtShape } from './common.js';
+import { checkKeys, fmtShape, type KeySpec } from './common.js';
 
 /** OpenAI's per-layer names -> HF's (after `vision_model.encoder.layers.N.`); in_proj is split separately. */
 const LAYER_NAMES: Readonly<Record<string, string>> = {
@@ -103,6 +118,8 @@ function scalarInt(m: TorchScriptModule, name: string): number | undefined {
 
 function activation(m: TorchScriptModule, layers: number, what: string): 'quick_gelu' | 'gelu' {
   let act: 'quick_gelu' | 'gelu' | undefined;
+  // A plain state dict has no module classes: OpenAI's architecture, QuickGELU.
+  if (m.classes.size === 0) return 'quick_gelu';
   for (let i = 0; i < layers; i++) {
     const path = `visual.transformer.resblocks.${i}.mlp.gelu`;
     const cls = m.classes.get(path);
@@ -133,10 +150,8 @@ export function openaiClipVision(
   if (visual.length === 0) {
     throw new UserError(`${what}: no visual.* weights; expected OpenAI's CLIP archive (e.g. ViT-B-32.pt)`);
   }
-  if (visual.some((k) => k.startsWith('visual.attnpool.') || k.startsWith('visual.layer1.'))) {
-    throw new UserError(
-      `${what}: a ResNet CLIP (RN50, RN101, RN50x4, ...), which clipcap does not implement; use a ViT model (ViT-B-32.pt, ViT-B-16.pt, ViT-L-14.pt)`,
-    );
+  if (isResNetClip(visual)) {
+    throw new UserError(`${what}: a ResNet CLIP (RN50, RN101, RN50x4, ...); read it with openaiClipResNet`);
   }
   const hf: StateDict = new Map();
   const unexpected: string[] = [];
@@ -204,4 +219,187 @@ export async function loadOpenAIClipVision(
     select: (name) => name.startsWith('visual.') || name === 'input_resolution',
   });
   return openaiClipVision(m, file);
+}
+
+// ---------------------------------------------------------------- ResNet CLIPs (ModifiedResNet)
+
+/** Whether `visual.*` names are a ModifiedResNet's (build_model's test is the absence of visual.proj). */
+export function isResNetClip(names: Iterable<string>): boolean {
+  for (const k of names) if (k.startsWith('visual.attnpool.') || k.startsWith('visual.layer1.')) return true;
+  return false;
+}
+
+const BN_PARAMS = ['weight', 'bias', 'running_mean', 'running_var'] as const;
+
+/**
+ * Every `visual.*` key of a ModifiedResNet and its shape (PyTorch layouts: convs (out, in, kh, kw)), in
+ * module order. Stage s has planes = width·2^s; its first block strides by 2 (except stage 0) and has a
+ * downsample branch whenever it strides or changes the channel count.
+ */
+export function clipResNetKeySpec(c: ClipResNetConfig): KeySpec {
+  const spec: KeySpec = new Map();
+  const conv = (name: string, out: number, inp: number, k: number) =>
+    spec.set(`visual.${name}.weight`, [out, inp, k, k]);
+  const bn = (name: string, ch: number) => {
+    for (const p of BN_PARAMS) spec.set(`visual.${name}.${p}`, [ch]);
+  };
+  const w = c.width;
+  conv('conv1', w / 2, 3, 3);
+  bn('bn1', w / 2);
+  conv('conv2', w / 2, w / 2, 3);
+  bn('bn2', w / 2);
+  conv('conv3', w, w / 2, 3);
+  bn('bn3', w);
+  let inplanes = w;
+  c.layers.forEach((blocks, s) => {
+    const planes = w * 2 ** s;
+    for (let i = 0; i < blocks; i++) {
+      const p = `layer${s + 1}.${i}`;
+      const stride = s > 0 && i === 0 ? 2 : 1;
+      conv(`${p}.conv1`, planes, inplanes, 1);
+      bn(`${p}.bn1`, planes);
+      conv(`${p}.conv2`, planes, planes, 3);
+      bn(`${p}.bn2`, planes);
+      conv(`${p}.conv3`, planes * 4, planes, 1);
+      bn(`${p}.bn3`, planes * 4);
+      if (stride > 1 || inplanes !== planes * 4) {
+        conv(`${p}.downsample.0`, planes * 4, inplanes, 1);
+        bn(`${p}.downsample.1`, planes * 4);
+      }
+      inplanes = planes * 4;
+    }
+  });
+  const embed = w * 32;
+  const grid = c.image_size / 32;
+  spec.set('visual.attnpool.positional_embedding', [grid * grid + 1, embed]);
+  for (const n of ['k_proj', 'q_proj', 'v_proj']) {
+    spec.set(`visual.attnpool.${n}.weight`, [embed, embed]);
+    spec.set(`visual.attnpool.${n}.bias`, [embed]);
+  }
+  spec.set('visual.attnpool.c_proj.weight', [c.output_dim, embed]);
+  spec.set('visual.attnpool.c_proj.bias', [c.output_dim]);
+  return spec;
+}
+
+/**
+ * The architecture from the key names and shapes, as clip.model.build_model infers it (see the file comment).
+ * Only shapes are read, so this also checks layouts without their data.
+ */
+export function inferClipResNetConfig(
+  shapes: ReadonlyMap<string, readonly number[]>,
+  what: string,
+): ClipResNetConfig {
+  const need = (name: string, rank: number): readonly number[] => {
+    const s = shapes.get(name);
+    if (!s) throw new UserError(`${what}: missing ${name}; expected OpenAI's ResNet CLIP layout`);
+    if (s.length !== rank) throw new UserError(`${what}: ${name} is ${fmtShape(s)}, expected ${rank}-D`);
+    return s;
+  };
+  const layers = [1, 2, 3, 4].map((b) => {
+    const blocks = new Set<string>();
+    for (const k of shapes.keys()) {
+      const m = new RegExp(`^visual\\.layer${b}\\.(\\d+)\\.`).exec(k);
+      if (m) blocks.add(m[1]);
+    }
+    if (blocks.size === 0)
+      throw new UserError(`${what}: no visual.layer${b}.* weights; expected OpenAI's ResNet CLIP layout`);
+    return blocks.size;
+  }) as unknown as [number, number, number, number];
+  const width = need('visual.layer1.0.conv1.weight', 4)[0];
+  const positions = need('visual.attnpool.positional_embedding', 2)[0];
+  const grid = Math.round(Math.sqrt(positions - 1));
+  if (grid * grid + 1 !== positions) {
+    throw new UserError(
+      `${what}: visual.attnpool.positional_embedding has ${positions} rows, not a square grid plus one`,
+    );
+  }
+  if (width % 2 !== 0 || (width * 32) % 64 !== 0) {
+    throw new UserError(`${what}: width ${width} (rows of visual.layer1.0.conv1.weight) must be even`);
+  }
+  return {
+    layers,
+    width,
+    image_size: grid * 32,
+    heads: (width * 32) / 64,
+    output_dim: need('visual.attnpool.c_proj.weight', 2)[0],
+    bn_eps: 1e-5,
+  };
+}
+
+/**
+ * A ResNet CLIP's `visual.*` tensors (from either file format) -> its config and f32 weights under OpenAI's
+ * names, every key and shape checked against the inferred architecture.
+ */
+export function openaiClipResNet(
+  sd: StateDict,
+  what: string,
+): { config: ClipResNetConfig; weights: StateDict } {
+  const visual: StateDict = new Map();
+  for (const [k, t] of sd) {
+    if (!k.startsWith('visual.') || k.endsWith('.num_batches_tracked')) continue;
+    visual.set(k, f32(t, k, what));
+  }
+  const config = inferClipResNetConfig(new Map([...visual].map(([k, t]) => [k, t.shape])), what);
+  const weights = checkKeys(
+    visual,
+    clipResNetKeySpec(config),
+    what,
+    "expected OpenAI's ResNet CLIP (RN50, RN101, RN50x4, RN50x16, RN50x64)",
+  );
+  return { config, weights };
+}
+
+/** An OpenAI CLIP file's image tower, either architecture. */
+export type OpenAIClipVision =
+  | { kind: 'vit'; config: ClipVisionConfig; weights: StateDict }
+  | { kind: 'resnet'; config: ClipResNetConfig; weights: StateDict };
+
+/** Whether a zip file is a TorchScript archive (it has code/ or constants.pkl beside data.pkl). */
+async function isTorchScriptZip(file: string): Promise<boolean> {
+  let zip: yauzl.ZipFile;
+  try {
+    zip = await yauzl.openPromise(file, { lazyEntries: true, autoClose: false });
+  } catch {
+    return false; // not a zip: loadTorchCheckpoint reads legacy files and says what is wrong with others
+  }
+  try {
+    return await new Promise<boolean>((resolve, reject) => {
+      zip.on('entry', (e: yauzl.Entry) => {
+        if (/^[^/]+\/(code\/|constants\.pkl$)/.test(e.fileName)) resolve(true);
+        else zip.readEntry();
+      });
+      zip.on('end', () => resolve(false));
+      zip.on('error', reject);
+      zip.readEntry();
+    });
+  } catch {
+    return false;
+  } finally {
+    zip.close();
+  }
+}
+
+/**
+ * Load an OpenAI CLIP file's image tower: a TorchScript archive as clip.load caches it (~/.cache/clip/RN50x4.pt)
+ * or a plain torch.save state dict of the same model, ViT or ResNet. Of an archive only `visual.*` (and
+ * `input_resolution`) is read; a plain state dict is read whole (its format has no index to skip by).
+ */
+export async function loadOpenAIClip(file: string): Promise<OpenAIClipVision> {
+  let m: TorchScriptModule;
+  const stat = await fs.stat(file).catch((e: NodeJS.ErrnoException) => e);
+  if (stat instanceof Error || !stat.isFile()) {
+    const code = stat instanceof Error ? stat.code : 'a directory';
+    throw new UserError(`cannot open ${file}: ${code === 'ENOENT' ? 'no such file; check the path' : code}`);
+  }
+  if (await isTorchScriptZip(file)) {
+    m = await loadTorchScript(file, {
+      select: (name) => name.startsWith('visual.') || name === 'input_resolution',
+    });
+  } else {
+    const sd = await loadTorchCheckpoint(file);
+    const tensors: StateDict = new Map([...sd].filter(([k]) => k.startsWith('visual.')));
+    m = { className: '', tensors, classes: new Map(), attributes: new Map() };
+  }
+  if (isResNetClip(m.tensors.keys())) return { kind: 'resnet', ...openaiClipResNet(m.tensors, file) };
+  return { kind: 'vit', ...openaiClipVision(m, file) };
 }
