@@ -257,6 +257,12 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
   function onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
     const t0 = performance.now();
     const held = { bytes: 0 };
+    const socket = req.socket;
+    requestsOn.set(socket, (requestsOn.get(socket) ?? 0) + 1);
+    // A kept-alive connection gets a fresh headers deadline for its next request.
+    res.on('finish', () => {
+      if (!socket.destroyed) armHeadersDeadline(socket);
+    });
     // Errors on either stream (a client that vanished) end up here, not as uncaught 'error' events.
     req.on('error', () => undefined);
     res.on('error', () => undefined);
@@ -368,14 +374,44 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     }
   }
 
+  /** Requests whose headers have arrived, per socket (the headers deadline's progress mark). */
+  const requestsOn = new WeakMap<Socket, number>();
+
+  /**
+   * The headers deadline of a connection, from its start and again after each answer: no complete request
+   * headers within timeouts.headersMs (after one more poll phase, see createServer's http options) means a
+   * 408 and the connection closed. Idle keep-alive connections are closed sooner by Node's keepAliveTimeout.
+   */
+  function armHeadersDeadline(socket: Socket): void {
+    const mark = requestsOn.get(socket) ?? 0;
+    const timer = setTimeout(
+      () =>
+        setImmediate(() => {
+          if (socket.destroyed || (requestsOn.get(socket) ?? 0) !== mark) return;
+          const body = JSON.stringify({ error: 'the request headers took too long to arrive' });
+          o.log?.(`- - 408 (the request headers took too long to arrive)`);
+          if (socket.writable)
+            socket.end(
+              `HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json; charset=utf-8\r\n` +
+                `Content-Length: ${Buffer.byteLength(body)}\r\nConnection: close\r\n\r\n${body}`,
+            );
+          socket.destroySoon();
+        }),
+      timeouts.headersMs,
+    );
+    timer.unref();
+    socket.once('close', () => clearTimeout(timer));
+  }
+
   const server = http.createServer(
     {
-      headersTimeout: timeouts.headersMs,
-      // Off: readBody enforces the body deadline (see there why Node's own check is not used).
+      // Node's header and request timers are off: while a model call blocks the event loop, requests arrive
+      // unread in their sockets, and after the call Node's periodic check runs before they are read and
+      // answers them 408. The server keeps its own deadlines (onConnection, readBody), which look once more
+      // after a poll phase has read what arrived.
+      headersTimeout: 0,
       requestTimeout: 0,
       keepAliveTimeout: timeouts.idleMs,
-      // How often Node checks the header/request timers (its default, 30 s, would let slow sockets linger).
-      connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(timeouts.headersMs / 2))),
       maxHeaderSize: 16 * 1024,
     },
     onRequest,
@@ -401,11 +437,21 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     socket.destroySoon();
   });
   // A socket error after the exchange (client reset) must never become an uncaught exception.
+  // The keep-alive idle timeout is a socket timer: after a blocking model call it can fire before the poll
+  // phase reads a request that arrived meanwhile. With this listener Node leaves the socket to us: close it
+  // only if nothing arrived by the end of the next poll phase.
+  server.on('timeout', (socket: Socket) => {
+    const seen = socket.bytesRead;
+    setImmediate(() => {
+      if (socket.bytesRead === seen && !socket.destroyed) socket.destroy();
+    });
+  });
   let connections = 0;
   server.on('connection', (socket: Socket) => {
     connections++;
     socket.on('close', () => connections--);
     socket.on('error', () => undefined);
+    armHeadersDeadline(socket);
   });
 
   return {

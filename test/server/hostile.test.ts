@@ -727,6 +727,61 @@ describe('while a model call blocks the event loop', () => {
     }
   });
 
+  it('keep-alive clients that send while model calls block the loop are all answered (no 408, no reset)', async () => {
+    // Calls of 4 that block 1.5 s: 8 clients wait up to two calls, longer than every connection timeout.
+    const blocking: CaptionModel = {
+      caption: (inputs: readonly CaptionInput[]): Promise<CaptionResult[]> => {
+        const t = Date.now();
+        while (Date.now() - t < 1500) {
+          // busy
+        }
+        return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
+      },
+    };
+    const s = createServer(blocking, {
+      batchSize: 4,
+      timeouts: { headersMs: 600, bodyMs: 800, idleMs: 500 },
+    });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    const code = `
+      const http = require('node:http');
+      const { parentPort, workerData: port } = require('node:worker_threads');
+      const agent = new http.Agent({ keepAlive: true, maxSockets: 8 });
+      const body = '{"embedding":[1]}';
+      const once = () => new Promise((resolve) => {
+        const req = http.request({ host: '127.0.0.1', port, path: '/caption', method: 'POST', agent,
+          headers: { 'content-type': 'application/json', 'content-length': body.length } }, (res) => {
+          res.resume();
+          res.on('end', () => resolve(String(res.statusCode)));
+        });
+        req.on('error', (e) => resolve(e.code || e.message));
+        req.end(body);
+      });
+      (async () => {
+        const out = [];
+        const end = Date.now() + 6000;
+        await Promise.all(Array.from({ length: 8 }, async () => { while (Date.now() < end) out.push(await once()); }));
+        agent.destroy();
+        parentPort.postMessage(out);
+      })();
+    `;
+    try {
+      const { Worker } = await import('node:worker_threads');
+      const out = await new Promise<string[]>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: p });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      const counts: Record<string, number> = {};
+      for (const x of out) counts[x] = (counts[x] ?? 0) + 1;
+      console.log(`blocked-loop flood: ${JSON.stringify(counts)}`);
+      expect(out.length).toBeGreaterThanOrEqual(8);
+      expect(counts).toEqual({ '200': out.length });
+    } finally {
+      await s.close();
+    }
+  }, 30_000);
+
   // (Node reads the waiting request before its idle timer drops the connection; this keeps it that way.)
   it('a request sent on an idle keep-alive connection during a long model call is answered, not dropped', async () => {
     // The model blocks the JS thread (as compute on it does today) for longer than the idle timeout.
