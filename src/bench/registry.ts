@@ -62,7 +62,7 @@ export const BENCHES: Record<string, BenchEntry> = {
       {
         flags: '--model <NAME>',
         description:
-          'clip: vit-b32 (default) or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px)',
+          'clip: vit-b32 or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px) (default: vit-b32)',
       },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
