@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """OpenAI's RN50x4 CLIP image tower on PyTorch CPU, for `clipcap bench clip --model rn50x4 --pytorch` (dev-only).
 
-Usage: python3 bench/pytorch_clip_resnet.py --threads N --runs R --images DIR [--smoke] [--batch 16]
+Usage: python3 bench/pytorch_clip_resnet.py --threads N --runs R --images DIR [--smoke] [--batch 16] [--cases bs1,bs16]
 
 The ModifiedResNet of openai/CLIP's clip/model.py written out with torch.nn.functional (3-conv stem + 2x2 average
 pool, Bottleneck blocks with average-pool striding, attention pool), eval-mode BatchNorm (F.batch_norm with the
@@ -169,7 +169,9 @@ def main():
     ap = ft.bench_arg_parser(runs=5, smoke_help="tiny ResNet (same rule): checks the script runs")
     ap.add_argument("--images", required=True)
     ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--cases", default=None, help="comma-separated cases to run (default all)")
     args = ap.parse_args()
+    wanted = args.cases.split(",") if args.cases else None
     torch, rule_diff = ft.start_torch(args)
     cfg = SMOKE if args.smoke else RN50X4
     model = build(torch, cfg)
@@ -195,6 +197,8 @@ def main():
         (f"bs{args.batch}", args.batch, lambda: encode(pixels)),
         (f"bs{args.batch}_decode", args.batch, decode_and_encode),
     ):
+        if wanted is not None and case not in wanted:
+            continue
         t, rss = ft.timed(fn, args.runs, warmup=0 if args.smoke else 1)
         value = n / t
         print(f"pytorch {case}: {value:.2f} images/s", file=sys.stderr)

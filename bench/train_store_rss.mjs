@@ -83,7 +83,7 @@ console.log(
     dim,
     captions: set.count,
     max_seq_len: set.maxSeqLen,
-    embeddings_mb: (set.embeddings.byteLength / 2 ** 20).toFixed(0),
+    features_on_disk_mb: ((rows * dim * 4) / 2 ** 20).toFixed(0),
     token_ids_mb: (
       (set.tokenIds.byteLength + set.tokenOffsets.byteLength + set.captionRow.byteLength) /
       2 ** 20

@@ -432,18 +432,21 @@ ConvArgs conv_geometry(const Napi::CallbackInfo& info, size_t first) {
 }
 }  // namespace
 
-// conv2d(x, w, bias|null, y, B, H, W, C, O, kh, kw, strideH, strideW, padH, padW, relu)
+// conv2d(x, w, bias|null, residual|null, y, B, H, W, C, O, kh, kw, strideH, strideW, padH, padW, relu)
 Napi::Value Conv2d(const Napi::CallbackInfo& info) {
-  need_args(info, 16, "conv2d");
-  const ConvArgs a = conv_geometry(info, 4);
+  need_args(info, 17, "conv2d");
+  const ConvArgs a = conv_geometry(info, 5);
   const float* x = f32(info, 0, "x", checked_mul(info, checked_mul(info, a.B * a.H, a.W), a.C));
   const float* w = f32(info, 1, "w", checked_mul(info, checked_mul(info, a.O, a.kh * a.kw), a.C));
   const float* bias = f32(info, 2, "bias", a.O, true);
   const int64_t ny = checked_mul(info, checked_mul(info, a.B * a.Ho, a.Wo), a.O);
-  float* y = f32(info, 3, "y", ny);
+  const float* residual = f32(info, 3, "residual", ny, true);
+  float* y = f32(info, 4, "y", ny);
   const int64_t nx = a.B * a.H * a.W * a.C;
-  if (overlap(y, ny, x, nx) || overlap(y, ny, w, a.O * a.kh * a.kw * a.C)) fail(info, "conv2d: y overlaps x or w");
-  conv2d_nhwc(a, x, w, bias, y, flag(info, 15, "relu"));
+  if (overlap(y, ny, x, nx) || overlap(y, ny, w, a.O * a.kh * a.kw * a.C) ||
+      (residual != nullptr && overlap(y, ny, residual, ny)))
+    fail(info, "conv2d: y overlaps x, w or the residual");
+  conv2d_nhwc(a, x, w, bias, residual, y, flag(info, 16, "relu"));
   return info.Env().Undefined();
 }
 

@@ -3,11 +3,13 @@
 //   output pixels (M = B·Ho·Wo rows) x output channels (N = O) = im2col rows (K = kh·kw·C) · wᵀ, with w
 //   (O, kh, kw, C) read as an (N, K) matrix (transB: no weight copy).
 // - A 1x1, stride-1, unpadded convolution is exactly x (M, C) · wᵀ: no im2col at all (most of a ResNet).
-// - Otherwise im2col is built a block of output rows at a time (about 4 MiB of scratch, so big images and
-//   batches never allocate a 9x copy of the input), in parallel, then multiplied; the GEMM itself is
+// - Otherwise im2col is built a block of output rows at a time (32 MiB of scratch at most, so big images and
+//   batches never allocate a 9x copy of the input; a batch-1 RN50x4 conv fits one block: fewer, larger GEMMs
+//   pack the weight fewer times), in parallel, then multiplied; the GEMM itself is
 //   multi-threaded. A row of the im2col matrix is the (ky, kx, c) taps of one output pixel: each (ky, kx)
 //   tap is a contiguous run of C channels, copied with memcpy, or zeros where the window leaves the image.
-// - ReLU is applied to each block right after its GEMM, while the block is still in cache.
+// - A residual (the ResNet block's identity branch) is copied into y first and the GEMM accumulates onto it;
+//   ReLU is applied to each block right after its GEMM, while the block is still in cache.
 #include "conv.h"
 
 #include <algorithm>
@@ -21,7 +23,7 @@ namespace clipcap {
 
 namespace {
 
-constexpr int64_t kIm2colFloats = int64_t{1} << 20;  // scratch per block: 4 MiB
+constexpr int64_t kIm2colFloats = int64_t{1} << 23;  // scratch per block: 32 MiB
 
 // The caller's (JS thread's) im2col scratch; pool threads fill it for one call at a time.
 thread_local std::vector<float> t_cols;
@@ -53,7 +55,8 @@ void im2col_row(const ConvArgs& a, const float* x, int64_t m, float* dst) {
 
 }  // namespace
 
-void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, float* y, bool relu) {
+void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, const float* residual,
+                 float* y, bool relu) {
   const int64_t M = a.B * a.Ho * a.Wo;
   const int64_t K = a.kh * a.kw * a.C;
   const int64_t N = a.O;
@@ -66,6 +69,12 @@ void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float*
   g.transB = true;
   g.ldc = N;
   g.bias = bias;
+  if (residual != nullptr) {
+    parallel_for(M, static_cast<double>(N), [&](int64_t r0, int64_t r1, int64_t) {
+      std::memcpy(y + r0 * N, residual + r0 * N, static_cast<size_t>((r1 - r0) * N) * sizeof(float));
+    });
+    g.accumulate = true;
+  }
   const bool pointwise =
       a.kh == 1 && a.kw == 1 && a.stride_h == 1 && a.stride_w == 1 && a.pad_h == 0 && a.pad_w == 0;
   if (pointwise) {

@@ -12,8 +12,10 @@ struct ConvArgs {
   int64_t Ho = 0, Wo = 0;
 };
 
-// y (B, Ho, Wo, O) = x ⋆ w (O, kh, kw, C) + bias (O, or null), then max(y, 0) when relu.
-void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, float* y, bool relu);
+// y (B, Ho, Wo, O) = x ⋆ w (O, kh, kw, C) + bias (O, or null) + residual (y's shape, or null), then max(y, 0)
+// when relu. y must not overlap x, w or residual.
+void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, const float* residual,
+                 float* y, bool relu);
 
 // y (B, Ho, Wo, C) = mean of each kh x kw window of x (padding counted as zeros).
 void avgpool2d_nhwc(const ConvArgs& a, const float* x, float* y);

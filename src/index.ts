@@ -106,19 +106,30 @@ export {
   loadSafetensors,
   loadTorchCheckpoint,
   loadTorchScript,
+  loadOpenAIClip,
   loadOpenAIClipVision,
+  openaiClipFile,
+  OPENAI_CLIP_MODELS,
   readSafetensors,
   saveSafetensors,
   type HostTensor,
   type HubFileOptions,
+  type OpenAIClipVision,
   type SafetensorsFile,
   type StateDict,
 } from './weights/index.js';
 
 // ---- models ----
-export { ClipCapModel, ClipTextModel, ClipVisionModel, Gpt2Model } from './models/index.js';
+export {
+  ClipCapModel,
+  ClipResNetVisionModel,
+  ClipTextModel,
+  ClipVisionModel,
+  Gpt2Model,
+} from './models/index.js';
 export type {
   ClipCapConfig,
+  ClipResNetConfig,
   ClipVisionConfig,
   ClipTextConfig,
   Gpt2Config,
@@ -142,4 +153,13 @@ export {
 } from './pipeline/eval-split.js';
 
 // ---- HTTP server ----
-export { createServer, type CaptionServer, type ServerOptions } from './server/index.js';
+export {
+  createServer,
+  DEFAULT_LIMITS,
+  DEFAULT_TIMEOUTS,
+  type CaptionModel,
+  type CaptionServer,
+  type ServerLimits,
+  type ServerOptions,
+  type ServerTimeouts,
+} from './server/index.js';

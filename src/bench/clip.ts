@@ -161,9 +161,16 @@ async function runWithPhotos(
     { id: `bs${BATCH}`, n: BATCH, fn: async () => encode(pixels) },
     { id: `bs${BATCH}_decode`, n: BATCH, fn: async () => encode(await preprocess()) },
   ];
+  const wanted = typeof opts.extra.cases === 'string' ? opts.extra.cases.split(',') : null;
+  for (const id of wanted ?? []) {
+    if (!cases.some((c) => c.id === id))
+      throw new UsageError(
+        `bench clip --cases: unknown case ${id}; use ${cases.map((c) => c.id).join(', ')}`,
+      );
+  }
   const results: BenchResult[] = [];
   try {
-    for (const c of cases) {
+    for (const c of cases.filter((x) => !wanted || wanted.includes(x.id))) {
       const t = await timeAsync(c.fn, runs, warmup);
       const value = c.n / median(t.seconds);
       opts.log(`${c.id}: ${eng.name} ${value.toFixed(2)} images/s, peak RSS ${t.peakRssMb.toFixed(0)} MiB`);
@@ -198,7 +205,13 @@ async function runWithPhotos(
     const torch = (await loadPeers()).runTorchBench(
       script,
       { threads: eng.threads, runs, smoke },
-      ['--images', path.dirname(files[0]), '--batch', String(BATCH)],
+      [
+        '--images',
+        path.dirname(files[0]),
+        '--batch',
+        String(BATCH),
+        ...(wanted && resnet ? ['--cases', wanted.join(',')] : []),
+      ],
       results,
       extra,
     );

@@ -57,7 +57,7 @@ function once(body) {
   const start = performance.now();
   const end = start + seconds * 1000;
   const latenciesMs = [];
-  let errors = 0;
+  const errors = {}; // status (0: no answer) -> count
   let last = start;
   // Requests started before \`end\` are timed to their answer; every client times at least one.
   await Promise.all(Array.from({ length: clients }, async (_, c) => {
@@ -66,7 +66,8 @@ function once(body) {
       const status = await once(bodies[(c + i * clients) % bodies.length]);
       const e = performance.now();
       last = Math.max(last, e);
-      if (status === 200) latenciesMs.push(e - s); else errors++;
+      if (status === 200) latenciesMs.push(e - s);
+      else errors[status] = (errors[status] || 0) + 1;
     }
   }));
   agent.destroy();
@@ -76,7 +77,8 @@ function once(body) {
 
 interface LevelResult {
   latenciesMs: number[];
-  errors: number;
+  /** Failed requests by HTTP status (0: the connection failed). */
+  errors: Record<string, number>;
   seconds: number;
 }
 
@@ -193,11 +195,15 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
       const p50 = percentile(lat, 50);
       const p99 = percentile(lat, 99);
       const calls = srv.modelCalls - calls0;
+      const failed = Object.values(r.errors).reduce((a, b) => a + b, 0);
+      const errorText = Object.entries(r.errors)
+        .map(([k, v]) => `${v} x ${k === '0' ? 'no answer' : k}`)
+        .join(', ');
       opts.log(
         `clients ${clients}: ${rate.toFixed(2)} requests/s, p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, ` +
-          `${lat.length} requests (${r.errors} errors), ${calls} model calls, peak RSS ${rss.toFixed(0)} MiB`,
+          `${lat.length} requests (${failed} errors${failed > 0 ? `: ${errorText}` : ''}), ${calls} model calls, peak RSS ${rss.toFixed(0)} MiB`,
       );
-      if (r.errors > 0) extra[`clients${clients}_errors`] = r.errors;
+      if (failed > 0) extra[`clients${clients}_errors`] = errorText;
       results.push(
         {
           case: `clients${clients}`,

@@ -125,7 +125,9 @@ export interface Conv2dOptions {
   padding?: number | readonly [number, number];
   /** Bias (O), added to every output pixel. */
   bias?: Tensor;
-  /** Apply ReLU to the result (conv + bias + ReLU in one pass, the ResNet pattern). */
+  /** Added to the result before the ReLU: (B, Ho, Wo, O), the residual branch of a ResNet block. */
+  residual?: Tensor;
+  /** Apply ReLU to the result (conv + bias (+ residual) + ReLU in one pass, the ResNet pattern). */
   relu?: boolean;
 }
 
@@ -272,7 +274,7 @@ export interface Backend {
   /**
    * 2-D cross-correlation (PyTorch's Conv2d, groups 1, dilation 1): x (B, H, W, C), weight (O, kh, kw, C)
    * ("OHWI": PyTorch's (O, C, kh, kw) permuted, once, at load time) -> (B, Ho, Wo, O) with
-   * Ho = floor((H + 2·padH - kh) / strideH) + 1 (likewise Wo); + bias; then ReLU when asked.
+   * Ho = floor((H + 2·padH - kh) / strideH) + 1 (likewise Wo); + bias; + residual; then ReLU when asked.
    */
   conv2d(x: Tensor, weight: Tensor, opts?: Conv2dOptions): Tensor;
   /** Mean over each window of x (B, H, W, C) -> (B, Ho, Wo, C); padding counts as zeros in the mean. */

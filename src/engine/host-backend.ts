@@ -215,8 +215,11 @@ export interface HostKernels {
   logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
 
   // ---- convolution and pooling (NHWC) ----
-  /** y (B, Ho, Wo, O) = conv(x (B, H, W, C), w (O, kh, kw, C)) + bias (O or null), then ReLU when `relu`. */
-  conv2d(x: F32, w: F32, bias: F32 | null, y: F32, d: Conv2dDims, relu: boolean): void;
+  /**
+   * y (B, Ho, Wo, O) = conv(x (B, H, W, C), w (O, kh, kw, C)) + bias (O or null) + residual (y's shape or
+   * null), then ReLU when `relu`.
+   */
+  conv2d(x: F32, w: F32, bias: F32 | null, residual: F32 | null, y: F32, d: Conv2dDims, relu: boolean): void;
   /** y (B, Ho, Wo, C) = window means of x (B, H, W, C), padding counted as zeros. */
   avgPool2d(x: F32, y: F32, d: Conv2dDims): void;
 }
@@ -743,8 +746,8 @@ export abstract class HostBackend implements Backend {
   // ---------------------------------------------------------------- convolution and pooling (NHWC)
 
   /**
-   * 2-D cross-correlation: x (B, H, W, C), weight (O, kh, kw, C) -> (B, Ho, Wo, O), + bias (O), then ReLU
-   * when asked. Ho = floor((H + 2·padH - kh) / strideH) + 1, likewise Wo.
+   * 2-D cross-correlation: x (B, H, W, C), weight (O, kh, kw, C) -> (B, Ho, Wo, O), + bias (O), + residual
+   * (B, Ho, Wo, O), then ReLU when asked. Ho = floor((H + 2·padH - kh) / strideH) + 1, likewise Wo.
    */
   conv2d(x: Tensor, weight: Tensor, opts: Conv2dOptions = {}): Tensor {
     const op = 'conv2d';
@@ -763,8 +766,14 @@ export abstract class HostBackend implements Backend {
       requireShape(op, 'bias', opts.bias, [O]);
       bias = this.data(op, 'bias', opts.bias, 'f32');
     }
-    const y = this.newF32([d.batch, d.Ho, d.Wo, O]);
-    this.kernels.conv2d(s.x, s.weight, bias, this.data(op, 'y', y, 'f32'), d, opts.relu ?? false);
+    const outShape = [d.batch, d.Ho, d.Wo, O];
+    let residual: F32 | null = null;
+    if (opts.residual) {
+      requireShape(op, 'residual', opts.residual, outShape);
+      residual = this.data(op, 'residual', opts.residual, 'f32');
+    }
+    const y = this.newF32(outShape);
+    this.kernels.conv2d(s.x, s.weight, bias, residual, this.data(op, 'y', y, 'f32'), d, opts.relu ?? false);
     return y;
   }
 

@@ -106,7 +106,14 @@ interface NativeAddon extends Pick<
     dlogits: F32,
   ): void;
   // ---- convolution and pooling (native/conv.cc) ----
-  conv2d(x: F32, w: F32, bias: F32 | null, y: F32, ...geometryAndRelu: [...ConvGeometry, boolean]): void;
+  conv2d(
+    x: F32,
+    w: F32,
+    bias: F32 | null,
+    residual: F32 | null,
+    y: F32,
+    ...geometryAndRelu: [...ConvGeometry, boolean]
+  ): void;
   avgPool2d(x: F32, y: F32, B: number, H: number, W: number, C: number, ...window: ConvWindow): void;
   adamw(
     param: F32,
@@ -309,8 +316,8 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     logSoftmaxTopK: (x, rows, V, k, t, values, indices) =>
       addon.logSoftmaxTopK(x, rows, V, k, t, values, indices),
     // convolution and pooling: native/conv.cc
-    conv2d: (x, w, bias, y, d, relu) =>
-      addon.conv2d(x, w, bias, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
+    conv2d: (x, w, bias, residual, y, d, relu) =>
+      addon.conv2d(x, w, bias, residual, y, d.batch, d.H, d.W, d.C, d.O, ...convWindow(d), relu),
     avgPool2d: (x, y, d) => addon.avgPool2d(x, y, d.batch, d.H, d.W, d.C, ...convWindow(d)),
   };
 }

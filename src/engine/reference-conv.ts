@@ -3,13 +3,13 @@
  * agreement asks of new op groups. Direct loops stating the math, every sum in float64 and rounded to float32
  * once when stored:
  *   conv:  y[b, oy, ox, o] = bias[o] + Σ_{ky, kx, c} x[b, oy·sH - pH + ky, ox·sW - pW + kx, c] · w[o, ky, kx, c]
- *          (taps outside the image read zero), then max(y, 0) with ReLU;
+ *          (taps outside the image read zero), + residual[b, oy, ox, o] when given, then max(y, 0) with ReLU;
  *   pool:  y[b, oy, ox, c] = Σ_{ky, kx} x[...] / (kh·kw)   (nn.AvgPool2d: padding counts as zeros).
  */
 import type { Conv2dDims, HostKernels } from './host-backend.js';
 
 export const referenceConvKernels: Pick<HostKernels, 'conv2d' | 'avgPool2d'> = {
-  conv2d(X, Wt, bias, Y, d, relu) {
+  conv2d(X, Wt, bias, R, Y, d, relu) {
     const { batch, H, W, C, O, kh, kw, Ho, Wo } = d;
     const acc = new Float64Array(O);
     for (let b = 0; b < batch; b++)
@@ -26,7 +26,10 @@ export const referenceConvKernels: Pick<HostKernels, 'conv2d' | 'avgPool2d'> = {
             }
           });
           const yOff = ((b * Ho + oy) * Wo + ox) * O;
-          for (let o = 0; o < O; o++) Y[yOff + o] = relu && acc[o] < 0 ? 0 : acc[o];
+          for (let o = 0; o < O; o++) {
+            const v = acc[o] + (R ? R[yOff + o] : 0);
+            Y[yOff + o] = relu && v < 0 ? 0 : v;
+          }
         }
   },
 

@@ -1,4 +1,4 @@
-export { decodeToRgb, DEFAULT_PIXEL_LIMIT } from './decode.js';
+export { decodeToRgb, DEFAULT_PIXEL_LIMIT, MAX_ASPECT_RATIO } from './decode.js';
 export type { DecodeOptions, ImageInput, RgbImage } from './decode.js';
 export {
   centerCrop,
@@ -10,5 +10,5 @@ export {
   resizedSize,
 } from './resize.js';
 export type { Region, ResampleCoeffs } from './resize.js';
-export { CLIP_MEAN, CLIP_STD, MAX_ASPECT_RATIO, normalizeClip, preprocessImage } from './preprocess.js';
+export { CLIP_MEAN, CLIP_STD, normalizeClip, preprocessImage } from './preprocess.js';
 export type { PreprocessOptions, PreprocessedImage } from './preprocess.js';

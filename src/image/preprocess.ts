@@ -12,12 +12,6 @@ import { UserError } from '../util/errors.js';
 import { decodeToRgb, describeInput, type DecodeOptions, type ImageInput } from './decode.js';
 import { resizeAndCenterCrop } from './resize.js';
 
-/**
- * Images whose long side is more than this many times the short side are refused: CLIP would see a sliver
- * blown up to a square (the reference itself would resize a 1x1,000,000 strip to 224x224,000,000 first).
- */
-export const MAX_ASPECT_RATIO = 10_000;
-
 /** CLIP's normalization constants, as float32 (torch keeps them as float32 tensors). */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073].map(Math.fround);
 export const CLIP_STD: readonly number[] = [0.26862954, 0.26130258, 0.27577711].map(Math.fround);
@@ -83,11 +77,7 @@ export async function preprocessImage(
   const rgb = await decodeToRgb(input, opts);
   const { width, height } = rgb;
   const name = describeInput(input, opts);
-  if (Math.max(width, height) > MAX_ASPECT_RATIO * Math.min(width, height)) {
-    throw new UserError(
-      `${name}: a ${width}x${height} image is too elongated (the long side is more than ${MAX_ASPECT_RATIO} times the short side); crop it first`,
-    );
-  }
+  // (Absurd aspect ratios were refused by decodeToRgb, from the header.)
   let uint8: Uint8Array;
   try {
     // Only the crop is computed: memory follows size x size plus the input rows under it, not the resized image.

@@ -214,11 +214,11 @@ export class ClipResNetVisionModel {
     };
   }
 
-  /** conv -> BatchNorm (folded or not) -> ReLU when asked. x is not consumed. */
-  private applyConvBn(x: Tensor, cb: ConvBn, relu: boolean): Tensor {
+  /** conv -> BatchNorm (folded or not) (+ residual) -> ReLU when asked. x and residual are not consumed. */
+  private applyConvBn(x: Tensor, cb: ConvBn, relu: boolean, residual?: Tensor): Tensor {
     const b = this.backend;
     const geometry = { padding: cb.padding, stride: cb.stride };
-    if (!cb.bn) return b.conv2d(x, cb.weight, { ...geometry, bias: cb.bias ?? undefined, relu });
+    if (!cb.bn) return b.conv2d(x, cb.weight, { ...geometry, bias: cb.bias ?? undefined, residual, relu });
     // x: (N, H, W, C); the per-channel vectors broadcast over the last axis
     let y = b.conv2d(x, cb.weight, geometry);
     for (const [op, v] of [
@@ -230,6 +230,12 @@ export class ClipResNetVisionModel {
       const next = op === 'add' ? b.add(y, v) : b.mul(y, v);
       b.free(y);
       y = next;
+    }
+    if (residual) {
+      // PyTorch's order: out = bn3(conv3(...)); out += identity; relu
+      const sum = b.add(y, residual);
+      b.free(y);
+      y = sum;
     }
     if (!relu) return y;
     const r = b.relu(y);
@@ -247,19 +253,16 @@ export class ClipResNetVisionModel {
       b.free(h2);
       h2 = pooled;
     }
-    const h3 = this.applyConvBn(h2, blk.conv3, false);
-    b.free(h2);
     let identity = x;
     if (blk.downsample) {
       const pooled = blk.stride > 1 ? b.avgPool2d(x, { kernel: blk.stride }) : x;
       identity = this.applyConvBn(pooled, blk.downsample, false);
       if (pooled !== x) b.free(pooled);
     }
-    const sum = b.add(h3, identity);
-    b.free(h3);
+    // y = ReLU(BN(conv3(h2)) + identity): one fused conv when BatchNorm is folded
+    const y = this.applyConvBn(h2, blk.conv3, true, identity);
+    b.free(h2);
     if (identity !== x) b.free(identity);
-    const y = b.relu(sum);
-    b.free(sum);
     return y;
   }
 
@@ -313,12 +316,17 @@ export class ClipResNetVisionModel {
 
   /** encodeImages, also keeping the stem and stage outputs (NHWC; the caller frees them). */
   forwardWithTaps(pixelValues: Float32Array): { embeds: Tensor } & ClipResNetTaps {
-    const taps: ClipResNetTaps = { stem: null as unknown as Tensor, layers: [] };
-    const embeds = this.run(pixelValues, taps);
-    return { embeds, ...taps };
+    const layers: Tensor[] = [];
+    let stem: Tensor | undefined;
+    const embeds = this.run(pixelValues, (t) => {
+      if (stem) layers.push(this.backend.clone(t));
+      else stem = this.backend.clone(t);
+    });
+    return { embeds, stem: stem as Tensor, layers };
   }
 
-  private run(pixelValues: Float32Array, taps: ClipResNetTaps | null): Tensor {
+  /** The tower; `tap` sees the stem's output and each stage's (not consumed: tap clones what it keeps). */
+  private run(pixelValues: Float32Array, tap: ((t: Tensor) => void) | null): Tensor {
     const b = this.backend;
     let x = this.uploadNhwc(pixelValues);
     for (const cb of this.stem) {
@@ -329,14 +337,14 @@ export class ClipResNetVisionModel {
     const pooled = b.avgPool2d(x, { kernel: 2 });
     b.free(x);
     x = pooled;
-    if (taps) taps.stem = b.clone(x);
+    tap?.(x);
     for (const stage of this.stages) {
       for (const blk of stage) {
         const y = this.bottleneck(x, blk);
         b.free(x);
         x = y;
       }
-      if (taps) taps.layers.push(b.clone(x));
+      tap?.(x);
     }
     const embeds = this.attentionPool(x);
     b.free(x);

@@ -8,6 +8,7 @@ export {
   type Gpt2Output,
 } from './gpt2.js';
 export { ClipVisionModel, ClipTextModel, type ClipVisionOutput, type ClipTextOutput } from './clip.js';
+export { ClipResNetVisionModel, type ClipResNetOptions, type ClipResNetTaps } from './clip-resnet.js';
 export { createMapper, mapperWeightSpec, MlpMapper, TransformerMapper, type Mapper } from './mapper.js';
 export {
   ClipCapModel,

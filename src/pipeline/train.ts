@@ -21,7 +21,13 @@ import {
   readOptimizerState,
   truncateMetrics,
 } from '../train/checkpoint.js';
-import { officialMaxSeqLen, readTrainingFiles, TrainingSetBuilder, type TrainingSet } from '../train/data.js';
+import {
+  officialMaxSeqLen,
+  readTrainingFiles,
+  splitByImage,
+  TrainingSetBuilder,
+  type TrainingSet,
+} from '../train/data.js';
 import { initMapperWeights } from '../train/init.js';
 import {
   LOSS_CHART_FILE,
@@ -32,7 +38,6 @@ import {
   type TrainEvent,
 } from '../train/loop.js';
 import { UserError } from '../util/errors.js';
-import { deriveSeed, mulberry32, shuffled } from '../util/random.js';
 import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
 import { saveTorchStateDict } from '../weights/torch-write.js';
@@ -185,44 +190,6 @@ export async function dataDigest(files: readonly string[]): Promise<string> {
   return `sha256:${h.digest('hex')}`;
 }
 
-/** Split a set by embedding row: a seeded `fraction` of the images (with all their captions) is held out. */
-export function splitByImage(
-  set: TrainingSet,
-  fraction: number,
-  seed: number,
-): { train: TrainingSet; val: TrainingSet } {
-  const nVal = Math.round(set.rows * fraction);
-  if (nVal < 1 || nVal >= set.rows)
-    throw new UserError(
-      `--val-fraction ${fraction} of ${set.rows} images holds out ${nVal}; give a fraction that leaves images on both sides`,
-    );
-  const order = shuffled(set.rows, mulberry32(deriveSeed(seed, 0x5641)));
-  const isVal = new Uint8Array(set.rows);
-  for (let i = 0; i < nVal; i++) isVal[order[i]] = 1;
-  const pick = (want: number): TrainingSet => {
-    const idx: number[] = [];
-    for (let c = 0; c < set.count; c++) if (isVal[set.captionRow[c]] === want) idx.push(c);
-    const offsets = new Int32Array(idx.length + 1);
-    let total = 0;
-    idx.forEach((c, i) => {
-      total += set.tokenOffsets[c + 1] - set.tokenOffsets[c];
-      offsets[i + 1] = total;
-    });
-    const ids = new Int32Array(total);
-    idx.forEach((c, i) =>
-      ids.set(set.tokenIds.subarray(set.tokenOffsets[c], set.tokenOffsets[c + 1]), offsets[i]),
-    );
-    return {
-      ...set,
-      count: idx.length,
-      tokenIds: ids,
-      tokenOffsets: offsets,
-      captionRow: Int32Array.from(idx, (c) => set.captionRow[c]),
-    };
-  };
-  return { train: pick(0), val: pick(1) };
-}
-
 /** A model reference as a checkpoint records it: hub ids as they are, local paths relative to the checkpoint. */
 function sourceRef(spec: string, outAbs: string): string {
   if (spec.startsWith('bundled:')) return spec;
@@ -310,42 +277,53 @@ async function readSets(
 ): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
   const tok = await Gpt2Tokenizer.load();
   const b = new TrainingSetBuilder(tok);
-  const { clipModels } = await readTrainingFiles(r.data, b);
+  const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
+    b.close();
+    throw e;
+  });
   let train = b.build(r.data.length === 1 ? r.data[0] : `${r.data.length} data files`);
-  let val: TrainingSet | undefined;
-  if (r.valFraction !== undefined) ({ train, val } = splitByImage(train, r.valFraction, r.seed));
-  // max_seq_len over the captions trained on (as train.py computes it over its dataset).
-  const lengths = new Int32Array(train.count);
-  for (let c = 0; c < train.count; c++) lengths[c] = train.tokenOffsets[c + 1] - train.tokenOffsets[c];
-  let maxSeqLen = officialMaxSeqLen(lengths);
-  const room = nPositions - r.prefixLength;
-  if (room < 1)
-    throw new UserError(
-      `--prefix-length ${r.prefixLength} leaves no room for tokens in GPT-2's ${nPositions} positions; lower it`,
-    );
-  if (maxSeqLen > room) {
-    warn(
-      `captions of up to ${maxSeqLen} tokens do not fit GPT-2's ${nPositions} positions after a ${r.prefixLength}-vector prefix; ` +
-        `cutting them to ${room} tokens`,
-    );
-    maxSeqLen = room;
+  const built = train.features;
+  try {
+    let val: TrainingSet | undefined;
+    if (r.valFraction !== undefined) ({ train, val } = splitByImage(train, r.valFraction, r.seed));
+    // max_seq_len over the captions trained on (as train.py computes it over its dataset).
+    const lengths = new Int32Array(train.count);
+    for (let c = 0; c < train.count; c++) lengths[c] = train.tokenOffsets[c + 1] - train.tokenOffsets[c];
+    let maxSeqLen = officialMaxSeqLen(lengths);
+    const room = nPositions - r.prefixLength;
+    if (room < 1)
+      throw new UserError(
+        `--prefix-length ${r.prefixLength} leaves no room for tokens in GPT-2's ${nPositions} positions; lower it`,
+      );
+    if (maxSeqLen > room) {
+      warn(
+        `captions of up to ${maxSeqLen} tokens do not fit GPT-2's ${nPositions} positions after a ${r.prefixLength}-vector prefix; ` +
+          `cutting them to ${room} tokens`,
+      );
+      maxSeqLen = room;
+    }
+    train = { ...train, maxSeqLen };
+    if (r.val) {
+      const vb = new TrainingSetBuilder(tok);
+      const v = await readTrainingFiles(r.val, vb);
+      const other = v.clipModels.find((m) => !clipModels.includes(m));
+      if (other && clipModels.length > 0)
+        throw new UserError(
+          `--val was extracted with CLIP ${other} but --data with ${clipModels.join(', ')}`,
+        );
+      val = vb.build(r.val.length === 1 ? r.val[0] : `${r.val.length} validation files`, maxSeqLen);
+      if (val.dim !== train.dim)
+        throw new UserError(`--val embeddings are ${val.dim}-d but --data's are ${train.dim}-d`);
+    } else if (val) val = { ...val, maxSeqLen };
+    if (clipModels.length > 1)
+      throw new UserError(
+        `the data files were extracted with different CLIP models (${clipModels.join(', ')}); train on one model's features`,
+      );
+    return { train, val, clipModels };
+  } catch (e) {
+    built.close();
+    throw e;
   }
-  train = { ...train, maxSeqLen };
-  if (r.val) {
-    const vb = new TrainingSetBuilder(tok);
-    const v = await readTrainingFiles(r.val, vb);
-    const other = v.clipModels.find((m) => !clipModels.includes(m));
-    if (other && clipModels.length > 0)
-      throw new UserError(`--val was extracted with CLIP ${other} but --data with ${clipModels.join(', ')}`);
-    val = vb.build(r.val.length === 1 ? r.val[0] : `${r.val.length} validation files`, maxSeqLen);
-    if (val.dim !== train.dim)
-      throw new UserError(`--val embeddings are ${val.dim}-d but --data's are ${train.dim}-d`);
-  } else if (val) val = { ...val, maxSeqLen };
-  if (clipModels.length > 1)
-    throw new UserError(
-      `the data files were extracted with different CLIP models (${clipModels.join(', ')}); train on one model's features`,
-    );
-  return { train, val, clipModels };
 }
 
 /**
@@ -365,6 +343,7 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
       );
     r = await optionsFromState(checkpoint.state.options, run);
     if (o.exportTorch !== undefined) r.exportTorch = path.resolve(o.exportTorch);
+    if (o.keepLast !== undefined) r.keepLast = positiveInt('--keep-last', o.keepLast);
     const opt = await readOptimizerState(checkpoint.dir);
     resume = {
       dir: checkpoint.dir,
@@ -392,97 +371,108 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
   const loadOpts = { offline: o.offline, revision: o.revision };
   const gpt2 = await loadGpt2(r.gpt2, loadOpts);
   const sets = await readSets(r, gpt2.config.n_positions, warn);
-  if (sets.train.count < r.batchSize)
-    throw new UserError(
-      `${r.data.join(', ')}: ${sets.train.count} training captions make no full batch of ${r.batchSize}; lower --batch-size`,
-    );
-  const mapper = trainMapperConfig(r, sets.train.dim, gpt2.config.n_embd);
-  const mode: ClipCapMode = r.onlyPrefix ? 'frozen' : 'finetune';
-  if (resume && resume.state.max_seq_len !== sets.train.maxSeqLen)
-    throw new UserError(
-      `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
-    );
-  const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
-  let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
-  if (resume) {
-    const ck = await loadClipcapDir(resume.dir);
-    if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
-      throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
-    parts = {
-      mapperWeights: ck.mapperWeights,
-      gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
-    };
-  } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
-  const model = ClipCapModel.create(
-    backend,
-    {
-      mapper,
-      mapperWeights: parts.mapperWeights,
-      gpt2: parts.gpt2,
-      mode,
-      normalizePrefix: r.normalizePrefix,
-    },
-    r.gpt2,
-  );
   try {
-    await fs.mkdir(r.out, { recursive: true });
-    if (!resume)
-      for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
-    for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
-    if (resume) await truncateMetrics(path.join(r.out, METRICS_FILE), resume.state.step);
-    const clip = sets.clipModels[0];
-    const options: Record<string, unknown> = { ...r };
-    delete options.out;
-    const result = await runTrainingLoop(
-      model,
-      sets.train,
-      sets.val,
+    if (sets.train.count < r.batchSize)
+      throw new UserError(
+        `${r.data.join(', ')}: ${sets.train.count} training captions make no full batch of ${r.batchSize}; lower --batch-size`,
+      );
+    const mapper = trainMapperConfig(r, sets.train.dim, gpt2.config.n_embd);
+    const mode: ClipCapMode = r.onlyPrefix ? 'frozen' : 'finetune';
+    if (resume && resume.state.max_seq_len !== sets.train.maxSeqLen)
+      throw new UserError(
+        `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
+      );
+    const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
+    let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
+    if (resume) {
+      const ck = await loadClipcapDir(resume.dir);
+      if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
+        throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
+      parts = {
+        mapperWeights: ck.mapperWeights,
+        gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
+      };
+    } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
+    const model = ClipCapModel.create(
+      backend,
       {
-        out: r.out,
-        epochs: r.epochs,
-        batchSize: r.batchSize,
-        lr: r.lr,
-        warmup: r.warmup,
-        seed: r.seed,
-        lossMode: r.loss,
-        maxSteps: r.maxSteps,
-        saveEvery: r.saveEvery,
-        saveEverySteps: r.saveEverySteps,
-        keepLast: r.keepLast,
+        mapper,
+        mapperWeights: parts.mapperWeights,
+        gpt2: parts.gpt2,
+        mode,
+        normalizePrefix: r.normalizePrefix,
       },
-      {
-        config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
-        source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
-        extraConfig: {
-          sources: {
-            ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
-            gpt2: sourceRef(r.gpt2, r.out),
-          },
-          training: options,
-          data: {
-            files: r.data,
-            digest,
-            captions: sets.train.count,
-            images: sets.train.rows,
-            max_seq_len: sets.train.maxSeqLen,
-          },
-        },
-        options,
-        dataDigest: digest,
-      },
-      resume,
-      { onEvent: control.onEvent, signal: control.signal },
+      r.gpt2,
     );
-    if (!result.interrupted && r.exportTorch !== undefined) {
-      // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
-      // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
-      await saveTorchStateDict(r.exportTorch, model.stateDict());
-      emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+    try {
+      await fs.mkdir(r.out, { recursive: true });
+      if (!resume)
+        for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
+      for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
+      if (resume)
+        await truncateMetrics(
+          path.join(r.out, METRICS_FILE),
+          resume.state.step,
+          resume.state.val_losses.some((v) => v.step === resume?.state.step),
+        );
+      const clip = sets.clipModels[0];
+      const options: Record<string, unknown> = { ...r };
+      delete options.out;
+      const result = await runTrainingLoop(
+        model,
+        sets.train,
+        sets.val,
+        {
+          out: r.out,
+          epochs: r.epochs,
+          batchSize: r.batchSize,
+          lr: r.lr,
+          warmup: r.warmup,
+          seed: r.seed,
+          lossMode: r.loss,
+          maxSteps: r.maxSteps,
+          saveEvery: r.saveEvery,
+          saveEverySteps: r.saveEverySteps,
+          keepLast: r.keepLast,
+        },
+        {
+          config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
+          source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
+          extraConfig: {
+            sources: {
+              ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
+              gpt2: sourceRef(r.gpt2, r.out),
+            },
+            training: options,
+            data: {
+              files: r.data,
+              digest,
+              captions: sets.train.count,
+              images: sets.train.rows,
+              max_seq_len: sets.train.maxSeqLen,
+            },
+          },
+          options,
+          dataDigest: digest,
+        },
+        resume,
+        { onEvent: control.onEvent, signal: control.signal },
+      );
+      if (!result.interrupted && r.exportTorch !== undefined) {
+        // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
+        // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
+        await saveTorchStateDict(r.exportTorch, model.stateDict());
+        emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
+      }
+      if (!result.interrupted) control.onFinish?.(model);
+      return { ...result, out: r.out };
+    } finally {
+      model.dispose();
     }
-    if (!result.interrupted) control.onFinish?.(model);
-    return { ...result, out: r.out };
   } finally {
-    model.dispose();
+    // File handles of on-disk features (the validation split shares the training store).
+    sets.train.features.close();
+    if (sets.val && sets.val.features !== sets.train.features) sets.val.features.close();
   }
 }
 

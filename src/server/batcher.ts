@@ -162,6 +162,7 @@ export class Batcher {
     if (job.timer) clearTimeout(job.timer);
     this.queue = this.queue.filter((j) => j !== job);
     job.reject(e);
+    this.pump(); // the queue changed: maybe nothing is left to wait for (drain)
   }
 
   private pump(): void {

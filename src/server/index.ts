@@ -142,7 +142,11 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     new HttpError(503, `the server is busy (${what}): retry later`, retryAfter());
 
   /** Read the body within the size limit and the server's body budget; `held` tracks this request's bytes. */
-  function readBody(req: http.IncomingMessage, held: { bytes: number }): Promise<Buffer> {
+  function readBody(
+    req: http.IncomingMessage,
+    res: http.ServerResponse,
+    held: { bytes: number },
+  ): Promise<Buffer> {
     const limit = o.maxBodyBytes;
     const tooBig = (): HttpError => new HttpError(413, `the body is over the ${limit}-byte limit`);
     const reserve = (n: number): void => {
@@ -156,12 +160,32 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       if (declared > limit) return Promise.reject(tooBig());
       reserve(declared); // the whole body up front: a client cannot promise small and hold large
     }
+    // "Expect: 100-continue": the client waits for this before sending the body, so it is sent only now,
+    // when every check the headers allow has passed.
+    if (/^100-continue$/i.test(req.headers.expect ?? '')) res.writeContinue();
     return new Promise((resolve, reject) => {
       const chunks: Buffer[] = [];
       let size = 0;
       let done = false;
+      // The body deadline is ours, not Node's requestTimeout: while a model call blocks the event loop, the
+      // rest of a body can wait unread in the socket, and after the call timers run before sockets are read.
+      // So when the deadline fires, let one poll phase read what has arrived before deciding.
+      const timer = setTimeout(
+        () =>
+          setImmediate(() => {
+            if (!done)
+              stop(
+                new HttpError(
+                  408,
+                  `the request body took longer than ${(timeouts.bodyMs / 1000).toFixed(1)} s to arrive`,
+                ),
+              );
+          }),
+        timeouts.bodyMs,
+      );
       const stop = (e: HttpError): void => {
         done = true;
+        clearTimeout(timer);
         req.pause();
         reject(e);
       };
@@ -181,20 +205,24 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       req.on('end', () => {
         if (!done) resolve(Buffer.concat(chunks));
         done = true;
+        clearTimeout(timer);
       });
       req.on('aborted', () => {
         if (!done) reject(new HttpError(400, 'the client closed the connection mid-request'));
         done = true;
+        clearTimeout(timer);
       });
       req.on('error', (e) => {
         if (!done) reject(new HttpError(400, `reading the request failed: ${errorMessage(e)}`));
         done = true;
+        clearTimeout(timer);
       });
     });
   }
 
   async function caption(
     req: http.IncomingMessage,
+    res: http.ServerResponse,
     query: string,
     held: { bytes: number },
   ): Promise<{ body: unknown; n: number }> {
@@ -203,7 +231,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     // Everything the headers alone can refuse is refused before a byte of the body is read.
     const raw = queryOptions(query);
     const { kind, boundary } = bodyKind(req.headers['content-type']);
-    const body = await readBody(req, held);
+    const body = await readBody(req, res, held);
     const inputs = parseBody(body, kind, boundary, raw, limits, embeddingSize);
     const { options: co, key, rowsPerInput } = requestOptions(raw, o.decodeDefaults, limits, o.maxPixels);
     if (closing) throw new HttpError(503, 'the server is shutting down', 5);
@@ -254,8 +282,12 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
         'x-content-type-options': 'nosniff',
         ...extra,
       };
-      // A body we did not read to its end would be parsed as the next request: close after answering.
-      const unread = !req.complete;
+      // A body we did not read to its end would be parsed as the next request: close after answering. (A
+      // request without a body is not yet `complete` while its handler runs: it has nothing unread.)
+      const hasBody =
+        req.headers['transfer-encoding'] !== undefined ||
+        (req.headers['content-length'] !== undefined && req.headers['content-length'] !== '0');
+      const unread = hasBody && !req.complete;
       if (unread || closing) headers.connection = 'close';
       res.writeHead(status, headers);
       res.end(method === 'HEAD' ? undefined : body);
@@ -308,7 +340,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
           return;
         case '/caption':
           if (method !== 'POST') throw new HttpError(405, 'use POST /caption');
-          caption(req, query, held).then(
+          caption(req, res, query, held).then(
             (r) => sendJson(200, r.body, {}, ` ${r.n} input${r.n === 1 ? '' : 's'}`),
             (e: unknown) => {
               try {
@@ -339,8 +371,8 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
   const server = http.createServer(
     {
       headersTimeout: timeouts.headersMs,
-      // Node requires requestTimeout >= headersTimeout (0 disables it; ours are positive).
-      requestTimeout: Math.max(timeouts.bodyMs, timeouts.headersMs),
+      // Off: readBody enforces the body deadline (see there why Node's own check is not used).
+      requestTimeout: 0,
       keepAliveTimeout: timeouts.idleMs,
       // How often Node checks the header/request timers (its default, 30 s, would let slow sockets linger).
       connectionsCheckingInterval: Math.max(100, Math.min(1000, Math.floor(timeouts.headersMs / 2))),
@@ -349,9 +381,13 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
     onRequest,
   );
   server.maxConnections = o.maxConnections;
+  // Without this listener Node would answer "100 Continue" before any check; readBody sends it when due.
+  server.on('checkContinue', onRequest);
   // Requests Node refuses before our handler: answer in one line if the socket can take it, then close.
   server.on('clientError', (err: Error & { code?: string }, socket: Socket) => {
-    if (err.code === 'ECONNRESET' || !socket.writable) {
+    // A response already under way on this socket cannot be followed by another: just close.
+    const current = (socket as unknown as { _httpMessage?: { headersSent?: boolean } })._httpMessage;
+    if (err.code === 'ECONNRESET' || !socket.writable || current?.headersSent === true) {
       socket.destroy();
       return;
     }

@@ -90,7 +90,11 @@ export function lossChartSvg(
   );
   if (n > 0) {
     parts.push(`<polyline fill="none" stroke="#9ecae1" stroke-width="1" points="${line(losses)}"/>`);
-    parts.push(`<polyline fill="none" stroke="#08519c" stroke-width="2" points="${line(smooth(losses))}"/>`);
+    // Smoothing over ~1/20 of the run (at most ~50 steps), so a short run's curve does not lag behind it.
+    const beta = Math.min(0.98, Math.max(0.5, 1 - 20 / n));
+    parts.push(
+      `<polyline fill="none" stroke="#08519c" stroke-width="2" points="${line(smooth(losses, beta))}"/>`,
+    );
   }
   if (val.length > 0) {
     const pts = val.map((v) => `${x(v.step).toFixed(1)},${y(v.loss).toFixed(1)}`).join(' ');

@@ -264,8 +264,12 @@ export async function pruneCheckpoints(out: string, keep: number): Promise<strin
   return doomed.map((c) => c.dir);
 }
 
-/** Append-only metrics log; a resumed run first drops the lines past its checkpoint. */
-export async function truncateMetrics(file: string, step: number): Promise<string[]> {
+/**
+ * Append-only metrics log; a resumed run first drops the lines past its checkpoint: every line after `step`, and
+ * a validation line at `step` itself unless the checkpoint already counts it (`valAtStep`), since a checkpoint
+ * taken at an epoch's last step comes before that epoch's validation.
+ */
+export async function truncateMetrics(file: string, step: number, valAtStep = true): Promise<string[]> {
   let text: string;
   try {
     text = await fs.readFile(file, 'utf8');
@@ -275,8 +279,9 @@ export async function truncateMetrics(file: string, step: number): Promise<strin
   const keep = text.split('\n').filter((l) => {
     if (l.trim() === '') return false;
     try {
-      const o = JSON.parse(l) as { step?: unknown };
-      return typeof o.step === 'number' && o.step <= step;
+      const o = JSON.parse(l) as { step?: unknown; val_loss?: unknown };
+      if (typeof o.step !== 'number') return false;
+      return o.step < step || (o.step === step && (o.val_loss === undefined || valAtStep));
     } catch {
       return false; // a torn last line from a kill
     }

@@ -9,8 +9,18 @@
  */
 import { promises as fs } from 'node:fs';
 import { captionsSidecarPath } from '../pipeline/extract.js';
-import { readEmbeddings } from '../pipeline/embeddings.js';
+import { EMBEDDING_TENSOR, readEmbeddings } from '../pipeline/embeddings.js';
 import { UserError } from '../util/errors.js';
+import { loadSafetensors } from '../weights/safetensors.js';
+import {
+  checkFiniteFile,
+  checkFiniteRows,
+  concatFeatures,
+  fileFeatures,
+  memoryFeatures,
+  type FeatureStore,
+} from './features.js';
+import { deriveSeed, mulberry32, shuffled } from '../util/random.js';
 import { isHostTensor, loadPickle, type PickleValue } from '../weights/torch.js';
 
 /** The caption side of a training set before tokenization. */
@@ -28,8 +38,8 @@ export interface RawTrainingData {
  * caption, so millions of captions cost a few bytes each beyond their tokens).
  */
 export interface TrainingSet {
-  /** (rows, D) row-major CLIP embeddings. */
-  embeddings: Float32Array;
+  /** The CLIP embedding rows (on disk or in memory). */
+  features: FeatureStore;
   rows: number;
   dim: number;
   /** Number of captions. */
@@ -124,7 +134,7 @@ export function makeBatch(set: TrainingSet, indices: ArrayLike<number>, prefixLe
   for (let r = 0; r < b; r++) {
     const c = indices[r];
     const row = set.captionRow[c];
-    prefix.set(set.embeddings.subarray(row * d, (row + 1) * d), r * d);
+    set.features.readRow(row, prefix, r * d);
     padInto(captionIds(set, c), t, prefixLength, tokens, mask, r);
   }
   return { prefix, tokens, length: t, mask };
@@ -158,7 +168,7 @@ export class TrainingSetBuilder {
   private ids = new IntBuffer();
   private offsets = new IntBuffer();
   private rowsOf = new IntBuffer();
-  private parts: Float32Array[] = [];
+  private parts: FeatureStore[] = [];
   private rowCount = 0;
   private dimension = -1;
 
@@ -170,18 +180,31 @@ export class TrainingSetBuilder {
     return this.rowCount;
   }
 
-  /** Add a file's embeddings (rows, D); returns the row offset its captions' rows are relative to. */
+  /** Add a file's embeddings (rows, D) held in memory; returns the row offset of its captions' rows. */
   addEmbeddings(data: Float32Array, rows: number, dim: number, file: string): number {
-    if (this.dimension >= 0 && dim !== this.dimension)
+    checkFiniteRows(data, dim, file);
+    return this.addFeatures(memoryFeatures(data, rows, dim), file);
+  }
+
+  /** Add a file's feature rows (already checked); returns the row offset of its captions' rows. */
+  addFeatures(store: FeatureStore, file: string): number {
+    if (this.dimension >= 0 && store.dim !== this.dimension) {
+      store.close();
       throw new UserError(
-        `${file}: its embeddings are ${dim}-d but the data before it are ${this.dimension}-d; give files from one CLIP model`,
+        `${file}: its embeddings are ${store.dim}-d but the data before it are ${this.dimension}-d; give files from one CLIP model`,
       );
-    this.dimension = dim;
-    checkFinite(data, dim, file);
-    this.parts.push(data);
+    }
+    this.dimension = store.dim;
+    this.parts.push(store);
     const offset = this.rowCount;
-    this.rowCount += rows;
+    this.rowCount += store.rows;
     return offset;
+  }
+
+  /** Close the stores added so far (when building fails). */
+  close(): void {
+    for (const p of this.parts) p.close();
+    this.parts = [];
   }
 
   /** Add caption `text` of embedding row `row` (absolute, after addEmbeddings' offset). */
@@ -200,23 +223,17 @@ export class TrainingSetBuilder {
   /** The set; `maxSeqLen` defaults to the official rule over these captions. */
   build(what: string, maxSeqLen?: number): TrainingSet {
     const count = this.rowsOf.length;
-    if (count === 0) throw new UserError(`${what}: holds no captions; nothing to train on`);
+    if (count === 0) {
+      this.close();
+      throw new UserError(`${what}: holds no captions; nothing to train on`);
+    }
     const tokenOffsets = this.offsets.done();
     const lengths = new Int32Array(count);
     for (let c = 0; c < count; c++) lengths[c] = tokenOffsets[c + 1] - tokenOffsets[c];
-    let embeddings: Float32Array;
-    if (this.parts.length === 1) embeddings = this.parts[0];
-    else {
-      embeddings = new Float32Array(this.rowCount * this.dimension);
-      let at = 0;
-      for (const p of this.parts) {
-        embeddings.set(p, at);
-        at += p.length;
-      }
-    }
+    const features = concatFeatures(this.parts);
     this.parts = [];
     return {
-      embeddings,
+      features,
       rows: this.rowCount,
       dim: this.dimension,
       count,
@@ -226,17 +243,6 @@ export class TrainingSetBuilder {
       maxSeqLen: maxSeqLen ?? officialMaxSeqLen(lengths),
     };
   }
-}
-
-/** NaN or infinite features would train into a NaN checkpoint: refuse them, naming the row. */
-export function checkFinite(data: Float32Array, dim: number, file: string): void {
-  for (let i = 0; i < data.length; i++)
-    if (!Number.isFinite(data[i])) {
-      const row = Math.floor(i / dim);
-      throw new UserError(
-        `${file}: embedding row ${row} holds ${data[i]} (column ${i - row * dim}); re-extract that image or remove the row`,
-      );
-    }
 }
 
 /** Tokenize raw data (one file read by readTrainingData) into a set. */
@@ -259,11 +265,18 @@ export async function readTrainingFiles(
   for (const file of files) {
     await checkDataFile(file);
     if (/\.safetensors$/i.test(file)) {
-      const e = await readEmbeddings(file);
-      if (e.metadata.model !== undefined && !clipModels.includes(e.metadata.model))
-        clipModels.push(e.metadata.model);
-      const offset = builder.addEmbeddings(e.data, e.rows, e.dim, file);
-      await streamSidecar(file, e.rows, (caption, row, where) =>
+      const loc = await f32Location(file);
+      if (loc.model !== undefined && !clipModels.includes(loc.model)) clipModels.push(loc.model);
+      let offset: number;
+      if (loc.offset !== undefined) {
+        // f32 rows stay on disk: checked in chunks now, read per batch while training.
+        checkFiniteFile(file, loc.offset, loc.rows, loc.dim);
+        offset = builder.addFeatures(fileFeatures(file, loc.offset, loc.rows, loc.dim), file);
+      } else {
+        const e = await readEmbeddings(file);
+        offset = builder.addEmbeddings(e.data, e.rows, e.dim, file);
+      }
+      await streamSidecar(file, loc.rows, (caption, row, where) =>
         builder.addCaption(caption, offset + row, where),
       );
     } else {
@@ -275,6 +288,42 @@ export async function readTrainingFiles(
     }
   }
   return { clipModels };
+}
+
+/**
+ * Where a `clipcap extract` file keeps `clip_embedding`: rows, D, the CLIP model of its metadata and, for f32
+ * data, the absolute byte offset of row 0 (undefined for f16/bf16, which are converted in memory).
+ */
+async function f32Location(
+  file: string,
+): Promise<{ rows: number; dim: number; model?: string; offset?: number }> {
+  const f = await loadSafetensors(file);
+  try {
+    if (!f.has(EMBEDDING_TENSOR))
+      throw new UserError(
+        `${file}: no tensor "${EMBEDDING_TENSOR}" (found: ${f.keys().slice(0, 5).join(', ') || 'none'}); write one with clipcap extract`,
+      );
+    const info = f.info(EMBEDDING_TENSOR);
+    if (info.shape.length !== 2 || !['F32', 'F16', 'BF16'].includes(info.fileDtype))
+      throw new UserError(
+        `${file}: "${EMBEDDING_TENSOR}" must be a float [N, D] matrix, got ${info.fileDtype} [${info.shape.join(', ')}]`,
+      );
+    const [rows, dim] = info.shape;
+    let offset: number | undefined;
+    if (info.fileDtype === 'F32') {
+      const fh = await fs.open(file, 'r');
+      try {
+        const head = Buffer.alloc(8);
+        await fh.read(head, 0, 8, 0);
+        offset = 8 + Number(head.readBigUInt64LE(0)) + info.dataOffsets[0];
+      } finally {
+        await fh.close();
+      }
+    }
+    return { rows, dim, model: f.metadata.model, offset };
+  } finally {
+    await f.close();
+  }
 }
 
 async function streamSidecar(
@@ -402,4 +451,42 @@ export async function readExtracted(file: string): Promise<RawTrainingData> {
 export async function readTrainingData(file: string): Promise<RawTrainingData> {
   await checkDataFile(file);
   return /\.safetensors$/i.test(file) ? readExtracted(file) : readOfficialPickle(file);
+}
+
+/** Split a set by embedding row: a seeded `fraction` of the images (with all their captions) is held out. */
+export function splitByImage(
+  set: TrainingSet,
+  fraction: number,
+  seed: number,
+): { train: TrainingSet; val: TrainingSet } {
+  const nVal = Math.round(set.rows * fraction);
+  if (nVal < 1 || nVal >= set.rows)
+    throw new UserError(
+      `--val-fraction ${fraction} of ${set.rows} images holds out ${nVal}; give a fraction that leaves images on both sides`,
+    );
+  const order = shuffled(set.rows, mulberry32(deriveSeed(seed, 0x5641)));
+  const isVal = new Uint8Array(set.rows);
+  for (let i = 0; i < nVal; i++) isVal[order[i]] = 1;
+  const pick = (want: number): TrainingSet => {
+    const idx: number[] = [];
+    for (let c = 0; c < set.count; c++) if (isVal[set.captionRow[c]] === want) idx.push(c);
+    const offsets = new Int32Array(idx.length + 1);
+    let total = 0;
+    idx.forEach((c, i) => {
+      total += set.tokenOffsets[c + 1] - set.tokenOffsets[c];
+      offsets[i + 1] = total;
+    });
+    const ids = new Int32Array(total);
+    idx.forEach((c, i) =>
+      ids.set(set.tokenIds.subarray(set.tokenOffsets[c], set.tokenOffsets[c + 1]), offsets[i]),
+    );
+    return {
+      ...set,
+      count: idx.length,
+      tokenIds: ids,
+      tokenOffsets: offsets,
+      captionRow: Int32Array.from(idx, (c) => set.captionRow[c]),
+    };
+  };
+  return { train: pick(0), val: pick(1) };
 }

@@ -15,7 +15,22 @@ export type { SafetensorsFile, SafetensorsInfo, TensorToSave, TensorsToSave } fr
 export { loadPickle, loadTorchCheckpoint, stateDictFrom, isHostTensor } from './torch.js';
 export type { PickleValue, PickleObject } from './torch.js';
 export { loadTorchScript, type TorchScriptModule, type TorchScriptOptions } from './torchscript.js';
-export { loadOpenAIClipVision, openaiClipVision } from './families/openai-clip.js';
+export {
+  clipResNetKeySpec,
+  inferClipResNetConfig,
+  loadOpenAIClip,
+  loadOpenAIClipVision,
+  openaiClipResNet,
+  openaiClipVision,
+  type OpenAIClipVision,
+} from './families/openai-clip.js';
+export {
+  OPENAI_CLIP_MODELS,
+  isOpenAIClipName,
+  openaiClipCacheDir,
+  openaiClipFile,
+  type OpenAIClipFileOptions,
+} from './openai-clip-hub.js';
 export * from './keymaps.js';
 export { convertClipcap, readGpt2ConfigSpec, type ConvertOptions, type ConvertResult } from './convert.js';
 export {

@@ -42,16 +42,17 @@ export class KeyHasher {
   private readonly interned = new Map<string, object>();
   /** Key -> small id, to spell a tuple's signature from its elements. */
   private readonly ids = new Map<unknown, number>();
-  /** Arrays that are lists (unhashable, appendable); every other array is a tuple. */
-  private readonly lists = new WeakSet<unknown[]>();
-
+  /**
+   * Arrays that are lists (unhashable, appendable) carry this symbol; every other array is a tuple. (A property,
+   * not a WeakSet: a WeakSet entry per list cost 4x the time and memory of the list.)
+   */
   markList<T extends unknown[]>(l: T): T {
-    this.lists.add(l);
+    (l as unknown as Record<symbol, boolean>)[IS_LIST] = true;
     return l;
   }
 
   isList(v: unknown): v is unknown[] {
-    return Array.isArray(v) && this.lists.has(v);
+    return Array.isArray(v) && (v as unknown as Record<symbol, boolean>)[IS_LIST] === true;
   }
 
   /** A value usable as a JS Map key that is equal for equal Python keys. */
@@ -74,7 +75,7 @@ export class KeyHasher {
     if (k instanceof Uint8Array)
       signature = `b${Buffer.from(k.buffer, k.byteOffset, k.length).toString('latin1')}`;
     else if (k instanceof PyGlobal) signature = `g${k.qualname}`;
-    else if (Array.isArray(k) && !this.lists.has(k)) {
+    else if (Array.isArray(k) && !this.isList(k)) {
       const parts = new Array<number>(k.length);
       for (let i = 0; i < k.length; i++) parts[i] = this.id(this.key(k[i]));
       signature = `t${parts.join(',')}`;
@@ -98,9 +99,13 @@ export class KeyHasher {
   }
 }
 
+const IS_LIST = Symbol('list');
+const EMPTY: ReadonlyMap<unknown, [unknown, unknown]> = new Map();
+
 /** A Python dict (or OrderedDict), insertion ordered, with Python key equality for hashable keys. */
 export class PyDict {
-  private readonly items = new Map<unknown, [unknown, unknown]>();
+  /** Made on the first item: a pickle can hold millions of empty dicts, one byte of file each. */
+  private items: Map<unknown, [unknown, unknown]> | undefined;
   /** Attributes set by BUILD (e.g. a state dict's `_metadata`); kept, never interpreted. */
   attrs: unknown = undefined;
 
@@ -108,6 +113,7 @@ export class PyDict {
 
   set(key: unknown, value: unknown): void {
     const k = this.hasher.key(key);
+    this.items ??= new Map();
     const item = this.items.get(k);
     // As in Python, an equal key replaces the value but the first key object stays.
     if (item) item[1] = value;
@@ -115,19 +121,19 @@ export class PyDict {
   }
 
   get(key: unknown): unknown {
-    return this.items.get(this.hasher.key(key))?.[1];
+    return this.items?.get(this.hasher.key(key))?.[1];
   }
 
   has(key: unknown): boolean {
-    return this.items.has(this.hasher.key(key));
+    return this.items?.has(this.hasher.key(key)) ?? false;
   }
 
   get size(): number {
-    return this.items.size;
+    return this.items?.size ?? 0;
   }
 
   entries(): IterableIterator<[unknown, unknown]> {
-    return this.items.values();
+    return (this.items ?? EMPTY).values();
   }
 }
 

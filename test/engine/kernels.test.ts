@@ -1169,7 +1169,7 @@ function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
 // ==================================================================================== conv2d and avgPool2d
 
 function convTests(be: Backend, check: Check, rand: Rand): void {
-  const cases: (naive.ConvCase & { id: string; bias: boolean; relu: boolean })[] = [
+  const cases: (naive.ConvCase & { id: string; bias: boolean; relu: boolean; residual?: boolean })[] = [
     // 1x1 stride 1: the direct-GEMM path; odd channel counts
     {
       id: '1x1',
@@ -1184,6 +1184,22 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
       padding: [0, 0],
       bias: true,
       relu: false,
+    },
+    // a ResNet block's last 1x1 conv: + bias + residual, then ReLU
+    {
+      id: '1x1 residual',
+      batch: 2,
+      H: 4,
+      W: 5,
+      C: 19,
+      O: 33,
+      kh: 1,
+      kw: 1,
+      stride: [1, 1],
+      padding: [0, 0],
+      bias: true,
+      relu: true,
+      residual: true,
     },
     // ResNet's 3x3 pad 1, and the CLIP stem's stride-2 first conv (3 input channels)
     {
@@ -1243,20 +1259,36 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
       bias: false,
       relu: true,
     },
-    // more output rows than one im2col block (K = 9·130 -> ~900 rows per block), many channels
+    // more output rows than one native im2col block (2^23 floats: K = 9·1000 -> 936 rows per block)
     {
       id: '3x3 multi-block',
-      batch: 2,
-      H: 30,
-      W: 31,
-      C: 130,
-      O: 40,
+      batch: 1,
+      H: 32,
+      W: 33,
+      C: 1000,
+      O: 12,
       kh: 3,
       kw: 3,
       stride: [1, 1],
       padding: [1, 1],
       bias: true,
       relu: false,
+    },
+    // multi-block with a residual and ReLU (the residual is copied in and accumulated onto, block by block)
+    {
+      id: '3x3 multi-block residual',
+      batch: 1,
+      H: 34,
+      W: 31,
+      C: 1000,
+      O: 8,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: false,
+      relu: true,
+      residual: true,
     },
   ];
   let seed = 7000;
@@ -1265,9 +1297,10 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
       const x = rand([c.batch, c.H, c.W, c.C], seed++);
       const w = rand([c.O, c.kh, c.kw, c.C], seed++);
       const bias = c.bias ? rand([c.O], seed++) : undefined;
-      const y = be.conv2d(x, w, { stride: c.stride, padding: c.padding, bias, relu: c.relu });
       const Ho = naive.convOut(c.H, c.kh, c.stride[0], c.padding[0]);
       const Wo = naive.convOut(c.W, c.kw, c.stride[1], c.padding[1]);
+      const residual = c.residual ? rand([c.batch, Ho, Wo, c.O], seed++) : undefined;
+      const y = be.conv2d(x, w, { stride: c.stride, padding: c.padding, bias, residual, relu: c.relu });
       expect(y.shape).toEqual([c.batch, Ho, Wo, c.O]);
       const expected = naive.conv2dNaive(
         be.download(x),
@@ -1275,6 +1308,7 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
         bias ? be.download(bias) : null,
         c,
         c.relu,
+        residual ? be.download(residual) : null,
       );
       check(`conv2d ${c.id}`, y, expected);
       if (c.relu) expect(Math.min(...be.download(y))).toBe(0);
@@ -1326,6 +1360,9 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
     expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { stride: 0 })).toThrow(ShapeError);
     expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { padding: -1 })).toThrow(ShapeError);
     expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { bias: rand([3], 1) })).toThrow(ShapeError);
+    expect(() => be.conv2d(x, rand([4, 3, 3, 3], 1), { residual: rand([1, 5, 5, 4], 1) })).toThrow(
+      ShapeError,
+    );
     expect(() => be.avgPool2d(x, { kernel: 0 })).toThrow(ShapeError);
     expect(() => be.avgPool2d(x, { kernel: 2, padding: 2 })).toThrow(ShapeError); // more than half the kernel
   });

@@ -541,7 +541,8 @@ export function convOut(n: number, k: number, stride: number, pad: number): numb
 
 /**
  * PyTorch's Conv2d (NCHW, weight (O, C, kh, kw)) stated on NHWC data with an (O, kh, kw, C) weight:
- * y[b, oy, ox, o] = bias[o] + Σ x[b, oy·s - p + ky, ox·s - p + kx, c]·w[o, ky, kx, c], zero outside the image.
+ * y[b, oy, ox, o] = bias[o] + Σ x[b, oy·s - p + ky, ox·s - p + kx, c]·w[o, ky, kx, c] (+ residual[b, oy, ox, o]),
+ * zero outside the image; then max(y, 0) with relu.
  */
 export function conv2dNaive(
   x: ArrayLike<number>,
@@ -549,6 +550,7 @@ export function conv2dNaive(
   bias: ArrayLike<number> | null,
   c: ConvCase,
   relu = false,
+  residual: ArrayLike<number> | null = null,
 ): Float64Array {
   const Ho = convOut(c.H, c.kh, c.stride[0], c.padding[0]);
   const Wo = convOut(c.W, c.kw, c.stride[1], c.padding[1]);
@@ -566,7 +568,9 @@ export function conv2dNaive(
               for (let ch = 0; ch < c.C; ch++)
                 s += x[((b * c.H + iy) * c.W + ix) * c.C + ch] * w[((o * c.kh + ky) * c.kw + kx) * c.C + ch];
             }
-          y[((b * Ho + oy) * Wo + ox) * c.O + o] = relu ? Math.max(s, 0) : s;
+          const at = ((b * Ho + oy) * Wo + ox) * c.O + o;
+          if (residual) s += residual[at];
+          y[at] = relu ? Math.max(s, 0) : s;
         }
   return y;
 }

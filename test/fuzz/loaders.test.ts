@@ -166,6 +166,8 @@ describe('fuzz: weight and feature parsers (seeded mutations; only clean UserErr
         ['made.pt', made],
         ['scripted.pt', scripted],
         read(path.join(FIX, 'openai_clip_tiny/hostile_setstate.pt')),
+        // A real torch.jit.save archive (a tiny OpenAI CLIP): its module tree, code and 53 storages.
+        read(path.join(FIX, 'openai_clip_tiny/ViT-tiny.pt')),
       ],
       cases: 300,
       seed: 6,

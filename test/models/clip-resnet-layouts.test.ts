@@ -4,7 +4,8 @@
  * spec), checked to give build_model's architecture.
  * - ResNets (RN50, RN101, RN50x4, RN50x16, RN50x64): only shapes are needed, so the real sizes are used.
  * - ViTs (ViT-B/16, ViT-L/14, ViT-L/14@336px): real patch sizes and grids, a narrow width (64, one head) to
- *   stay small; they load into the ViT model and run one image at their resolution.
+ *   stay small; their Hugging Face versions (HF names + config.json fields) load to the same config, and they
+ *   run one image at their resolution.
  */
 import { describe, expect, it } from 'vitest';
 import { getBackend } from '../../src/engine/index.js';
@@ -14,6 +15,7 @@ import {
   openaiClipResNet,
   openaiClipVision,
 } from '../../src/weights/families/openai-clip.js';
+import { clipWeights } from '../../src/weights/families/clip.js';
 import type { HostTensor, StateDict } from '../../src/weights/host.js';
 
 /** ModifiedResNet's parameter names and shapes, as the PyTorch modules would list them. */
@@ -148,7 +150,7 @@ function vitStateDict(patch: number, grid: number, layers: number, embedDim: num
   return sd;
 }
 
-describe('ViT CLIP layouts (plain state dicts): patch, grid and resolution inferred', () => {
+describe('ViT CLIP layouts (plain state dicts and their Hugging Face versions): patch, grid and resolution', () => {
   // name, patch, resolution (the published models' values)
   it.each([
     ['ViT-B/16', 16, 224],
@@ -168,6 +170,24 @@ describe('ViT CLIP layouts (plain state dicts): patch, grid and resolution infer
       projection_dim: 32,
       hidden_act: 'quick_gelu',
     });
+    // the Hugging Face version of the same model (openai/clip-vit-large-patch14-336's config.json fields,
+    // at this width): the same names and shapes load, and its image_size must agree with the weights
+    const hf = clipWeights(weights, {
+      vision_config: {
+        hidden_size: 64,
+        intermediate_size: 256,
+        num_hidden_layers: 2,
+        num_attention_heads: 1,
+        patch_size: patch,
+        image_size: resolution,
+        projection_dim: 32,
+        hidden_act: 'quick_gelu',
+      },
+    });
+    expect(hf.vision?.config).toEqual(config);
+    expect(() =>
+      clipWeights(weights, { vision_config: { patch_size: patch, image_size: resolution + patch } }, 'hf'),
+    ).toThrow(/hf/);
     const model = ClipVisionModel.fromWeights(getBackend(), config, weights, name);
     const e = model.encodeImages(new Float32Array(3 * resolution * resolution).fill(0.5));
     expect(e.shape).toEqual([1, 32]);

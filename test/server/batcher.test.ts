@@ -94,6 +94,17 @@ describe('Batcher', () => {
     expect(m.calls.flat().filter((v) => v === 4)).toEqual([]);
   });
 
+  it('drain() resolves when the last waiting request times out', async () => {
+    const m = fakeModel();
+    const b = new Batcher(m, { windowMs: 60_000, maxBatch: 16 });
+    const first = b.submit(emb(1), {}, 'a');
+    const late = b.submit(emb(2), {}, 'b', { deadlineMs: 10 });
+    late.catch(() => undefined);
+    await b.drain();
+    await expect(late).rejects.toBeInstanceOf(TimeoutError);
+    expect((await first)[0].tokens).toEqual([1]);
+  });
+
   it('drain() runs waiting batches at once', async () => {
     const m = fakeModel();
     const b = new Batcher(m, { windowMs: 60_000, maxBatch: 16 });

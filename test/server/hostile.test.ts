@@ -192,6 +192,22 @@ describe('request targets and headers', () => {
       expect(r.status, JSON.stringify(req.slice(0, 60))).toBe(want);
       expect(r.closed).toBe(true);
     }
+    // Protocol switches nobody here speaks: answered as plain HTTP/1.1 or refused, and the connection closed.
+    for (const req of [
+      'GET /health HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n',
+      'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n',
+      'PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n',
+    ]) {
+      const r = await raw(port, [req]);
+      expect(r.closed, req.slice(0, 20)).toBe(true);
+      expect(r.status === 0 || r.status === 200 || r.status >= 400, req.slice(0, 20)).toBe(true);
+    }
+    // Pipelined requests in one packet are answered in order.
+    const piped = await raw(port, [
+      'GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n',
+    ]);
+    expect(piped.headers).toMatch(/^HTTP\/1\.1 200/);
+    expect(piped.body).toMatch(/HTTP\/1\.1 404/);
     await healthy();
   });
 
@@ -217,6 +233,22 @@ describe('bodies', () => {
     expect(r.status).toBe(413);
     expect(errorOf(r)).toMatch(/over the 200000-byte limit/);
     expect(r.closed).toBe(true);
+    await settled();
+  });
+
+  it('Expect: 100-continue gets "100 Continue" only when the body will be read', async () => {
+    const big = await raw(port, [
+      'POST /caption HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\nContent-Length: 999999999\r\n\r\n',
+    ]);
+    expect(big.status).toBe(413); // straight away: no "100 Continue" first
+    const bytes = photo(0);
+    const ok = await raw(port, [
+      `POST /caption?decode=greedy HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nExpect: 100-continue\r\nConnection: close\r\nContent-Length: ${bytes.length}\r\n\r\n`,
+      sleep(200),
+      bytes,
+    ]);
+    expect(ok.headers).toMatch(/^HTTP\/1\.1 100 Continue/);
+    expect(ok.body).toMatch(/HTTP\/1\.1 200/);
     await settled();
   });
 
@@ -523,6 +555,21 @@ describe('load', () => {
     }
   });
 
+  it('a long computation is not cut off by the body timeout (that is for receiving the request)', async () => {
+    const s = createServer(slowModel(1200), { timeouts: { headersMs: 300, bodyMs: 400 }, batchWindowMs: 0 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    try {
+      const r = await fetch(`http://127.0.0.1:${p}/caption`, {
+        method: 'POST',
+        body: '{"embedding":[1]}',
+        headers: { 'content-type': 'application/json' },
+      });
+      expect(r.status).toBe(200);
+    } finally {
+      await s.close();
+    }
+  });
+
   it('a request past its compute deadline is a 503 and the server goes on', async () => {
     const s = createServer(slowModel(300), { timeouts: { computeMs: 100 }, batchWindowMs: 0 });
     const p = (await s.listen(0, '127.0.0.1')).port;
@@ -623,6 +670,111 @@ describe('createServer options', () => {
       await expect(createServer(slowModel(1)).listen(p, '127.0.0.1')).rejects.toThrow(
         new RegExp(`^cannot listen on 127.0.0.1:${p}: the port is in use$`),
       );
+    } finally {
+      await s.close();
+    }
+  });
+});
+
+describe('while a model call blocks the event loop', () => {
+  it('a body that finished arriving while a model call blocked the loop is read, not timed out', async () => {
+    const blocking: CaptionModel = {
+      caption: (inputs: readonly CaptionInput[]): Promise<CaptionResult[]> => {
+        const t = Date.now();
+        while (Date.now() - t < 1000) {
+          // busy
+        }
+        return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
+      },
+    };
+    const s = createServer(blocking, { timeouts: { headersMs: 300, bodyMs: 300 }, batchWindowMs: 0 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    const code = `
+      const net = require('node:net');
+      const { parentPort, workerData: port } = require('node:worker_threads');
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      const body = '{"embedding":[1]}';
+      const head = 'POST /caption HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nConnection: close\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n';
+      (async () => {
+        const a = net.connect(port, '127.0.0.1');
+        let data = '';
+        let closed = false;
+        a.on('data', (d) => (data += d));
+        a.on('close', () => (closed = true));
+        a.on('error', () => undefined);
+        a.write(head + body.slice(0, 5)); // A's body starts...
+        await sleep(50);
+        const b = net.connect(port, '127.0.0.1'); // ...B's request blocks the server for 1 s...
+        b.on('error', () => undefined);
+        b.write(head + body);
+        await sleep(350);
+        a.write(body.slice(5)); // ...and the rest of A's body arrives during the block, after A's deadline
+        for (let i = 0; i < 500 && !closed; i++) await sleep(10);
+        b.destroy();
+        parentPort.postMessage(data.slice(0, 40));
+      })();
+    `;
+    try {
+      const { Worker } = await import('node:worker_threads');
+      const answer = await new Promise<string>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: p });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 200/);
+    } finally {
+      await s.close();
+    }
+  });
+
+  // (Node reads the waiting request before its idle timer drops the connection; this keeps it that way.)
+  it('a request sent on an idle keep-alive connection during a long model call is answered, not dropped', async () => {
+    // The model blocks the JS thread (as compute on it does today) for longer than the idle timeout.
+    const blocking: CaptionModel = {
+      caption: (inputs: readonly CaptionInput[]): Promise<CaptionResult[]> => {
+        const t = Date.now();
+        while (Date.now() - t < 1000) {
+          // busy: nothing else runs on this thread
+        }
+        return Promise.resolve(inputs.map((_, index) => ({ index, caption: 'x', tokens: [1] })));
+      },
+    };
+    const s = createServer(blocking, { timeouts: { idleMs: 200 }, batchWindowMs: 10 });
+    const p = (await s.listen(0, '127.0.0.1')).port;
+    // The client runs in a worker: its own event loop keeps time while the server's is blocked.
+    const code = `
+      const net = require('node:net');
+      const { parentPort, workerData: port } = require('node:worker_threads');
+      const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+      (async () => {
+        const a = net.connect(port, '127.0.0.1');
+        let data = '';
+        let closed = false;
+        a.on('data', (d) => (data += d));
+        a.on('close', () => (closed = true));
+        a.on('error', () => undefined);
+        a.write('GET /health HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n');
+        while (!/\\}$/.test(data)) await sleep(5);
+        data = '';
+        const b = net.connect(port, '127.0.0.1');
+        b.on('error', () => undefined);
+        const body = '{"embedding":[1]}';
+        b.write('POST /caption HTTP/1.1\\r\\nHost: x\\r\\nContent-Type: application/json\\r\\nContent-Length: ' + body.length + '\\r\\n\\r\\n' + body);
+        await sleep(400); // the server is blocked; A's idle timer has expired
+        a.write('GET /nope HTTP/1.1\\r\\nHost: x\\r\\nConnection: close\\r\\n\\r\\n');
+        for (let i = 0; i < 400 && !closed; i++) await sleep(10);
+        b.destroy();
+        parentPort.postMessage(data.slice(0, 40));
+      })();
+    `;
+    try {
+      const { Worker } = await import('node:worker_threads');
+      const answer = await new Promise<string>((resolve, reject) => {
+        const w = new Worker(code, { eval: true, workerData: p });
+        w.once('message', resolve);
+        w.once('error', reject);
+      });
+      expect(answer).toMatch(/^HTTP\/1\.1 404/);
     } finally {
       await s.close();
     }

@@ -56,7 +56,8 @@ beforeAll(async () => {
     decodeDefaults: { maxTokens: 20 },
     maxBodyBytes: MAX_BODY,
     batchWindowMs: 50,
-    maxBatch: 16,
+    batchSize: 16,
+    // The counting wrapper is not a ClipCap: say what /health should report.
     modelInfo: { description: model.parts.description, embeddingSize: model.embeddingSize },
     log: (l) => logs.push(l),
   });

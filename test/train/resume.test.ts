@@ -144,6 +144,22 @@ describe('--resume is bit-identical', () => {
     });
   }
 
+  it('with validation: resuming from a checkpoint taken before its epoch validation logs it once', async () => {
+    const out = path.join(tmp(), 'run');
+    const ref = await train(base(out, { valFraction: 0.25, saveEverySteps: 2, epochs: 3 }));
+    const want = weights(ref.checkpoint);
+    // step-0000004 is the last step of epoch 2, saved before epoch 2's validation ran.
+    const res = await train({ resume: path.join(out, 'step-0000004') });
+    expect(weights(res.checkpoint).equals(want)).toBe(true);
+    expect(res.val_losses).toEqual(ref.val_losses);
+    const val = readFileSync(path.join(out, 'metrics.jsonl'), 'utf8')
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { step: number; val_loss?: number })
+      .filter((m) => m.val_loss !== undefined);
+    expect(val.map((v) => v.step)).toEqual(ref.val_losses.map((v) => v.step));
+  });
+
   it('--save-every-steps checkpoints resume exactly; --keep-last prunes; a complete run is not resumed', async () => {
     const out = path.join(tmp(), 'run');
     const ref = await train(base(out, { saveEverySteps: 1, keepLast: 3 }));
@@ -258,6 +274,64 @@ describe('checkpoints, metrics and failures', () => {
     });
     expect(res.maxSeqLen).toBe(128 - 10);
     expect(warnings.join('\n')).toMatch(/do not fit GPT-2's 128 positions.*cutting them to 118 tokens/);
+  });
+
+  it('features read from disk per batch (extract files, split in two shards) train exactly as in memory', async () => {
+    const d = tmp();
+    const raw = await readTrainingData(PKL);
+    // Two shards: rows 0..1 and 2..3, captions re-pointed to their shard's rows.
+    for (const [i, lo, hi] of [
+      [0, 0, 2],
+      [1, 2, 4],
+    ] as const) {
+      const st = path.join(d, `part-${i}.safetensors`);
+      await saveSafetensors(
+        st,
+        new Map([
+          [
+            'clip_embedding',
+            {
+              dtype: 'f32',
+              shape: [hi - lo, raw.dim],
+              data: raw.embeddings.slice(lo * raw.dim, hi * raw.dim),
+            },
+          ],
+        ]),
+      );
+      const lines = raw.captions
+        .filter((c) => c.row >= lo && c.row < hi)
+        .map((c) => JSON.stringify({ image_id: c.row, caption: c.caption, embedding: c.row - lo }));
+      writeFileSync(path.join(d, `part-${i}.captions.jsonl`), lines.join('\n') + '\n');
+    }
+    // Same captions in the same order as the pickle (its captions are sorted by row).
+    expect(raw.captions.map((c) => c.row)).toEqual([...raw.captions.map((c) => c.row)].sort((a, b) => a - b));
+    const mem = await train(base(path.join(d, 'mem'), { epochs: 2 }));
+    const disk = await train(
+      base(path.join(d, 'disk'), { epochs: 2, data: path.join(d, 'part-*.safetensors') }),
+    );
+    expect(disk.losses).toEqual(mem.losses);
+    // (model.safetensors names its data files in its metadata, so compare the tensors.)
+    const a = await loadClipcapDir(disk.checkpoint);
+    const b = await loadClipcapDir(mem.checkpoint);
+    for (const [k, t] of a.mapperWeights)
+      expect([...t.data], k).toEqual([...(b.mapperWeights.get(k)?.data ?? [])]);
+    expect(
+      readFileSync(path.join(disk.checkpoint, 'optimizer.safetensors')).equals(
+        readFileSync(path.join(mem.checkpoint, 'optimizer.safetensors')),
+      ),
+    ).toBe(true);
+  });
+
+  it('--val FILE: a validation loss after every epoch; not together with --val-fraction', async () => {
+    const res = await train(base(path.join(tmp(), 'run'), { val: PKL, epochs: 2 }));
+    expect(res.val_losses.map((v) => [v.epoch, v.step])).toEqual([
+      [1, 2],
+      [2, 4],
+    ]);
+    expect(res.val_losses.every((v) => Number.isFinite(v.loss) && v.loss > 0)).toBe(true);
+    await expect(train(base(path.join(tmp(), 'run'), { val: PKL, valFraction: 0.5 }))).rejects.toThrow(
+      /--val or --val-fraction, not both/,
+    );
   });
 
   it('warns when the schedule makes no sense', async () => {

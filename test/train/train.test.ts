@@ -269,6 +269,44 @@ describe('clipcap train', () => {
     }
   });
 
+  it('off a terminal: progress lines with loss, lr, samples/s and ETA; --resume usage', async () => {
+    const out = path.join(tmp(), 'run');
+    const r = await cli([
+      '--data',
+      PKL,
+      '--out',
+      out,
+      '--gpt2',
+      GPT2,
+      '--prefix-length',
+      '2',
+      '--batch-size',
+      '2',
+      '--epochs',
+      '2',
+      '--warmup',
+      '10',
+      '--log-every',
+      '0',
+    ]);
+    expect(r.code, r.err).toBe(0);
+    const lines = r.err.split('\n').filter((l) => l.startsWith('clipcap: step '));
+    expect(lines).toHaveLength(4);
+    expect(lines[3]).toMatch(
+      /^clipcap: step 4\/4 epoch 2 \(2\/2\) loss \d+\.\d{4} lr \d\.\d{2}e-\d+ [\d.]+ samples\/s elapsed \d+s ETA \d+s$/,
+    );
+    expect(r.err).toMatch(/warning: the run stops after 4 steps, inside the 10-step warmup/);
+    const both = await cli(['--resume', out, '--data', PKL, '--epochs', '3']);
+    expect(both.code).toBe(2);
+    expect(both.err).toMatch(/--resume continues the run with its recorded options; drop --data, --epochs/);
+    const none = await cli(['--gpt2', GPT2]);
+    expect(none.code).toBe(2);
+    expect(none.err).toMatch(/give --data FILE\.\.\. and --out DIR, or --resume DIR/);
+    const done = await cli(['--resume', out]);
+    expect(done.code).toBe(1);
+    expect(done.err).toMatch(/this run is complete/);
+  });
+
   it('bad data gives a one-line error and leaves no output directory', async () => {
     const d = tmp();
     const bad = path.join(d, 'bad.pkl');

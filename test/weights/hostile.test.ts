@@ -124,14 +124,14 @@ describe('views that ask for more than the storages hold', () => {
     const numel = 262_144;
     // ~120 bytes of pickle per view; before, each view decoded the 1 MB it spans (10 GB of copies in all).
     const q = new PickleWriter().proto(2).emptyDict().str('views').mark();
-    for (let i = 0; i < 10_000; i++) q.tensor({ key: '0', numel, size: [2], stride: [numel - 1 - (i % 7)] });
+    q.repeat(10_000, (w) => w.tensor({ key: '0', numel, size: [2], stride: [numel - 1] }));
     q.list().setitem().stop();
     const data = new Float32Array(numel).map((_, i) => i);
     const file = await write('strided.pt', torchZip(q.toBuffer(), { '0': new Uint8Array(data.buffer) }));
     const v = (await loadPickle(file)) as PickleObject;
     const views = v.views as HostTensor[];
     expect(views).toHaveLength(10_000);
-    expect([...views[3].data]).toEqual([0, numel - 4]);
+    expect([...views[3].data]).toEqual([0, numel - 1]);
   });
 
   it('a tensor of 100,000 dimensions is refused with a short message', async () => {
@@ -237,17 +237,14 @@ describe('pickles whose cost would grow faster than their size', () => {
 
   it('a million-item APPENDS and a 100 KB string key set 100,000 times load', async () => {
     const p = new PickleWriter().proto(2).emptyDict().str('list').emptyList().mark();
-    for (let i = 0; i < 1_000_000; i++) p.raw(0x4b, i & 0xff);
+    p.repeat(1_000_000, (w) => w.int(7));
     p.appends().setitem();
     p.str('map').emptyDict().str('k'.repeat(100_000)).put(0).int(0).setitem();
-    for (let i = 0; i < 100_000; i++)
-      p.get(0)
-        .int(i & 0xff)
-        .setitem();
+    p.repeat(100_000, (w) => w.get(0).int(9).setitem());
     p.setitem().stop();
     const v = (await loadPickle(await write('big.pkl', p.toBuffer()))) as PickleObject;
     expect((v.list as number[]).length).toBe(1_000_000);
-    expect(Object.keys(v.map as PickleObject)).toHaveLength(1);
+    expect(v.map).toEqual({ ['k'.repeat(100_000)]: 9 });
   });
 
   it('3,000 nested embedded storages: one short message', async () => {

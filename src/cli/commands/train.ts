@@ -239,6 +239,17 @@ function withSignals<T>(
   });
 }
 
+/** What may change when a run resumes: where it runs and how it reports, not what it computes. */
+const RESUME_OPTIONS = new Set([
+  'resume',
+  'logEvery',
+  'backend',
+  'offline',
+  'format',
+  'exportTorch',
+  'keepLast',
+]);
+
 export function register(program: Command, ctx: CliContext = processContext): void {
   program
     .command('train')
@@ -323,7 +334,17 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     .addOption(backendOption())
     .addOption(offlineOption())
     .addOption(new Option('--format <fmt>', 'summary format').choices(['text', 'json']).default('text'))
-    .action(async (o: TrainCliOptions) => {
+    .action(async function (this: Command, o: TrainCliOptions) {
+      if (o.resume !== undefined) {
+        // A resumed run is the recorded run: options that would change it are refused, not silently ignored.
+        const given = this.options
+          .map((opt) => opt.attributeName())
+          .filter((k) => !RESUME_OPTIONS.has(k) && this.getOptionValueSource(k) === 'cli');
+        if (given.length > 0)
+          throw new UsageError(
+            `--resume continues the run with its recorded options; drop ${given.map((k) => `--${k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)}`).join(', ')}`,
+          );
+      }
       const code = await withSignals((signal, name) => runTrain(o, ctx.io(), { signal, signalName: name }));
       if (code !== 0) ctx.exit(code);
     });
