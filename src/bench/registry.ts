@@ -22,7 +22,8 @@ export interface BenchEntry {
 const MODEL_BENCH_OPTIONS: readonly BenchOptionSpec[] = [
   {
     flags: '--pytorch',
-    description: 'clip, caption: also time PyTorch (python3 with torch) in the same run',
+    description:
+      'clip, caption: also time PyTorch (caption: official decoders and a KV cache) in the same run (dev-only: a source checkout and python3 with torch)',
   },
   {
     flags: '--smoke',
@@ -34,7 +35,11 @@ export const BENCHES: Record<string, BenchEntry> = {
   gemm: {
     description: 'GEMM GFLOP/s on GPT-2/CLIP shapes (forward and the transposed backward products)',
     options: [
-      { flags: '--pytorch', description: 'gemm: also time PyTorch (python3 with torch) on the same cases' },
+      {
+        flags: '--pytorch',
+        description:
+          'gemm: also time PyTorch on the same cases (dev-only: a source checkout and python3 with torch)',
+      },
       {
         flags: '--reference',
         description: 'gemm: time the slow reference backend on every case (default: small ones)',

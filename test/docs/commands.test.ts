@@ -42,6 +42,8 @@ function readmeCommands(): string[] {
 const NOT_RUN: Record<string, string> = {
   'npm ci': 'the install itself: .ci/run does it on a fresh clone',
   'npm test': 'this very suite',
+  'clipcap extract photos/ --clip RN50x4 --captions annotations.json --out feats.safetensors':
+    "downloads OpenAI's RN50x4 file (no network here); test/models extracts through the tiny RN tower",
   'clipcap caption --clipcap coco_prefix_transformer.pt photo.jpg':
     'needs the published Transformer checkpoint and RN50x4 (not downloadable here); test/models runs the RN tower with the tiny Transformer checkpoint',
   'npx clipcap demo': 'test/cli/demo.test.ts runs the demo',
