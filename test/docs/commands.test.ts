@@ -42,6 +42,8 @@ function readmeCommands(): string[] {
 const NOT_RUN: Record<string, string> = {
   'npm ci': 'the install itself: .ci/run does it on a fresh clone',
   'npm test': 'this very suite',
+  'clipcap train --data feats.safetensors --out run --mapping-type transformer --prefix-length 40 --clip-length 40':
+    'the official notebook configuration needs a real data set (batch 40); test/train runs the transformer variant on fixtures',
   'clipcap extract photos/ --clip RN50x4 --captions annotations.json --out feats.safetensors':
     "downloads OpenAI's RN50x4 file (no network here); test/models extracts through the tiny RN tower",
   'clipcap caption --clipcap coco_prefix_transformer.pt photo.jpg':
