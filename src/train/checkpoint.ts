@@ -15,7 +15,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { ClipCapConfig } from '../models/config.js';
 import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { moveDirIntoPlace, writeFileAtomic } from '../util/atomic.js';
 import { CLIPCAP_CONFIG_FILE, CLIPCAP_WEIGHTS_FILE, saveClipcapDir } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
 import { readSafetensors, saveSafetensors } from '../weights/safetensors.js';
@@ -135,15 +135,7 @@ export async function writeTrainCheckpoint(out: string, name: string, ck: TrainC
       () => true,
       () => false,
     );
-    if (exists) {
-      // Never a moment where `final` is half there: the old one goes to a temp name, the new one takes its place.
-      const old = `${stage}.old`;
-      await fs.rename(final, old);
-      await fs.rename(stage, final);
-      await fs.rm(old, { recursive: true, force: true });
-    } else {
-      await fs.rename(stage, final);
-    }
+    await moveDirIntoPlace(stage, final, exists);
     await fsyncPath(out);
     return final;
   } catch (e) {

@@ -43,3 +43,18 @@ export async function withAtomicPath<T>(target: string, write: (tmp: string) => 
     throw e;
   }
 }
+
+/**
+ * Rename the finished directory `stage` onto `final`. When `final` exists it is first renamed aside and removed
+ * after, so there is never a moment where `final` is half there (readers see the old directory or the new one).
+ */
+export async function moveDirIntoPlace(stage: string, final: string, finalExists: boolean): Promise<void> {
+  if (!finalExists) {
+    await fs.rename(stage, final);
+    return;
+  }
+  const old = `${stage}.old`;
+  await fs.rename(final, old);
+  await fs.rename(stage, final);
+  await fs.rm(old, { recursive: true, force: true });
+}

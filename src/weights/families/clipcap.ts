@@ -17,6 +17,7 @@ import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { UserError } from '../../util/errors.js';
+import { moveDirIntoPlace } from '../../util/atomic.js';
 import type { ClipCapConfig, Gpt2Config, MapperConfig } from '../../models/config.js';
 import type { StateDict } from '../host.js';
 import { readSafetensors, saveSafetensors } from '../safetensors.js';
@@ -298,14 +299,7 @@ export async function saveClipcapDir(
       ...(ckpt.source !== undefined ? { source: ckpt.source } : {}),
     });
     await fs.writeFile(path.join(tmp, CLIPCAP_CONFIG_FILE), `${JSON.stringify(config, null, 2)}\n`);
-    if (exists) {
-      const old = `${tmp}.old`;
-      await fs.rename(dir, old);
-      await fs.rename(tmp, dir);
-      await fs.rm(old, { recursive: true, force: true });
-    } else {
-      await fs.rename(tmp, dir);
-    }
+    await moveDirIntoPlace(tmp, dir, exists);
   } catch (e) {
     await fs.rm(tmp, { recursive: true, force: true });
     throw e;
