@@ -53,7 +53,7 @@ export {
   readEmbeddings,
   readEmbeddingsFile,
   type EmbeddingsFile,
-} from './pipeline/embeddings.js';
+} from './data/embeddings.js';
 export { expandInputs, IMAGE_EXTENSIONS, type ExpandedInput } from './pipeline/inputs.js';
 
 // ---- training ----

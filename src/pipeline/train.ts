@@ -11,7 +11,7 @@ import path from 'node:path';
 import { getBackend, type BackendName } from '../engine/index.js';
 import type { Backend } from '../engine/backend.js';
 import { ClipCapModel, type ClipCapLossMode, type ClipCapMode } from '../models/clipcap.js';
-import type { MapperConfig } from '../models/config.js';
+import type { MapperConfig } from '../config/models.js';
 import { CLIPCAP_ADAMW } from '../nn/adamw.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import {
@@ -41,7 +41,7 @@ import { UserError } from '../util/errors.js';
 import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
 import { saveTorchStateDict } from '../weights/torch-write.js';
-import { captionsSidecarPath } from './extract.js';
+import { captionsSidecarPath } from '../data/embeddings.js';
 import { expandGlob, hasGlobMagic } from './inputs.js';
 import { DEFAULT_GPT2, loadGpt2, looksLikeRepoId } from './load.js';
 
