@@ -10,6 +10,7 @@ import { Option, type Command } from 'commander';
 import { UserError } from '../../util/errors.js';
 import { processContext, runCaption, type CliContext, type CliIO } from './caption.js';
 import { backendOption } from '../options.js';
+import type { BackendName } from '../../engine/registry.js';
 
 /** assets/demo, found by walking up from this file (src/cli/commands or dist/src/cli/commands). */
 export function demoAssetsDir(): string {
@@ -25,7 +26,7 @@ export function demoAssetsDir(): string {
 interface DemoOptions {
   decode: 'beam' | 'greedy' | 'nucleus';
   format: 'text' | 'json' | 'jsonl';
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
 }
 
 export async function runDemo(o: DemoOptions, io: CliIO): Promise<number> {
