@@ -55,6 +55,13 @@ export {
   type EmbeddingsFile,
 } from './data/embeddings.js';
 export { expandInputs, IMAGE_EXTENSIONS, type ExpandedInput } from './pipeline/inputs.js';
+export {
+  ClipCapWorker,
+  type ClipCapWorkerOptions,
+  type WorkerModelInfo,
+  type WorkerModelSpec,
+} from './pipeline/worker.js';
+export { syntheticClipCap, type SyntheticClipCapSpec } from './pipeline/synthetic.js';
 
 // ---- training ----
 export {
