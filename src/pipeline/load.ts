@@ -34,6 +34,7 @@ import { isOpenAIClipName, openaiClipFile } from '../weights/openai-clip-hub.js'
 import { ClipResNetVisionModel } from '../models/clip-resnet.js';
 import type { CaptionerParts, ImageEncoder } from './caption.js';
 import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
+import { bundledClip, bundledGpt2Dir, isBundled } from '../weights/bundled.js';
 
 export const DEFAULT_CLIP = 'openai/clip-vit-base-patch32';
 export const DEFAULT_GPT2 = 'openai-community/gpt2';
@@ -85,6 +86,7 @@ export function looksLikeRepoId(s: string): boolean {
 
 /** A file of a model given as a local directory or a hub repo id -> a local path. */
 export async function modelFile(spec: string, file: string, o: SourceOptions, what: string): Promise<string> {
+  if (isBundled(spec)) spec = bundledGpt2Dir(spec);
   if (await isDirectory(spec)) {
     const p = path.join(spec, file);
     if (!(await exists(p)))
@@ -228,6 +230,12 @@ export async function loadImageEncoder(
   if (isOpenAIClipName(spec) && !(await exists(spec))) {
     const file = await openaiClipFile(spec, { offline: o.offline });
     return openaiImageEncoder(await loadOpenAIClip(file), file, o.backend);
+  }
+  if (isBundled(spec)) {
+    const { config, weights } = bundledClip(spec);
+    const { vision } = clipWeights(weights, config, spec);
+    if (!vision) throw new Error(`${spec}: the bundled model has no vision tower`);
+    return imageEncoder(vision, spec, o.backend);
   }
   await checkOfflineClip(spec, { offline: o.offline, revision: o.revision });
   if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
