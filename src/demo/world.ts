@@ -48,6 +48,13 @@ const POSITION_PHRASES: Record<Position, readonly string[]> = {
   right: ['on the right', 'on the right side', 'to the right'],
 };
 
+/** The words that name a position ("side" names none). */
+const POSITION_WORDS: Record<Position, readonly string[]> = {
+  left: ['left'],
+  middle: ['middle', 'center', 'centre'],
+  right: ['right'],
+};
+
 /** Caption templates: {s} size word ({S}: the plain one), {c} colour, {h} shape, {p} position phrase. */
 const TEMPLATES: readonly string[] = [
   'a {s} {c} {h} {p}',
@@ -67,14 +74,32 @@ export function describe(s: Scene): string {
 }
 
 function fill(template: string, s: Scene, r: () => number): string {
+  return render(template, s, pick(SIZE_WORDS[s.size], r), pick(POSITION_PHRASES[s.position], r));
+}
+
+function render(template: string, s: Scene, sizeWord: string, phrase: string): string {
   const text = template
     .replace('{S}', s.size)
-    .replace('{s}', pick(SIZE_WORDS[s.size], r))
+    .replace('{s}', sizeWord)
     .replace('{c}', s.colour)
     .replace('{h}', s.shape)
-    .replace('{p}', pick(POSITION_PHRASES[s.position], r))
+    .replace('{p}', phrase)
     .replace(/\ba (?=[aeiou])/g, 'an ');
   return `${text[0].toUpperCase()}${text.slice(1)}.`;
+}
+
+/** Every caption the world can write (each template with every value and word choice), sorted. */
+export function allCaptions(): string[] {
+  const out = new Set<string>();
+  for (const shape of SHAPES)
+    for (const colour of COLOURS)
+      for (const position of POSITIONS)
+        for (const size of SIZES)
+          for (const t of TEMPLATES)
+            for (const sizeWord of SIZE_WORDS[size])
+              for (const phrase of POSITION_PHRASES[position])
+                out.add(render(t, { shape, colour, position, size }, sizeWord, phrase));
+  return [...out].sort();
 }
 
 /** Five different paraphrases of one scene. */
@@ -94,7 +119,7 @@ export function parseAttributes(caption: string): Partial<Scene> {
   const shape = one(SHAPES, (v) => [v]);
   const colour = one(COLOURS, (v) => [v]);
   const size = one(SIZES, (v) => SIZE_WORDS[v]);
-  const position = one(POSITIONS, (v) => POSITION_PHRASES[v].map((p) => p.split(' ').pop() as string));
+  const position = one(POSITIONS, (v) => POSITION_WORDS[v]);
   if (shape) r.shape = shape;
   if (colour) r.colour = colour;
   if (size) r.size = size;

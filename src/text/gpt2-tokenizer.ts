@@ -30,6 +30,11 @@ const VOCAB_SIZE = 50257;
 const SPLIT_PATTERN =
   /'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\p{White_Space}\p{L}\p{N}]+|\p{White_Space}+(?!\P{White_Space})|\p{White_Space}+/gu;
 
+/** GPT-2's pretokenization: the chunks BPE runs on, in order ("A red," -> "A", " red", ","). */
+export function pretokenize(text: string): string[] {
+  return Array.from(text.matchAll(SPLIT_PATTERN), (m) => m[0]);
+}
+
 /** Chunk encodings are cached (captions repeat words a lot); the cache is dropped when it grows past this. */
 const CHUNK_CACHE_LIMIT = 50_000;
 

@@ -4,14 +4,15 @@
  * recoverable from its embedding: shape, colour, horizontal position and size.
  *
  * Input 48x48 (the demo's 96-pixel pictures, halved by CLIP's preprocessing), 8-pixel patches (6x6 = 36
- * tokens + the class token), width 200, three layers. Per patch, the patch convolution reads each 2x2-pixel
+ * tokens + the class token), width 216, four layers. Per patch, the patch convolution reads each 2x2-pixel
  * sub-block's ink (1 - intensity, summed over channels, and per channel); layer 0's MLP turns ink into a
  * foreground mask (saturating) and the L1 distance of each sub-block's colour to each palette colour; layer 1's
  * MLP makes per-patch counts: palette colours (cells within a small distance), signed edge energies in four
  * directions inside the patch (a shape signature that does not depend on where the shape is), the foreground
  * area and the foreground per third of the picture (left / middle / right, from the position embedding);
  * layer 2's attention averages those counts over every token into the class token (queries and keys are zero,
- * so attention is uniform). The embedding (18-d) is the scaled sums.
+ * so attention is uniform); layer 3's MLP adds the (piecewise-linear) log of the edge energies and the area, so
+ * that shape, a matter of their ratios, is a linear read-out. The embedding (27-d) is the scaled sums and logs.
  *
  * LayerNorm is made (nearly) the identity: every token carries +B and -B in two dimensions (from the position
  * embedding) and a balance dimension keeps each token's sum at zero, so a LayerNorm's mean is 0 and its
@@ -40,9 +41,9 @@ const GRID = IMAGE / PATCH; // 6
 const SUB = 4; // 2x2-pixel sub-blocks per patch side
 const NSUB = SUB * SUB; // 16
 const NCOL = DEMO_PALETTE_RGB.length; // 6
-const W = 200;
+const W = 216;
 const INNER = 608;
-const LAYERS = 3;
+const LAYERS = 4;
 const HEADS = 4;
 const B = 1000;
 /** Sharpness of the ReLU-like units. */
@@ -63,7 +64,11 @@ const HIST = DIST + NSUB * NCOL; // [6] palette colour counts
 const ORI = HIST + NCOL; // [8] signed edge energies: right, down, down-right, down-left; each + / -
 const AREA = ORI + 8; // [1]
 const OCC = AREA + 1; // [3] foreground per third
-const USED = OCC + 3;
+const LOG = OCC + 3; // [9] log of the edge energies and the area (after pooling)
+const USED = LOG + 9;
+/** Knots of the piecewise-linear log (in pooled-count units) and its offset: log(x + LOG_EPS). */
+const LOG_KNOTS = [0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2, 6.4, 12.8, 25.6, 51.2];
+const LOG_EPS = 0.1;
 
 /** The embedding: which residual dimensions, and the scale each is read at. */
 const OUTPUT: Array<[number, number]> = [
@@ -71,6 +76,7 @@ const OUTPUT: Array<[number, number]> = [
   ...Array.from({ length: 8 }, (_, d): [number, number] => [ORI + d, 0.2]),
   [AREA, 0.03],
   ...Array.from({ length: 3 }, (_, c): [number, number] => [OCC + c, 0.05]),
+  ...Array.from({ length: 9 }, (_, i): [number, number] => [LOG + i, 0.5]),
 ];
 export const DEMO_CLIP_DIM = OUTPUT.length;
 
@@ -170,7 +176,7 @@ export function demoClipWeights(): { config: typeof DEMO_CLIP_CONFIG; weights: S
     if (l === 2) {
       // Uniform attention (zero queries and keys); values carry the counts, the output sums them.
       const tokens = GRID * GRID + 1;
-      for (let i = HIST; i < USED; i++) {
+      for (let i = HIST; i < LOG; i++) {
         vW[i * W + i] = 1;
         oW[i * W + i] = tokens;
       }
@@ -246,13 +252,31 @@ export function demoClipWeights(): { config: typeof DEMO_CLIP_CONFIG; weights: S
       const allFg = Array.from({ length: NSUB }, (_, s): [number, number] => [FG + s, 1]);
       unit(allFg, 0, [[AREA, 1]]);
       for (let c = 0; c < 3; c++) unit([...allFg, [COL + c, 20]], -20, [[OCC + c, 1]]);
+    } else if (l === 3) {
+      // After pooling: log of each edge energy and of the area, piecewise linear between the knots, so that
+      // shape (ratios of energies, whatever the size) is a linear read-out.
+      const g = (x: number): number => Math.log(x + LOG_EPS);
+      for (let f = 0; f < 9; f++) {
+        const src = ORI + f; // ORI[0..7] then AREA
+        let prevSlope = 0;
+        for (let i = 0; i < LOG_KNOTS.length; i++) {
+          const a = LOG_KNOTS[i];
+          const b = i + 1 < LOG_KNOTS.length ? LOG_KNOTS[i + 1] : a * 2;
+          const slope = (g(b) - g(a)) / (b - a);
+          unit([[src, 1]], -a, [[LOG + f, slope - prevSlope]]);
+          prevSlope = slope;
+        }
+      }
     }
     if (u > INNER) throw new Error(`demo CLIP layer ${l} needs ${u} units, has ${INNER}`);
+    const b2 = new Float32Array(W);
+    if (l === 3) for (let f = 0; f < 9; f++) b2[LOG + f] = Math.log(LOG_EPS);
     balanceRows(fc2, INNER);
+    balanceVector(b2);
     sd.set(`${q}mlp.fc1.weight`, t([INNER, W], fc1));
     sd.set(`${q}mlp.fc1.bias`, t([INNER], b1));
     sd.set(`${q}mlp.fc2.weight`, t([W, INNER], fc2));
-    sd.set(`${q}mlp.fc2.bias`, t([W]));
+    sd.set(`${q}mlp.fc2.bias`, t([W], b2));
   }
   sd.set(`${p}post_layernorm.weight`, t([W], gain()));
   sd.set(`${p}post_layernorm.bias`, t([W]));
