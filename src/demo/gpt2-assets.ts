@@ -24,7 +24,7 @@ export const DEMO_GPT2 = {
   n_embd: 128,
   n_layer: 2,
   n_head: 4,
-  n_positions: 48,
+  n_positions: 96,
   seed: 20240,
 } as const;
 
@@ -32,7 +32,9 @@ export const DEMO_GPT2 = {
  * Byte-level BPE merges learned from `texts`: start from bytes, repeatedly merge the most frequent adjacent
  * pair (ties: the lexicographically smallest pair of spellings) until every chunk is one token.
  */
-export async function learnBpe(texts: readonly string[]): Promise<{ vocab: Record<string, number>; merges: string }> {
+export async function learnBpe(
+  texts: readonly string[],
+): Promise<{ vocab: Record<string, number>; merges: string }> {
   const base = await Gpt2Tokenizer.load();
   const byteTable = base.toFiles().vocab;
   const spelling: string[] = [];
@@ -43,7 +45,10 @@ export async function learnBpe(texts: readonly string[]): Promise<{ vocab: Recor
   for (const t of texts) for (const c of pretokenize(t)) counts.set(c, (counts.get(c) ?? 0) + 1);
   const words = [...counts.entries()]
     .sort((a, b) => (a[0] < b[0] ? -1 : 1))
-    .map(([chunk, n]) => ({ ids: Array.from(new TextEncoder().encode(chunk), (b) => idOfByte.get(b) as number), n }));
+    .map(([chunk, n]) => ({
+      ids: Array.from(new TextEncoder().encode(chunk), (b) => idOfByte.get(b) as number),
+      n,
+    }));
   const merges: string[] = [];
   for (;;) {
     const pairs = new Map<string, { a: number; b: number; n: number }>();

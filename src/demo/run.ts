@@ -5,7 +5,7 @@
  * images), and score them against the best constant caption with the project's metrics (pycocoevalcap's).
  *
  * Layout of `out`: world/train/, world/heldout/ (images/ + annotations.json), features/train.safetensors
- * (+ .captions.jsonl), run/ (the training run: metrics.jsonl, loss.png), model/ (the trained checkpoint, which
+ * (+ train.captions.jsonl), run/ (the training run: metrics.jsonl, loss.png), model/ (the trained checkpoint, which
  * records its sources: `bundled:demo-clip` and `bundled:demo-gpt2`), predictions.json, scores.json.
  */
 import { promises as fs } from 'node:fs';
@@ -36,9 +36,9 @@ export interface DemoSizes {
 }
 
 export const DEMO_DEFAULTS: Readonly<DemoSizes> = Object.freeze({
-  trainImages: 1200,
+  trainImages: 1000,
   heldoutImages: 150,
-  epochs: 8,
+  epochs: 3,
   batchSize: 40,
   lr: 2e-3,
   warmup: 100,
@@ -216,7 +216,10 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const baselineCaption = mostFrequentCaption(trainWorld.images);
   const refs = new Map(held.images.map((w) => [w.id, w.captions]));
   const modelScores = await evaluateCaptions(refs, new Map(predictions.map((p) => [p.image_id, p.caption])));
-  const baselineScores = await evaluateCaptions(refs, new Map(held.images.map((w) => [w.id, baselineCaption])));
+  const baselineScores = await evaluateCaptions(
+    refs,
+    new Map(held.images.map((w) => [w.id, baselineCaption])),
+  );
   const refLists = held.images.map((w) => w.captions);
   const corpus = (r: Scores): Scores => {
     const { Bleu_1, Bleu_2, Bleu_3, Bleu_4, ROUGE_L, CIDEr } = r;

@@ -247,7 +247,9 @@ export async function writeWorld(
   const coco = {
     info: { description: `clipcap demo world, ${o.n} images, seed ${o.seed}` },
     images: images.map((w) => ({ id: w.id, file_name: w.file_name, scene: w.scene })),
-    annotations: images.flatMap((w) => w.captions.map((caption) => ({ id: ++annId, image_id: w.id, caption }))),
+    annotations: images.flatMap((w) =>
+      w.captions.map((caption) => ({ id: ++annId, image_id: w.id, caption })),
+    ),
   };
   const annotations = path.join(dir, 'annotations.json');
   await writeFileAtomic(annotations, `${JSON.stringify(coco)}\n`);

@@ -233,9 +233,7 @@ async function resolveClipcap(
     const recorded = async (ref: string | undefined): Promise<string | undefined> =>
       ref === undefined ? undefined : resolveRecordedSource(ref, file);
     const gpt2Source = gpt2Spec ?? (await recorded(dir.sources?.gpt2)) ?? DEFAULT_GPT2;
-    const gpt2 = dir.gpt2
-      ? { config: dir.config.gpt2, weights: dir.gpt2 }
-      : await loadGpt2(gpt2Source, o);
+    const gpt2 = dir.gpt2 ? { config: dir.config.gpt2, weights: dir.gpt2 } : await loadGpt2(gpt2Source, o);
     if (gpt2.config.n_embd !== dir.config.gpt2.n_embd)
       throw new UserError(
         `${file}: the mapper was made for GPT-2 width ${dir.config.gpt2.n_embd} but ${gpt2Source} is ${gpt2.config.n_embd} wide`,

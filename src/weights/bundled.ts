@@ -51,7 +51,9 @@ export function bundledModelsDir(): string {
     if (existsSync(candidate)) return candidate;
     dir = path.dirname(dir);
   }
-  throw new UserError('the bundled models (assets/models) are missing from this installation; reinstall clipcap');
+  throw new UserError(
+    'the bundled models (assets/models) are missing from this installation; reinstall clipcap',
+  );
 }
 
 /** A bundled GPT-2's directory (config.json, model.safetensors, vocab.json, merges.txt). */
