@@ -238,21 +238,21 @@ export function register(program: Command, ctx: CliContext = processContext): vo
     .argument('[what]', '"world": only write a fresh world split (DIR/images/*.png, DIR/annotations.json)')
     .option(
       '--out <DIR>',
-      'output directory, new or empty (default for the demo: a new folder in the OS temp dir)',
+      'output directory, new or empty (default: a new folder in the OS temp dir; required by demo world)',
     )
     .addOption(
       new Option('--format <format>', 'output format').choices(['text', 'json', 'jsonl']).default('text'),
     )
     .addOption(backendOption())
     .addOption(
-      new Option('--n <N>', 'demo world: number of scenes (default 100)').argParser(
+      new Option('--n <N>', 'demo world: number of scenes (default: 100)').argParser(
         intArg('--n', 1, 100_000),
       ),
     )
     .addOption(
       new Option(
         '--seed <S>',
-        'demo world: seed (default 7; the demo trains on 2 and holds out 3)',
+        'demo world: seed (default: 7; the demo trains on 2 and holds out 3)',
       ).argParser(intArg('--seed', 0)),
     )
     .option(
