@@ -11,15 +11,15 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { evaluateCaptions, type Scores } from '../eval/index.js';
-import { ClipCap } from '../pipeline/caption.js';
-import { train, type TrainEvent } from '../pipeline/train.js';
-import type { BackendName } from '../engine/registry.js';
-import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { evaluateCaptions, type Scores } from '../../eval/index.js';
+import { ClipCap } from '../../pipeline/caption.js';
+import { train, type TrainEvent } from '../../pipeline/train.js';
+import type { BackendName } from '../../engine/registry.js';
+import { UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { namesEveryAttribute, writeWorld, type WorldImage } from './world.js';
-import type { CliIO } from '../cli/commands/caption.js';
-import { runExtract } from '../cli/commands/extract.js';
+import type { CliIO } from '../commands/caption.js';
+import { runExtract } from '../commands/extract.js';
 
 export const DEMO_CLIP = 'bundled:demo-clip';
 export const DEMO_GPT2_NAME = 'bundled:demo-gpt2';
