@@ -13,6 +13,8 @@
  * - batch32_beam5: 32 images in one batch, beam 5, metric captions_per_s. PyTorch's side is what the official
  *   code does for 32 images: 32 sequential generate_beam calls, of which the first --pytorch-batch-calls (default
  *   2) are timed (every call does the same work).
+ * machine.tokens_<case> records the first embedding's tokens (greedy; best beam) of each single-image case, comma-
+ * separated, so that peers (bench/compare.mjs) can check they produce the same output.
  * Runs: 3 for the single-image cases and 1 for the batch (after a warm-up); PyTorch 1 (its beam search takes
  * ~20 s per caption on 2 cores); --runs N sets them all.
  */
@@ -150,6 +152,8 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
         warmup,
       );
       const ms = median(t.seconds) * 1000;
+      // The first embedding's tokens (best beam), so peers' outputs can be checked against ours.
+      extra[`tokens_${c.id}`] = firstTokens[c.id].join(',');
       opts.log(`${c.id}: ${eng.name} ${ms.toFixed(0)} ms (${(ms / T).toFixed(1)} ms/token)`);
       results.push({
         case: c.id,
