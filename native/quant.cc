@@ -101,35 +101,43 @@ __attribute__((target("avx2,fma"))) inline float hsum8(__m256 v) {
 
 template <typename T>
 __attribute__((target("avx2,fma"))) void nn_avx2(const QuantGemmArgs& g, int64_t j0, int64_t j1, float* acc) {
+  // Four rows of W per pass over the block: each accumulator is loaded and stored once per four rows, and
+  // the widened rows are reused by every row of A.
   const int64_t M = g.M, W = j1 - j0, Wv = W & ~int64_t{7};
   const T* w = static_cast<const T*>(g.W);
   std::fill(acc, acc + M * W, 0.0f);
-  constexpr int64_t kAhead = 16;  // rows of W prefetched ahead: each row's run is short
-  for (int64_t p = 0; p < g.K; p += 2) {
-    const bool two = p + 1 < g.K;
-    const T* r0 = w + p * g.N + j0;
-    const T* r1 = two ? r0 + g.N : r0;
-    if (p + kAhead < g.K) {
-      const char* ahead = reinterpret_cast<const char*>(w + (p + kAhead) * g.N + j0);
-      for (int64_t off = 0; off < W * static_cast<int64_t>(sizeof(T)) * 2; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
+  constexpr int64_t kAhead = 16;  // rows of W prefetched ahead: each row's run in the block is short
+  const int64_t runBytes = W * static_cast<int64_t>(sizeof(T));
+  int64_t p = 0;
+  for (; p < g.K; p += 4) {
+    const int64_t rows = std::min<int64_t>(4, g.K - p);
+    const T* r[4];
+    for (int64_t t = 0; t < 4; ++t) r[t] = w + (p + (t < rows ? t : 0)) * g.N + j0;
+    for (int64_t t = 0; t < 4 && p + kAhead + t < g.K; ++t) {
+      const char* ahead = reinterpret_cast<const char*>(w + (p + kAhead + t) * g.N + j0);
+      for (int64_t off = 0; off < runBytes; off += 64) _mm_prefetch(ahead + off, _MM_HINT_T0);
     }
     int64_t j = 0;
     for (; j < Wv; j += 8) {
-      const __m256 w0 = load8(r0 + j);
-      const __m256 w1 = two ? load8(r1 + j) : _mm256_setzero_ps();
+      const __m256 w0 = load8(r[0] + j);
+      const __m256 w1 = rows > 1 ? load8(r[1] + j) : _mm256_setzero_ps();
+      const __m256 w2 = rows > 2 ? load8(r[2] + j) : _mm256_setzero_ps();
+      const __m256 w3 = rows > 3 ? load8(r[3] + j) : _mm256_setzero_ps();
       for (int64_t m = 0; m < M; ++m) {
         const float* a = g.A + m * g.K + p;
         float* cm = acc + m * W + j;
         __m256 c = _mm256_fmadd_ps(_mm256_broadcast_ss(a), w0, _mm256_loadu_ps(cm));
-        if (two) c = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), w1, c);
+        if (rows > 1) c = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 1), w1, c);
+        if (rows > 2) c = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 2), w2, c);
+        if (rows > 3) c = _mm256_fmadd_ps(_mm256_broadcast_ss(a + 3), w3, c);
         _mm256_storeu_ps(cm, c);
       }
     }
     for (; j < W; ++j)
       for (int64_t m = 0; m < M; ++m) {
         const float* a = g.A + m * g.K + p;
-        float v = acc[m * W + j] + a[0] * widen(r0[j]);
-        if (two) v += a[1] * widen(r1[j]);
+        float v = acc[m * W + j];
+        for (int64_t t = 0; t < rows; ++t) v += a[t] * widen(r[t][j]);
         acc[m * W + j] = v;
       }
   }
