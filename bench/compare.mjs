@@ -4,7 +4,12 @@
  * machine is shared, so one round of each says little), then medians and ratios per case. Run from the repo
  * after `npm run build` (and `npm run build:native`), with Debian's torch for the PyTorch peers:
  *
- *   node bench/compare.mjs [--rounds 3] [--threads 2] [--what clip,caption] [--json out.json]
+ *   node bench/compare.mjs [--rounds 3] [--threads 2] [--what clip,caption,train] [--weights int8,bf16]
+ *                          [--contestants pytorch,onnxruntime] [--json out.json]
+ *
+ * --weights adds clipcap with GPT-2's weights in reduced precision (contestants clipcap_int8 / clipcap_bf16,
+ * `bench caption --weights`), reported against the best peer too; their tokens are not required to equal the
+ * f32 ones (bench/quant_accuracy.mjs measures the agreement). --contestants keeps only the named peers.
  *
  * Contestants per round, in alternating order (odd rounds clipcap first, even rounds the peers first):
  * - clip: `clipcap bench clip` (bs1, bs16), bench/pytorch_clip.py (plain PyTorch, OMP_WAIT_POLICY=PASSIVE) and
@@ -35,6 +40,8 @@ const rounds = Number(opt('rounds', '3'));
 const threads = String(opt('threads', '2'));
 const what = opt('what', 'clip,caption').split(',');
 const only = opt('contestants', null)?.split(',') ?? null;
+/** --weights int8[,bf16]: also time clipcap's reduced-precision GPT-2 (contestants clipcap_int8, ...). */
+const weights = opt('weights', null)?.split(',') ?? [];
 const jsonOut = opt('json', null);
 const python = process.env.CLIPCAP_PYTHON ?? '/usr/bin/python3';
 const fixtures = path.join(repo, 'test', 'fixtures');
@@ -137,6 +144,23 @@ const contestants = {
   },
 };
 
+for (const w of weights) {
+  contestants.caption[`clipcap_${w}`] = () =>
+    run(process.execPath, [
+      'dist/src/cli/main.js',
+      'bench',
+      'caption',
+      '--format',
+      'json',
+      '--threads',
+      threads,
+      '--weights',
+      w,
+    ]);
+}
+/** clipcap's own contestants (f32 and any --weights): not peers, and their ratios are against the peers. */
+const isClipcap = (name) => name === 'clipcap' || name.startsWith('clipcap_');
+
 /** Each contestant's output for the first bench embedding ({case: tokens}), or null where it has none. */
 function tokensOf(name, doc) {
   if (name === 'clipcap') {
@@ -154,7 +178,8 @@ function checkOutputs(bench, docs) {
   if (bench === 'caption') {
     const ours = docs.clipcap && tokensOf('clipcap', docs.clipcap);
     for (const [name, doc] of Object.entries(docs)) {
-      if (name === 'clipcap' || !ours) continue;
+      // Reduced-precision weights may change tokens (bench/quant_accuracy.mjs measures by how much).
+      if (isClipcap(name) || !ours) continue;
       const theirs = tokensOf(name, doc);
       for (const c of Object.keys(ours)) {
         if (JSON.stringify(theirs?.[c]) !== JSON.stringify(ours[c]))
@@ -180,7 +205,7 @@ function checkOutputs(bench, docs) {
 const values = {};
 for (let round = 1; round <= rounds; round++) {
   for (const bench of what) {
-    const names = Object.keys(contestants[bench]).filter((n) => n === 'clipcap' || !only || only.includes(n));
+    const names = Object.keys(contestants[bench]).filter((n) => isClipcap(n) || !only || only.includes(n));
     if (round % 2 === 0) names.reverse();
     const docs = {};
     for (const name of names) {
@@ -212,7 +237,7 @@ for (const bench of what) {
       Object.entries(byName).map(([n, v]) => [n, median(v.map((x) => x.value))]),
     );
     const metric = Object.values(byName)[0]?.[0].metric ?? '?';
-    const peers = Object.keys(meds).filter((n) => n !== 'clipcap');
+    const peers = Object.keys(meds).filter((n) => !isClipcap(n));
     const best = peers.reduce(
       (b, n) => (b === null || (lower(metric) ? meds[n] < meds[b] : meds[n] > meds[b]) ? n : b),
       null,
@@ -223,6 +248,10 @@ for (const bench of what) {
         `${bench} ${c} ${n}: median ${meds[n].toFixed(2)} ${metric} (rounds: ${v.map((x) => x.value.toFixed(2)).join(', ')})`,
       );
     console.log(`${bench} ${c}: clipcap / best peer (${best}) = ${ratio.toFixed(2)}`);
+    for (const n of Object.keys(meds).filter((x) => x.startsWith('clipcap_'))) {
+      const r = best === null ? NaN : lower(metric) ? meds[best] / meds[n] : meds[n] / meds[best];
+      console.log(`${bench} ${c}: ${n} / best peer (${best}) = ${r.toFixed(2)}`);
+    }
     summary.push({ bench, case: c, metric, medians: meds, rounds: byName, best_peer: best, ratio });
   }
 }
