@@ -14,7 +14,6 @@ import type { Backend } from '../engine/backend.js';
 import { ClipCapModel, type ClipCapLossMode, type ClipCapMode } from '../models/clipcap.js';
 import type { MapperConfig } from '../config/models.js';
 import { CLIPCAP_ADAMW } from '../nn/adamw.js';
-import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { findResumePoint, liveEntries, readOptimizerState } from '../train/checkpoint.js';
 import {
   officialMaxSeqLen,
@@ -36,7 +35,7 @@ import type { StateDict } from '../weights/host.js';
 import { trainModel } from '../train/session.js';
 import { captionsSidecarPath } from '../data/embeddings.js';
 import { expandGlob, hasGlobMagic } from './inputs.js';
-import { DEFAULT_GPT2, loadGpt2, looksLikeRepoId } from './load.js';
+import { DEFAULT_GPT2, loadGpt2, loadGpt2Tokenizer, looksLikeRepoId } from './load.js';
 
 export type { TrainEvent } from '../train/loop.js';
 
@@ -268,7 +267,8 @@ async function readSets(
   nPositions: number,
   warn: (m: string) => void,
 ): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
-  const tok = await Gpt2Tokenizer.load();
+  // The GPT-2's own vocabulary when its directory carries one (vocab.json + merges.txt), else GPT-2's.
+  const tok = await loadGpt2Tokenizer(r.gpt2);
   const b = new TrainingSetBuilder(tok);
   const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
     b.close();
