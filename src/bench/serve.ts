@@ -1,6 +1,7 @@
 /**
  * `clipcap bench serve`: the HTTP server under load. A createServer over the full-size captioner (GPT-2 small +
- * the 512 -> 3840 -> 7680 MLP mapper, weights by the fixture rule; tiny models with --smoke) listens on
+ * the 512 -> 3840 -> 7680 MLP mapper, weights by the fixture rule; tiny models with --smoke) on its own thread
+ * (ClipCapWorker, as `clipcap serve` runs it) listens on
  * 127.0.0.1; a load generator in a worker thread (so the server's event loop is not shared with the clients)
  * runs 1, 8 and 32 concurrent clients, each sending one embedding request after another (greedy, 20 tokens,
  * no stop token, so every request does the same work). After one untimed request per client, requests started
@@ -12,10 +13,7 @@
  */
 import http from 'node:http';
 import { Worker } from 'node:worker_threads';
-import { ClipCapModel } from '../models/clipcap.js';
-import { syntheticGpt2, syntheticMapper } from '../models/synthetic.js';
-import { ClipCap } from '../pipeline/caption.js';
-import { captionerParts } from '../pipeline/load.js';
+import { ClipCapWorker } from '../pipeline/worker.js';
 import { createServer } from '../server/index.js';
 import { UsageError } from '../util/errors.js';
 import { SMOKE_GPT2, SMOKE_MAPPER, benchEmbeddings } from './caption.js';
@@ -45,9 +43,9 @@ function once(body) {
     const req = http.request(
       { host: '127.0.0.1', port, path, method: 'POST', agent,
         headers: { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) } },
-      (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); res.on('error', () => resolve(0)); },
+      (res) => { res.resume(); res.on('end', () => resolve(res.statusCode)); res.on('error', (e) => resolve('0 ' + e.code)); },
     );
-    req.on('error', () => resolve(0));
+    req.on('error', (e) => resolve('0 ' + (e.code || e.message)));
     req.end(body);
   });
 }
@@ -57,7 +55,7 @@ function once(body) {
   const start = performance.now();
   const end = start + seconds * 1000;
   const latenciesMs = [];
-  const errors = {}; // status (0: no answer) -> count
+  const errors = {}; // status (or "0 CODE": no answer, with the socket error's code) -> count
   let last = start;
   // Requests started before \`end\` are timed to their answer; every client times at least one.
   await Promise.all(Array.from({ length: clients }, async (_, c) => {
@@ -75,14 +73,14 @@ function once(body) {
 })();
 `;
 
-interface LevelResult {
+export interface LevelResult {
   latenciesMs: number[];
-  /** Failed requests by HTTP status (0: the connection failed). */
+  /** Failed requests by HTTP status ("0 CODE": the connection failed, with the socket error code). */
   errors: Record<string, number>;
   seconds: number;
 }
 
-function runGenerator(data: {
+export function runGenerator(data: {
   port: number;
   path: string;
   bodies: string[];
@@ -129,17 +127,15 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
   const levels = levelsOption(opts.extra.clients);
   const T = smoke ? SMOKE_TOKENS : TOKENS;
   const eng = benchEngine(opts);
-  const g = syntheticGpt2(smoke ? SMOKE_GPT2 : undefined);
-  const m = smoke ? syntheticMapper(SMOKE_MAPPER, SMOKE_GPT2.n_embd) : syntheticMapper();
   const what = smoke
     ? 'tiny GPT-2 + MLP mapper (fixture rule, --smoke)'
     : 'GPT-2 small + MLP mapper 512-3840-7680, synthetic weights (fixture rule)';
-  const model = ClipCapModel.create(
-    eng.backend,
-    { mapper: m.config, mapperWeights: m.weights, gpt2: g },
-    what,
-  );
-  const captioner = new ClipCap(await captionerParts(model, { description: what }));
+  // As `clipcap serve` runs it: the model on its own thread (ClipCapWorker), the server's loop free.
+  const captioner = await ClipCapWorker.start({
+    synthetic: smoke ? { gpt2: SMOKE_GPT2, mapper: SMOKE_MAPPER, description: what } : { description: what },
+    backend: eng.name,
+    threads: opts.threads,
+  });
   const srv = createServer(captioner, {
     decodeDefaults: { method: 'greedy', maxTokens: T, stop: 'none' },
     timeouts: { computeMs: 600_000 },
@@ -197,7 +193,7 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
       const calls = srv.modelCalls - calls0;
       const failed = Object.values(r.errors).reduce((a, b) => a + b, 0);
       const errorText = Object.entries(r.errors)
-        .map(([k, v]) => `${v} x ${k === '0' ? 'no answer' : k}`)
+        .map(([k, v]) => `${v} x ${k.startsWith('0') ? `no answer (${k.slice(2)})` : k}`)
         .join(', ');
       opts.log(
         `clients ${clients}: ${rate.toFixed(2)} requests/s, p50 ${p50.toFixed(0)} ms, p99 ${p99.toFixed(0)} ms, ` +
@@ -219,7 +215,7 @@ export async function runServeBench(opts: BenchRunOptions): Promise<BenchReport>
     }
   } finally {
     await srv.close();
-    captioner.dispose();
+    await captioner.close();
   }
   return { bench: 'serve', machine: machineInfo(eng.threads, eng.avx2, extra), results };
 }

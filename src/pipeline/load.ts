@@ -56,7 +56,7 @@ export interface ClipCapLoadOptions {
   clip?: string;
   /** GPT-2: a directory or hub repo id (config, and weights when the checkpoint has none). */
   gpt2?: string;
-  /** 'native' | 'reference' or a Backend; default: native when it loads. */
+  /** A registered backend's name (engine/registry.ts) or a Backend; default: the preferred one that loads (native). */
   backend?: BackendName | Backend;
   /** Use only files already in the Hugging Face cache (also HF_HUB_OFFLINE=1). */
   offline?: boolean;

@@ -3,6 +3,7 @@
  * at a time, answering each with its results or its error. Compute blocks only this thread, so the caller's event
  * loop (an HTTP server's) stays free. Nothing here may end the thread on a bad request: every error is answered.
  */
+import os from 'node:os';
 import { parentPort, workerData } from 'node:worker_threads';
 import { selectBackend } from '../engine/registry.js';
 import { UserError } from '../util/errors.js';
@@ -17,6 +18,15 @@ function wire(e: unknown): WireError {
 }
 
 async function build(spec: WorkerModelSpec): Promise<ClipCap> {
+  // Before any kernel runs: the native backend starts its pool threads from this thread, and on Linux a
+  // thread's nice value (set here for this thread only: pid 0 is the calling thread) passes to the threads it
+  // creates. A failure (a platform without it) only leaves the default priority.
+  if ((spec.priority ?? 'below-normal') === 'below-normal')
+    try {
+      os.setPriority(0, os.constants.priority.PRIORITY_BELOW_NORMAL);
+    } catch {
+      // keep the default priority
+    }
   const { entry, backend } = selectBackend(spec.backend);
   if (spec.threads !== undefined) entry.setThreads?.(backend, spec.threads);
   if (spec.synthetic) return syntheticClipCap(spec.synthetic, backend);

@@ -16,6 +16,12 @@ export type WorkerModelSpec = (
   backend?: BackendName;
   /** Kernel threads of a backend that has them (default: CLIPCAP_THREADS, else every core). */
   threads?: number;
+  /**
+   * OS scheduling priority of the model thread and the kernel threads it starts. Default 'below-normal' (nice
+   * 10): when the cores are busy, the caller's thread (a server answering /health, accepting connections) runs
+   * first; when they are not, compute loses nothing.
+   */
+  priority?: 'normal' | 'below-normal';
 };
 
 /** What the model says about itself (the server's /health). */
