@@ -16,7 +16,9 @@
  *   `ImageOps.exif_transpose`).
  * Bad input fails with a one-line UserError that names the file and says what to do.
  */
-import { readFile } from 'node:fs/promises';
+import { mkdtemp, open as fsOpen, readFile, rm, type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import sharp from 'sharp';
 import { errorMessage, UserError } from '../util/errors.js';
 import { safeText } from '../util/text.js';
@@ -278,15 +280,57 @@ function checkRaw(input: RgbImage, name: string, limit: number, opts: DecodeOpti
   return { data, width, height };
 }
 
-/**
- * Decode an image to 8-bit RGB as `PIL.Image.open(input).convert("RGB")` does (see the file comment).
- * Raw RGB input is validated and returned as is (not copied).
- */
-export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): Promise<RgbImage> {
-  const name = describeInput(input, opts);
-  const limit = pixelLimit(opts);
-  if (typeof input !== 'string' && !(input instanceof Uint8Array)) return checkRaw(input, name, limit, opts);
+/** How the samples a pipeline outputs become Pillow's RGB (see the file comment). */
+interface Conversion {
+  kind: 'cmyk' | 'sixteen' | 'gray' | 'rgb';
+  /** sixteen: gray replicated (else RGB); clip above 255 (else the high byte). */
+  gray: boolean;
+  clip: boolean;
+  /** A GIF's transparent palette colour, for 4-band output. */
+  gifColour?: readonly number[];
+}
 
+/** `pixels` pixels of `channels` samples (bytes, or native-endian 16-bit for 'sixteen') -> (pixels, 3) RGB. */
+function toRgb(conv: Conversion, data: Uint8Array, channels: number, pixels: number): Uint8Array {
+  switch (conv.kind) {
+    case 'cmyk':
+      return cmykToRgb(data, channels, pixels);
+    case 'sixteen': {
+      // Native-endian 16-bit samples; copy first if the buffer is not 2-byte aligned.
+      const aligned = data.byteOffset % 2 === 0 ? data : new Uint8Array(data);
+      const samples = new Uint16Array(aligned.buffer, aligned.byteOffset, pixels * channels);
+      return sixteenToRgb(samples, channels, pixels, conv.gray, conv.clip && channels === 1);
+    }
+    case 'gray':
+      return grayToRgb(data, channels, pixels);
+    case 'rgb':
+      if (conv.gifColour && channels === 4) return fillTransparent(data, pixels, conv.gifColour);
+      if (channels < 3) return grayToRgb(data, channels, pixels);
+      return firstThree(data, channels, pixels);
+  }
+}
+
+interface Opened {
+  name: string;
+  limit: number;
+  bytes: Uint8Array;
+  sharpOptions: sharp.SharpOptions;
+  width: number;
+  height: number;
+  /** Samples per pixel and bytes per sample of the pipeline's output. */
+  bands: number;
+  sampleBytes: number;
+  pipeline: sharp.Sharp;
+  conv: Conversion;
+}
+
+/** Reads the header, checks the size, and sets up the decode (nothing is decoded yet). */
+async function open(
+  input: string | Uint8Array,
+  opts: DecodeOptions,
+  name: string,
+  limit: number,
+): Promise<Opened> {
   const bytes = typeof input === 'string' ? await readImageFile(input) : input;
   if (bytes.length === 0) {
     throw new UserError(`${name}: the file is empty (0 bytes); re-download or re-export the image`);
@@ -297,6 +341,8 @@ export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): 
     autoOrient: opts.applyExif ?? false,
     // Pillow refuses truncated files but decodes through libjpeg's warnings; 'error' is the closest level.
     failOn: 'error',
+    // Rows are decoded top to bottom and dropped once written: libvips holds a few rows, not the image.
+    sequentialRead: true,
   };
   try {
     // metadata() only reads the header, so it runs without the limit; we check the size ourselves to give a
@@ -319,64 +365,198 @@ export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): 
     let pipeline = sharp(bytes, sharpOptions);
     const space = meta.space ?? 'srgb';
     const sixteen = meta.depth === 'ushort' || space === 'rgb16' || space === 'grey16';
-    const bands = meta.channels ?? 3;
+    const inBands = meta.channels ?? 3;
+    const alpha = meta.hasAlpha === true ? 1 : 0;
+    let conv: Conversion;
+    let bands: number;
     if (space === 'cmyk') {
       // Keep the decoded CMYK samples (libvips, like Pillow, undoes Adobe's inverted CMYK) and convert below.
       pipeline = pipeline.pipelineColourspace('cmyk').toColourspace('cmyk');
-      const { data, info } = await pipeline.raw().toBuffer({ resolveWithObject: true });
-      return {
-        data: cmykToRgb(data, info.channels, info.width * info.height),
-        width: info.width,
-        height: info.height,
-      };
-    }
-    if (sixteen) {
-      const gray = bands <= 2;
+      conv = { kind: 'cmyk', gray: false, clip: false };
+      bands = inBands;
+    } else if (sixteen) {
+      const gray = inBands <= 2;
       pipeline = pipeline.toColourspace(gray ? 'grey16' : 'rgb16');
-      const { data, info } = await pipeline.raw({ depth: 'ushort' }).toBuffer({ resolveWithObject: true });
-      // Native-endian 16-bit samples; copy first if the buffer is not 2-byte aligned.
-      const aligned = data.byteOffset % 2 === 0 ? data : new Uint8Array(data);
-      const samples = new Uint16Array(aligned.buffer, aligned.byteOffset, aligned.byteLength / 2);
-      const clip = gray && info.channels === 1;
-      return {
-        data: sixteenToRgb(samples, info.channels, info.width * info.height, gray, clip),
-        width: info.width,
-        height: info.height,
-      };
-    }
-    if (space === 'b-w') {
-      // sharp's raw output of a b-w image is its first band (gray, without alpha).
-      const { data, info } = await pipeline.toColourspace('b-w').raw().toBuffer({ resolveWithObject: true });
-      return {
-        data: grayToRgb(data, info.channels, info.width * info.height),
-        width: info.width,
-        height: info.height,
-      };
-    }
-    const { data, info } = await pipeline.toColourspace('srgb').raw().toBuffer({ resolveWithObject: true });
-    const pixels = info.width * info.height;
-    if (meta.format === 'gif' && info.channels === 4) {
-      const colour = gifTransparentColour(bytes);
-      if (colour)
-        return { data: fillTransparent(data, pixels, colour), width: info.width, height: info.height };
-    }
-    if (info.channels < 3) {
-      return {
-        data: grayToRgb(data, info.channels, info.width * info.height),
-        width: info.width,
-        height: info.height,
-      };
+      conv = { kind: 'sixteen', gray, clip: gray };
+      bands = (gray ? 1 : 3) + alpha;
+    } else if (space === 'b-w') {
+      pipeline = pipeline.toColourspace('b-w');
+      conv = { kind: 'gray', gray: true, clip: false };
+      bands = inBands;
+    } else {
+      pipeline = pipeline.toColourspace('srgb');
+      const gifColour = meta.format === 'gif' ? gifTransparentColour(bytes) : undefined;
+      conv = { kind: 'rgb', gray: false, clip: false, ...(gifColour ? { gifColour } : {}) };
+      bands = inBands < 3 ? inBands : 3 + alpha;
     }
     return {
-      data: firstThree(data, info.channels, info.width * info.height),
+      name,
+      limit,
+      bytes,
+      sharpOptions,
+      width: meta.width,
+      height: frameHeight,
+      bands,
+      sampleBytes: sixteen ? 2 : 1,
+      pipeline,
+      conv,
+    };
+  } catch (e) {
+    throw await asUserError(e, name, limit, bytes, sharpOptions);
+  }
+}
+
+async function asUserError(
+  e: unknown,
+  name: string,
+  limit: number,
+  bytes: Uint8Array,
+  sharpOptions: sharp.SharpOptions,
+): Promise<UserError> {
+  if (e instanceof UserError) return e;
+  const detail = /^\s*unknown error\s*$/i.test(errorMessage(e))
+    ? await warningsOf(bytes, sharpOptions)
+    : undefined;
+  return decodeError(name, e, limit, bytes, detail);
+}
+
+/** The whole image, decoded in memory. */
+async function decodeWhole(o: Opened): Promise<RgbImage> {
+  try {
+    const out = o.conv.kind === 'sixteen' ? o.pipeline.raw({ depth: 'ushort' }) : o.pipeline.raw();
+    const { data, info } = await out.toBuffer({ resolveWithObject: true });
+    return {
+      data: toRgb(o.conv, data, info.channels, info.width * info.height),
       width: info.width,
       height: info.height,
     };
   } catch (e) {
-    if (e instanceof UserError) throw e;
-    const detail = /^\s*unknown error\s*$/i.test(errorMessage(e))
-      ? await warningsOf(bytes, sharpOptions)
-      : undefined;
-    throw decodeError(name, e, limit, bytes, detail);
+    throw await asUserError(e, o.name, o.limit, o.bytes, o.sharpOptions);
+  }
+}
+
+/**
+ * Decode an image to 8-bit RGB as `PIL.Image.open(input).convert("RGB")` does (see the file comment).
+ * Raw RGB input is validated and returned as is (not copied).
+ */
+export async function decodeToRgb(input: ImageInput, opts: DecodeOptions = {}): Promise<RgbImage> {
+  const name = describeInput(input, opts);
+  const limit = pixelLimit(opts);
+  if (typeof input !== 'string' && !(input instanceof Uint8Array)) return checkRaw(input, name, limit, opts);
+  return decodeWhole(await open(input, opts, name, limit));
+}
+
+/** What decodeRows feeds: the rows and columns it wants, then those rows in order (RGB, from byte `at`). */
+export interface RowConsumer {
+  readonly rowFirst: number;
+  readonly rowEnd: number;
+  readonly colFirst: number;
+  readonly colEnd: number;
+  push(y: number, rgb: Uint8Array, at: number): void;
+}
+
+/** Reads `length` bytes at `position` into the start of buf (a short read means the file was cut). */
+async function readFully(fh: FileHandle, buf: Uint8Array, length: number, position: number): Promise<void> {
+  let done = 0;
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, position + done);
+    if (bytesRead === 0) throw new Error('the decoded temporary file is shorter than its header says');
+    done += bytesRead;
+  }
+}
+
+/** Bytes read from the temporary file per step (a strip of rows). */
+const STRIP_BYTES = 1 << 20;
+
+/**
+ * Decodes an image and feeds the rows and columns `consumer(width, height)` asks for, top to bottom, in bounded
+ * memory: images whose decoded samples take at most `wholeBytes` are decoded in memory; larger ones are written
+ * by libvips, row by row, to an uncompressed temporary file (libvips' own .v format, deleted afterwards), from
+ * which only the wanted window is read, a strip at a time. Either way the pixels are the same as decodeToRgb's.
+ */
+export async function decodeRows<C extends RowConsumer>(
+  input: ImageInput,
+  opts: DecodeOptions,
+  wholeBytes: number,
+  consumer: (width: number, height: number) => C,
+): Promise<{ consumer: C; width: number; height: number }> {
+  const name = describeInput(input, opts);
+  const limit = pixelLimit(opts);
+  const feedWhole = (rgb: RgbImage) => {
+    const c = consumer(rgb.width, rgb.height);
+    for (let y = c.rowFirst; y < c.rowEnd; y++) c.push(y, rgb.data, (y * rgb.width + c.colFirst) * 3);
+    return { consumer: c, width: rgb.width, height: rgb.height };
+  };
+  if (typeof input !== 'string' && !(input instanceof Uint8Array))
+    return feedWhole(checkRaw(input, name, limit, opts));
+  const o = await open(input, opts, name, limit);
+  if (o.width * o.height * o.bands * o.sampleBytes <= wholeBytes) return feedWhole(await decodeWhole(o));
+
+  // A private directory (mode 0700): the decoded pixels are as private as the image.
+  let dir: string;
+  try {
+    dir = await mkdtemp(path.join(os.tmpdir(), 'clipcap-decode-'));
+  } catch (e) {
+    throw new UserError(
+      `${name}: cannot create a temporary directory in ${safeText(os.tmpdir(), 200)} (${safeText(errorMessage(e), 200)}); point TMPDIR at a writable folder`,
+      { cause: e },
+    );
+  }
+  const file = path.join(dir, 'pixels.v');
+  try {
+    let info: sharp.OutputInfo;
+    try {
+      info = await o.pipeline.toFile(file);
+    } catch (e) {
+      throw await asUserError(e, o.name, o.limit, o.bytes, o.sharpOptions);
+    }
+    const c = consumer(info.width, info.height);
+    const fh = await fsOpen(file, 'r');
+    try {
+      // libvips' .v file: a 64-byte header (band format at byte 20: 0 uchar, 2 ushort), then the samples,
+      // row-major and band-interleaved, in this machine's byte order.
+      const header = new Uint8Array(64);
+      await fh.read(header, 0, 64, 0);
+      const view = new DataView(header.buffer);
+      const bands = view.getUint32(12, true);
+      const sampleBytes = view.getUint32(20, true) === 2 ? 2 : 1;
+      if (sampleBytes !== o.sampleBytes || bands < 1 || view.getUint32(4, true) !== info.width)
+        throw new Error(`unexpected decoded layout (${bands} bands of ${sampleBytes} bytes)`);
+      const pixel = bands * sampleBytes;
+      const cols = c.colEnd - c.colFirst;
+      // Whole rows when the window is most of the row (one read per strip), else the window of each row.
+      const whole = cols * 2 >= info.width;
+      const rowBytes = (whole ? info.width : cols) * pixel;
+      const stripRows = Math.max(1, Math.floor(STRIP_BYTES / rowBytes));
+      const buf = new Uint8Array(Math.min(stripRows, c.rowEnd - c.rowFirst) * rowBytes);
+      for (let y0 = c.rowFirst; y0 < c.rowEnd; y0 += stripRows) {
+        const n = Math.min(stripRows, c.rowEnd - y0);
+        if (whole) {
+          await readFully(fh, buf, n * rowBytes, 64 + y0 * info.width * pixel);
+        } else {
+          for (let r = 0; r < n; r++)
+            await readFully(
+              fh,
+              buf.subarray(r * rowBytes),
+              rowBytes,
+              64 + ((y0 + r) * info.width + c.colFirst) * pixel,
+            );
+        }
+        const rgb = toRgb(o.conv, buf, bands, n * (whole ? info.width : cols));
+        for (let r = 0; r < n; r++)
+          c.push(y0 + r, rgb, (r * (whole ? info.width : cols) + (whole ? c.colFirst : 0)) * 3);
+      }
+    } finally {
+      await fh.close();
+    }
+    return { consumer: c, width: info.width, height: info.height };
+  } catch (e) {
+    if (e instanceof UserError || e instanceof RangeError) throw e;
+    throw new UserError(
+      `${name}: cannot stage the decoded image in ${safeText(os.tmpdir(), 200)} (${safeText(errorMessage(e), 200)}); free space there or point TMPDIR elsewhere`,
+      { cause: e },
+    );
+  } finally {
+    await rm(dir, { recursive: true, force: true });
   }
 }

@@ -9,8 +9,8 @@
  * per ink channel before converting.
  */
 import { UserError } from '../util/errors.js';
-import { decodeToRgb, describeInput, type DecodeOptions, type ImageInput } from './decode.js';
-import { resizeAndCenterCrop } from './resize.js';
+import { decodeRows, describeInput, type DecodeOptions, type ImageInput } from './decode.js';
+import { centerCropOffsets, resizedSize, StreamingResize } from './resize.js';
 
 /** CLIP's normalization constants, as float32 (torch keeps them as float32 tensors). */
 export const CLIP_MEAN: readonly number[] = [0.48145466, 0.4578275, 0.40821073].map(Math.fround);
@@ -19,7 +19,16 @@ export const CLIP_STD: readonly number[] = [0.26862954, 0.26130258, 0.27577711].
 export interface PreprocessOptions extends DecodeOptions {
   /** Side of the square model input: 224 for ViT-B/32 (the default), 288 for RN50x4, 336 for ViT-L/14@336px. */
   size?: number;
+  /**
+   * Images whose decoded samples take more bytes than this are not held in memory: libvips writes them row by
+   * row to a temporary file, from which only the rows and columns under the crop are read, a strip at a time
+   * (same pixels). Default WHOLE_DECODE_CROPS crops' worth (size x size x 3 bytes each).
+   */
+  wholeDecodeBytes?: number;
 }
+
+/** Default wholeDecodeBytes, in crops: a 640x480 photo (the COCO size) decodes in memory at 224 and 288. */
+export const WHOLE_DECODE_CROPS = 16;
 
 export interface PreprocessedImage {
   /** (3, size, size) float32, CHW, normalized with CLIP's mean and std: the vision tower's input. */
@@ -74,14 +83,23 @@ export async function preprocessImage(
   const size = opts.size ?? 224;
   if (!Number.isInteger(size) || size < 1)
     throw new RangeError(`preprocessImage: size must be a positive integer`);
-  const rgb = await decodeToRgb(input, opts);
-  const { width, height } = rgb;
+  const wholeBytes = opts.wholeDecodeBytes ?? WHOLE_DECODE_CROPS * size * size * 3;
   const name = describeInput(input, opts);
-  // (Absurd aspect ratios were refused by decodeToRgb, from the header.)
+  // (Absurd aspect ratios were refused by decodeRows, from the header.)
   let uint8: Uint8Array;
+  let width: number;
+  let height: number;
   try {
-    // Only the crop is computed: memory follows size x size plus the input rows under it, not the resized image.
-    uint8 = resizeAndCenterCrop(rgb.data, width, height, size);
+    // Only the crop is computed, from the input rows under it as they are decoded: memory follows
+    // size x size plus the resampling window, not the input or the resized image.
+    const done = await decodeRows(input, opts, wholeBytes, (w, h) => {
+      const resized = resizedSize(w, h, size);
+      const { x, y } = centerCropOffsets(resized.width, resized.height, size, size);
+      return new StreamingResize(w, h, resized.width, resized.height, { x, y, width: size, height: size });
+    });
+    uint8 = done.consumer.result();
+    width = done.width;
+    height = done.height;
   } catch (e) {
     // An allocation failure is this image's problem, not the batch's.
     if (e instanceof RangeError)

@@ -109,66 +109,37 @@ function clip8(acc: number): number {
 }
 
 /**
- * Horizontal pass. src: (srcH, srcW, 3); returns (rows, cols, 3) where output row r is input row rowFirst + r and
- * output column c is resized column coeffs.first + c (cols = the columns coeffs describe).
+ * Horizontal pass over one row: src holds input columns [srcCol, ...) of the row from byte `at`; writes the
+ * resized columns coeffs describes (coeffs.first..) to dst from byte `to`.
  */
-function resampleHorizontal(
+function resampleRow(
   src: Uint8Array,
-  srcW: number,
-  rowFirst: number,
-  rows: number,
+  at: number,
+  srcCol: number,
   coeffs: ResampleCoeffs,
-): Uint8Array {
+  dst: Uint8Array,
+  to: number,
+): void {
   const { ksize, bounds, weights } = coeffs;
   const cols = bounds.length / 2;
-  const out = new Uint8Array(rows * cols * 3);
-  for (let r = 0; r < rows; r++) {
-    const rowBase = (rowFirst + r) * srcW * 3;
-    let o = r * cols * 3;
-    for (let c = 0; c < cols; c++) {
-      const xmin = bounds[c * 2];
-      const n = bounds[c * 2 + 1];
-      const kBase = c * ksize;
-      let s0 = HALF;
-      let s1 = HALF;
-      let s2 = HALF;
-      let p = rowBase + xmin * 3;
-      for (let t = 0; t < n; t++, p += 3) {
-        const w = weights[kBase + t];
-        s0 += src[p] * w;
-        s1 += src[p + 1] * w;
-        s2 += src[p + 2] * w;
-      }
-      out[o++] = clip8(s0);
-      out[o++] = clip8(s1);
-      out[o++] = clip8(s2);
+  let o = to;
+  for (let c = 0; c < cols; c++) {
+    const n = bounds[c * 2 + 1];
+    const kBase = c * ksize;
+    let s0 = HALF;
+    let s1 = HALF;
+    let s2 = HALF;
+    let p = at + (bounds[c * 2] - srcCol) * 3;
+    for (let t = 0; t < n; t++, p += 3) {
+      const w = weights[kBase + t];
+      s0 += src[p] * w;
+      s1 += src[p + 1] * w;
+      s2 += src[p + 2] * w;
     }
+    dst[o++] = clip8(s0);
+    dst[o++] = clip8(s1);
+    dst[o++] = clip8(s2);
   }
-  return out;
-}
-
-/**
- * Vertical pass. src: (srcRows, w, 3) holding input rows rowOffset.. ; returns (rows, w, 3) for the resized rows
- * coeffs describes (coeffs.first..).
- */
-function resampleVertical(src: Uint8Array, w: number, rowOffset: number, coeffs: ResampleCoeffs): Uint8Array {
-  const { ksize, bounds, weights } = coeffs;
-  const rows = bounds.length / 2;
-  const stride = w * 3;
-  const out = new Uint8Array(rows * stride);
-  for (let r = 0; r < rows; r++) {
-    const ymin = bounds[r * 2] - rowOffset;
-    const n = bounds[r * 2 + 1];
-    const kBase = r * ksize;
-    const o = r * stride;
-    for (let i = 0; i < stride; i++) {
-      let s = HALF;
-      let p = ymin * stride + i;
-      for (let t = 0; t < n; t++, p += stride) s += src[p] * weights[kBase + t];
-      out[o + i] = clip8(s);
-    }
-  }
-  return out;
 }
 
 /** A rectangle of the resized image: columns [x, x + width), rows [y, y + height). */
@@ -188,20 +159,10 @@ function checkRgb(rgb: Uint8Array, w: number, h: number, what: string): void {
   }
 }
 
-/**
- * The pixels in `region` of `rgb` (w x h) resized to outW x outH with Pillow's bicubic filter: exactly
- * `Image.resize((outW, outH), BICUBIC).crop(region)`, without computing the pixels outside the region.
- * Returns (region.height, region.width, 3) uint8.
- */
-export function resizeBicubicPilRegion(
-  rgb: Uint8Array,
-  w: number,
-  h: number,
-  outW: number,
-  outH: number,
-  region: Region,
-): Uint8Array {
-  checkRgb(rgb, w, h, 'resizeBicubicPil');
+function checkRegion(w: number, h: number, outW: number, outH: number, region: Region): void {
+  if (![w, h].every(Number.isInteger) || w < 1 || h < 1) {
+    throw new RangeError(`resizeBicubicPil: image size must be positive integers, got ${w}x${h}`);
+  }
   if (!Number.isInteger(outW) || !Number.isInteger(outH) || outW < 1 || outH < 1) {
     throw new RangeError(`resizeBicubicPil: output size must be positive integers, got ${outW}x${outH}`);
   }
@@ -219,33 +180,136 @@ export function resizeBicubicPilRegion(
       `resizeBicubicPil: region ${width}x${height}+${x}+${y} is not inside ${outW}x${outH}`,
     );
   }
-  const needHorizontal = outW !== w;
-  const needVertical = outH !== h;
+}
 
-  // Which input rows the horizontal pass must produce: the ones the region's output rows read.
-  let vert: ResampleCoeffs | undefined;
-  let rowFirst = y;
-  let rowEnd = y + height;
-  if (needVertical) {
-    // Weights for the region's rows only (memory follows the region, not outH).
-    vert = precomputeCoeffs(h, outH, y, height);
-    rowFirst = vert.bounds[0];
-    const last = height - 1;
-    rowEnd = vert.bounds[last * 2] + vert.bounds[last * 2 + 1];
+/**
+ * `Image.resize((outW, outH), BICUBIC).crop(region)` of a w x h image whose rows arrive one at a time, in order
+ * (a decoder streaming them): it keeps only the rows the vertical filter still needs, horizontally resampled
+ * (at most its taps x region.width pixels), so memory follows the region whatever the input's size. Pillow's
+ * order of operations: each needed input row is resampled horizontally (rounded to uint8), then each output row
+ * vertically from those rows; every output pixel depends only on its own window, so the bytes equal resizing the
+ * whole image and cropping.
+ *
+ * Feed input rows [rowFirst, rowEnd) (others are ignored), columns [colFirst, colEnd) of each, then take result().
+ */
+export class StreamingResize {
+  /** The input rows and columns the region reads. */
+  readonly rowFirst: number;
+  readonly rowEnd: number;
+  readonly colFirst: number;
+  readonly colEnd: number;
+  private readonly horizontal: ResampleCoeffs | null;
+  private readonly vertical: ResampleCoeffs | null;
+  private readonly stride: number;
+  /** Horizontally resampled rows, row y in slot (y - rowFirst) % slots. */
+  private readonly ring: Uint8Array;
+  private readonly slots: number;
+  private readonly out: Uint8Array;
+  /** One output row's fixed-point sums. */
+  private readonly acc: Float64Array;
+  private next: number;
+  private nextOut = 0;
+
+  constructor(
+    w: number,
+    h: number,
+    outW: number,
+    outH: number,
+    private readonly region: Region,
+  ) {
+    checkRegion(w, h, outW, outH, region);
+    const { x, y, width, height } = region;
+    this.stride = width * 3;
+    this.out = new Uint8Array(height * this.stride);
+    this.acc = new Float64Array(this.stride);
+    // Weights for the region's rows and columns only (memory follows the region, not outW x outH).
+    this.horizontal = outW !== w ? precomputeCoeffs(w, outW, x, width) : null;
+    this.vertical = outH !== h ? precomputeCoeffs(h, outH, y, height) : null;
+    const span = (c: ResampleCoeffs | null, first: number, count: number): [number, number] => {
+      if (!c) return [first, first + count];
+      const last = count - 1;
+      return [c.bounds[0], c.bounds[last * 2] + c.bounds[last * 2 + 1]];
+    };
+    [this.rowFirst, this.rowEnd] = span(this.vertical, y, height);
+    [this.colFirst, this.colEnd] = span(this.horizontal, x, width);
+    let taps = 1;
+    if (this.vertical)
+      for (let r = 0; r < height; r++) taps = Math.max(taps, this.vertical.bounds[r * 2 + 1]);
+    this.slots = Math.min(taps, this.rowEnd - this.rowFirst);
+    this.ring = new Uint8Array(this.vertical ? this.slots * this.stride : 0);
+    this.next = this.rowFirst;
   }
 
-  // tmp: (rowEnd - rowFirst, width, 3), input rows rowFirst.. with the region's columns already resampled.
-  let tmp: Uint8Array;
-  if (needHorizontal) {
-    tmp = resampleHorizontal(rgb, w, rowFirst, rowEnd - rowFirst, precomputeCoeffs(w, outW, x, width));
-  } else {
-    tmp = new Uint8Array((rowEnd - rowFirst) * width * 3);
-    for (let r = rowFirst; r < rowEnd; r++) {
-      tmp.set(rgb.subarray((r * w + x) * 3, (r * w + x + width) * 3), (r - rowFirst) * width * 3);
+  /** Input row y: columns [colFirst, colEnd) as RGB in src from byte `at`. Rows come in order. */
+  push(y: number, src: Uint8Array, at = 0): void {
+    if (y < this.rowFirst || y >= this.rowEnd) return;
+    if (y !== this.next) throw new RangeError(`StreamingResize: expected input row ${this.next}, got ${y}`);
+    this.next++;
+    // Without a vertical pass the row is an output row; otherwise it goes to the ring.
+    const dst = this.vertical ? this.ring : this.out;
+    const to = this.vertical
+      ? ((y - this.rowFirst) % this.slots) * this.stride
+      : (y - this.rowFirst) * this.stride;
+    if (this.horizontal) resampleRow(src, at, this.colFirst, this.horizontal, dst, to);
+    else
+      dst.set(
+        src.subarray(
+          at + (this.region.x - this.colFirst) * 3,
+          at + (this.region.x - this.colFirst) * 3 + this.stride,
+        ),
+        to,
+      );
+    if (this.vertical) this.emitThrough(y);
+  }
+
+  /** Vertical pass for every output row whose window ends at or before input row y. */
+  private emitThrough(y: number): void {
+    const { ksize, bounds, weights } = this.vertical as ResampleCoeffs;
+    const { stride, ring, out, slots, rowFirst } = this;
+    // Row by row of the window (contiguous reads), summing in the tap order Pillow uses; the sums are exact
+    // integers in float64, as in Pillow's 32-bit accumulator.
+    const acc = this.acc;
+    for (; this.nextOut < this.region.height; this.nextOut++) {
+      const r = this.nextOut;
+      const ymin = bounds[r * 2];
+      const n = bounds[r * 2 + 1];
+      if (ymin + n - 1 > y) return;
+      acc.fill(HALF);
+      for (let t = 0; t < n; t++) {
+        const w = weights[r * ksize + t];
+        const off = ((ymin + t - rowFirst) % slots) * stride;
+        for (let i = 0; i < stride; i++) acc[i] += ring[off + i] * w;
+      }
+      const o = r * stride;
+      for (let i = 0; i < stride; i++) out[o + i] = clip8(acc[i]);
     }
   }
-  if (!vert) return tmp;
-  return resampleVertical(tmp, width, rowFirst, vert);
+
+  /** (region.height, region.width, 3) uint8, once every needed row was pushed. */
+  result(): Uint8Array {
+    if (this.next !== this.rowEnd)
+      throw new RangeError(`StreamingResize: input rows ${this.next}..${this.rowEnd - 1} are missing`);
+    return this.out;
+  }
+}
+
+/**
+ * The pixels in `region` of `rgb` (w x h) resized to outW x outH with Pillow's bicubic filter: exactly
+ * `Image.resize((outW, outH), BICUBIC).crop(region)`, without computing the pixels outside the region.
+ * Returns (region.height, region.width, 3) uint8.
+ */
+export function resizeBicubicPilRegion(
+  rgb: Uint8Array,
+  w: number,
+  h: number,
+  outW: number,
+  outH: number,
+  region: Region,
+): Uint8Array {
+  checkRgb(rgb, w, h, 'resizeBicubicPil');
+  const sr = new StreamingResize(w, h, outW, outH, region);
+  for (let y = sr.rowFirst; y < sr.rowEnd; y++) sr.push(y, rgb, (y * w + sr.colFirst) * 3);
+  return sr.result();
 }
 
 /** rgb (h, w, 3) resized to (outH, outW, 3) exactly as Pillow's `Image.resize((outW, outH), Image.BICUBIC)`. */

@@ -71,8 +71,8 @@ export class ClipResNetVisionModel {
   private readonly stages: Bottleneck[][];
   private readonly positions: Tensor;
   private readonly q: Linear;
-  private readonly k: Linear;
-  private readonly v: Linear;
+  /** k_proj and v_proj stacked as one 1x1 convolution: weight (2·C, 1, 1, C), bias (2·C). */
+  private readonly kv: { weight: Tensor; bias: Tensor };
   private readonly cProj: Linear;
   private readonly tensors: Tensor[] = [];
   /** (image_size / 32)² tokens, as a (tokens, 1) column of ones for the mean token. */
@@ -124,8 +124,7 @@ export class ClipResNetVisionModel {
       new Linear(param(`attnpool.${name}.weight`), param(`attnpool.${name}.bias`), 'out_in');
     this.positions = param('attnpool.positional_embedding').value;
     this.q = linear('q_proj');
-    this.k = linear('k_proj');
-    this.v = linear('v_proj');
+    this.kv = this.stackedKv(up, get);
     this.cProj = linear('c_proj');
     const tokens = (c.image_size / 32) ** 2;
     this.ones = up(new Float32Array(tokens).fill(1), [tokens, 1]);
@@ -214,6 +213,26 @@ export class ClipResNetVisionModel {
     };
   }
 
+  /**
+   * k_proj and v_proj over all 1 + HW tokens are most of the attention pool's work ((1 + HW) x C x 2C
+   * multiply-adds per image): as a 1x1 convolution over the tokens (a Linear is a 1x1 convolution in NHWC, with
+   * the same (out, in) weight) both run as one product on the convolution kernels, the same values as two
+   * Linear layers up to float32 summation order.
+   */
+  private stackedKv(
+    up: (data: Float32Array, shape: readonly number[]) => Tensor,
+    get: (name: string) => HostTensor,
+  ): { weight: Tensor; bias: Tensor } {
+    const C = this.config.width * 32;
+    const weight = new Float32Array(2 * C * C);
+    const bias = new Float32Array(2 * C);
+    ['k_proj', 'v_proj'].forEach((name, i) => {
+      weight.set(get(`attnpool.${name}.weight`).data as Float32Array, i * C * C);
+      bias.set(get(`attnpool.${name}.bias`).data as Float32Array, i * C);
+    });
+    return { weight: up(weight, [2 * C, 1, 1, C]), bias: up(bias, [2 * C]) };
+  }
+
   /** conv -> BatchNorm (folded or not) (+ residual) -> ReLU when asked. x and residual are not consumed. */
   private applyConvBn(x: Tensor, cb: ConvBn, relu: boolean, residual?: Tensor): Tensor {
     const b = this.backend;
@@ -281,9 +300,13 @@ export class ClipResNetVisionModel {
     const first = b.slice(seq, 1, 0, 1); // (N, 1, C): only the mean token queries
     const q = this.q.forward(first);
     b.free(first);
-    const k = this.k.forward(seq);
-    const v = this.v.forward(seq);
+    // (N, 1, 1 + hw, C) as an image one token high -> (N, 1, 1 + hw, 2C): [k | v] per token
+    const kv = b.conv2d(seq.reshape([n, 1, hw + 1, C]), this.kv.weight, { bias: this.kv.bias });
     b.free(seq);
+    const kvTokens = kv.reshape([n, hw + 1, 2 * C]);
+    const k = b.slice(kvTokens, 2, 0, C);
+    const v = b.slice(kvTokens, 2, C, 2 * C);
+    b.free(kv);
     const { out } = b.attention(q, k, v, { nHead: this.config.heads });
     for (const t of [q, k, v]) b.free(t);
     const y = this.cProj.forward(out); // (N, 1, output_dim)

@@ -5,7 +5,11 @@
  */
 import { describe, expect, it } from 'vitest';
 import sharp from 'sharp';
-import { readFileSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
   MAX_ASPECT_RATIO,
   precomputeCoeffs,
@@ -18,6 +22,8 @@ import {
 import { UserError } from '../../src/util/errors.js';
 import { decodeToRgb } from '../../src/image/index.js';
 import { byteDiff, fixture, grayPng, pngChunks } from './helpers.js';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 /** A w x h RGB image whose rows (or columns, when wide) vary: value of index i is (i * 37) mod 256, per channel. */
 function strip(w: number, h: number): Uint8Array {
@@ -178,4 +184,66 @@ describe('decode errors say what was wrong', () => {
     // eslint-disable-next-line no-control-regex
     expect(msg).not.toMatch(/[\u0000-\u001f]/);
   });
+});
+
+describe('decoding memory follows the crop, not the input (#13)', () => {
+  it('a wide image through the temporary file (only the columns under the crop are read) equals the in-memory decode', async () => {
+    // 3000 x 200: the crop at 224 reads about 210 of the 3000 input columns, row by row
+    const w = 3000;
+    const h = 200;
+    const px = new Uint8Array(w * h * 3);
+    for (let i = 0; i < px.length; i++) px[i] = (i * 2654435761) >>> 24;
+    const png = await sharp(px, { raw: { width: w, height: h, channels: 3 } })
+      .png()
+      .toBuffer();
+    const whole = await preprocessImage(png, { wholeDecodeBytes: Number.MAX_SAFE_INTEGER });
+    const streamed = await preprocessImage(png, { wholeDecodeBytes: 0 });
+    expect(byteDiff(streamed.uint8, whole.uint8).count).toBe(0);
+    expect(whole.uint8).toEqual(resizeAndCenterCrop(px, w, h, 224));
+  });
+
+  it('a 300 KB PNG of 10,000 x 10,000 pixels (286 MiB as RGB) preprocesses with a peak RSS far below its pixels', async () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'clipcap-bomb-'));
+    try {
+      const file = path.join(dir, 'bomb.png');
+      await sharp({
+        create: { width: 10_000, height: 10_000, channels: 3, background: { r: 40, g: 90, b: 200 } },
+        limitInputPixels: false,
+      })
+        .png({ compressionLevel: 9 })
+        .toFile(file);
+      expect(statSync(file).size).toBeLessThan(1 << 20);
+      // A fresh process on the built library (npm test builds dist/ first), so the peak (VmHWM) is this
+      // image's alone.
+      const lib = pathToFileURL(path.join(ROOT, 'dist/src/image/index.js')).href;
+      const script = path.join(dir, 'run.mjs');
+      writeFileSync(
+        script,
+        `import { preprocessImage } from ${JSON.stringify(lib)};
+        import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+        const r = await preprocessImage(${JSON.stringify(file)}, { size: 288 });
+        const hwm = Number(/VmHWM:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) / 1024;
+        console.log(JSON.stringify({ w: r.width, h: r.height, first: Array.from(r.uint8.subarray(0, 3)), hwm }));`,
+      );
+      const out = execFileSync(process.execPath, [script], { encoding: 'utf8' });
+      const r = JSON.parse(out.trim().split('\n').pop() as string) as {
+        w: number;
+        h: number;
+        first: number[];
+        hwm: number;
+      };
+      console.log(`10000x10000 PNG at 288: peak RSS ${r.hwm.toFixed(0)} MiB`);
+      expect([r.w, r.h]).toEqual([10_000, 10_000]);
+      expect(r.first).toEqual([40, 90, 200]);
+      // Decoding it whole holds 286 MiB of RGB samples (364 MiB peak measured); streamed: ~90 MiB, most of
+      // it Node and libvips themselves.
+      expect(r.hwm).toBeLessThan(200);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  }, 120_000);
 });

@@ -48,6 +48,20 @@ describe('CLIP preprocessing vs the reference (torchvision Resize(224, BICUBIC) 
     }
   });
 
+  it('decoding through the temporary file (wholeDecodeBytes 0: every image streamed) gives the same bytes, every photo and format, at 224 and 288', async () => {
+    const order = JSON.parse(readFileSync(fixture('formats/order.json'), 'utf8')) as string[];
+    const files = [...photos.map((n) => `images/${n}`), ...order.map((n) => `formats/${n}`)];
+    for (const size of [224, 288]) {
+      for (const f of files) {
+        const whole = await preprocessImage(fixture(f), { size, wholeDecodeBytes: Number.MAX_SAFE_INTEGER });
+        const streamed = await preprocessImage(fixture(f), { size, wholeDecodeBytes: 0 });
+        expect(streamed.width, f).toBe(whole.width);
+        expect(streamed.height, f).toBe(whole.height);
+        expect(byteDiff(streamed.uint8, whole.uint8).count, `${f} at ${size}`).toBe(0);
+      }
+    }
+  });
+
   it('normalized pixel values equal clip.pixel_values_0 (first two photos) within 1e-6', async () => {
     const ref = await fixtureTensor(fixture('goldens.safetensors'), 'clip.pixel_values_0', Float32Array);
     expect(ref.shape).toEqual([2, 3, SIZE, SIZE]);
