@@ -27,9 +27,8 @@ export const LAYERS = {
   pipeline: BELOW_PIPELINE,
   server: ['pipeline', 'generate', 'engine', 'config', 'util'],
   bench: ['server', 'pipeline', ...BELOW_PIPELINE],
-  cli: ['server', 'bench', 'demo', 'pipeline', ...BELOW_PIPELINE],
-  // `clipcap demo` runs the user's steps with the CLI's own commands (extract), so it sits beside cli/.
-  demo: ['cli', 'pipeline', ...BELOW_PIPELINE],
+  // cli/demo (`clipcap demo`) runs the user's steps with the CLI's own commands (extract), so it lives in cli/.
+  cli: ['server', 'bench', 'pipeline', ...BELOW_PIPELINE],
 };
 
 /** Type-only imports across layers that are contracts, not calls: [from folder, to folder]. */
