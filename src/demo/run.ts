@@ -14,6 +14,7 @@ import path from 'node:path';
 import { evaluateCaptions, type Scores } from '../eval/index.js';
 import { ClipCap } from '../pipeline/caption.js';
 import { train, type TrainEvent } from '../pipeline/train.js';
+import type { BackendName } from '../engine/registry.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { namesEveryAttribute, writeWorld, type WorldImage } from './world.js';
@@ -49,7 +50,7 @@ export const DEMO_DEFAULTS: Readonly<DemoSizes> = Object.freeze({
 export interface DemoOptions extends Partial<DemoSizes> {
   /** Output directory (new or empty); default a new folder in the OS temp dir. */
   out?: string;
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
   /** Stage notices and progress. */
   onStage?: (stage: DemoStage, detail: string) => void;
   onTrainEvent?: (e: TrainEvent) => void;

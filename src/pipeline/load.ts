@@ -16,7 +16,7 @@ import type { Backend } from '../engine/backend.js';
 import { getBackend, type BackendName } from '../engine/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../models/config.js';
+import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../config/models.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UserError } from '../util/errors.js';
 import type { StateDict } from '../weights/host.js';
@@ -32,7 +32,7 @@ import {
 import { loadOpenAIClip, type OpenAIClipVision } from '../weights/families/openai-clip.js';
 import { isOpenAIClipName, openaiClipFile } from '../weights/openai-clip-hub.js';
 import { ClipResNetVisionModel } from '../models/clip-resnet.js';
-import type { CaptionerParts, ImageEncoder } from './caption.js';
+import type { CaptionerParts, ImageEncoder } from './parts.js';
 import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
 import { bundledClip, bundledGpt2Dir, isBundled } from '../weights/bundled.js';
 

@@ -16,6 +16,7 @@ import { Option, type Command } from 'commander';
 import { UsageError, UserError } from '../../util/errors.js';
 import { processContext, runCaption, type CliContext, type CliIO } from './caption.js';
 import { backendOption, intArg } from '../options.js';
+import type { BackendName } from '../../engine/registry.js';
 import { runDemo, type DemoResult, type DemoSizes } from '../../demo/run.js';
 import { writeWorld } from '../../demo/world.js';
 import type { TrainEvent } from '../../pipeline/train.js';
@@ -34,7 +35,7 @@ export function demoAssetsDir(): string {
 interface RandomDemoOptions {
   decode: 'beam' | 'greedy' | 'nucleus';
   format: 'text' | 'json' | 'jsonl';
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
 }
 
 /** The random-weight pipeline smoke test (`--random-weights`). */
@@ -76,7 +77,7 @@ export async function runRandomDemo(o: RandomDemoOptions, io: CliIO): Promise<nu
 export interface DemoCliOptions {
   out?: string;
   format: 'text' | 'json' | 'jsonl';
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
   randomWeights?: boolean;
   decode?: 'beam' | 'greedy' | 'nucleus';
 }

@@ -18,7 +18,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { UserError } from '../../util/errors.js';
 import { moveDirIntoPlace } from '../../util/atomic.js';
-import type { ClipCapConfig, Gpt2Config, MapperConfig } from '../../models/config.js';
+import type { ClipCapConfig, Gpt2Config, MapperConfig } from '../../config/models.js';
 import type { StateDict } from '../host.js';
 import { readSafetensors, saveSafetensors } from '../safetensors.js';
 import { agree, checkKeys, countLayers, fmtShape, intField, shapeOf } from './common.js';
