@@ -47,11 +47,11 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
         JSON.stringify(r.seconds, (_, v: unknown) => (typeof v === 'number' ? Number(v.toFixed(1)) : v)),
     );
     // A model that stopped learning writes one caption for every scene: at best the baseline.
-    expect(m.CIDEr).toBeGreaterThan(2 * b.CIDEr);
+    expect(m.CIDEr).toBeGreaterThan(3 * b.CIDEr);
     expect(m.CIDEr).toBeGreaterThan(b.CIDEr + 0.8);
     expect(m.Bleu_4).toBeGreaterThan(b.Bleu_4 + 0.2);
     // Colour and size are learned first; all four attributes together on some scenes already.
-    expect(r.all_attributes.model).toBeGreaterThan(0.1);
+    expect(r.all_attributes.model).toBeGreaterThan(0.25);
     expect(r.all_attributes.model).toBeGreaterThan(5 * r.all_attributes.baseline);
     expect(new Set(r.samples.map((s) => s.caption)).size).toBeGreaterThan(1);
   });
