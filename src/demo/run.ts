@@ -1,6 +1,6 @@
 /**
  * `clipcap demo` as a library call: make a captioned world, extract its CLIP features with the bundled tower
- * (the `clipcap extract` code), train a ClipCap on them (the `clipcap train` code: official loss, AdamW, linear
+ * (the extract pipeline `clipcap extract` runs), train a ClipCap on them (the `clipcap train` code: official loss, AdamW, linear
  * warmup and decay), caption the held-out scenes with beam search (the `clipcap caption` code, from the
  * images), and score them against the best constant caption with the project's metrics (pycocoevalcap's).
  *
@@ -41,7 +41,7 @@ export interface DemoSizes {
 export const DEMO_DEFAULTS: Readonly<DemoSizes> = Object.freeze({
   trainImages: 1000,
   heldoutImages: 150,
-  epochs: 3,
+  epochs: 2,
   batchSize: 40,
   lr: 2e-3,
   warmup: 100,
