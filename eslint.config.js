@@ -27,9 +27,7 @@ export const LAYERS = {
   pipeline: BELOW_PIPELINE,
   server: ['pipeline', 'generate', 'engine', 'config', 'util'],
   bench: ['server', 'pipeline', ...BELOW_PIPELINE],
-  // clipcap demo: the synthetic world and the run that goes through extract, train, caption and eval.
-  demo: ['pipeline', ...BELOW_PIPELINE],
-  cli: ['server', 'bench', 'demo', 'pipeline', ...BELOW_PIPELINE],
+  cli: ['server', 'bench', 'pipeline', ...BELOW_PIPELINE],
 };
 
 /** Type-only imports across layers that are contracts, not calls: [from folder, to folder]. */

@@ -17,6 +17,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"setThreads", SetThreads},
       {"setGemmKernel", SetGemmKernel},
       {"gemm", Gemm},
+      {"gemmQuant", GemmQuant},
       {"binary", Binary},
       {"scale", Scale},
       {"axpy", Axpy},

@@ -7,6 +7,7 @@
 #include "decoding.h"
 #include "conv.h"
 #include "gemm.h"
+#include "quant.h"
 #include "kernels.h"
 #include "threadpool.h"
 
@@ -158,6 +159,35 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   g.ldb = g.transB ? g.K : g.N;
   g.ldc = g.N;
   gemm(g);
+  return info.Env().Undefined();
+}
+
+// gemmQuant(A, W, scales|null, C, bias|null, M, N, K, transB, alpha, accumulate, format 0 int8 | 1 bf16): quant.h.
+// W is an Int8Array (int8) or a Uint16Array (bf16) of K·N elements; scales (N) are required for int8.
+Napi::Value GemmQuant(const Napi::CallbackInfo& info) {
+  need_args(info, 12, "gemmQuant");
+  QuantGemmArgs g;
+  g.M = integer(info, 5, "M", 0, kSkinnyM);
+  g.N = integer(info, 6, "N");
+  g.K = integer(info, 7, "K");
+  g.transB = flag(info, 8, "transB");
+  g.alpha = static_cast<float>(number(info, 9, "alpha"));
+  g.accumulate = flag(info, 10, "accumulate");
+  g.format = static_cast<QuantFormat>(integer(info, 11, "format", 0, 1));
+  const int64_t sizeW = checked_mul(info, g.K, g.N);
+  const napi_typedarray_type want = g.format == QuantFormat::kInt8 ? napi_int8_array : napi_uint16_array;
+  if (!info[1].IsTypedArray() || info[1].As<Napi::TypedArray>().TypedArrayType() != want)
+    fail(info, g.format == QuantFormat::kInt8 ? "gemmQuant: W must be an Int8Array" : "gemmQuant: W must be a Uint16Array");
+  const Napi::TypedArray w = info[1].As<Napi::TypedArray>();
+  if (static_cast<int64_t>(w.ElementLength()) < sizeW) fail(info, "gemmQuant: W is shorter than K·N");
+  g.W = static_cast<const uint8_t*>(w.ArrayBuffer().Data()) + w.ByteOffset();
+  g.A = f32(info, 0, "A", checked_mul(info, g.M, g.K));
+  g.scales = f32(info, 2, "scales", g.N, g.format != QuantFormat::kInt8);
+  const int64_t sizeC = checked_mul(info, g.M, g.N);
+  g.C = f32(info, 3, "C", sizeC);
+  g.bias = f32(info, 4, "bias", g.N, true);
+  if (overlap(g.C, sizeC, g.A, g.M * g.K)) fail(info, "gemmQuant: C overlaps A");
+  gemm_quant(g);
   return info.Env().Undefined();
 }
 

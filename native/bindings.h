@@ -12,6 +12,7 @@ Napi::Value SetThreads(const Napi::CallbackInfo& info);
 Napi::Value SetGemmKernel(const Napi::CallbackInfo& info);
 Napi::Value SetConvKernel(const Napi::CallbackInfo& info);
 Napi::Value Gemm(const Napi::CallbackInfo& info);
+Napi::Value GemmQuant(const Napi::CallbackInfo& info);
 Napi::Value Binary(const Napi::CallbackInfo& info);
 Napi::Value Scale(const Napi::CallbackInfo& info);
 Napi::Value Axpy(const Napi::CallbackInfo& info);

@@ -13,11 +13,14 @@
  * - batch32_beam5: 32 images in one batch, beam 5, metric captions_per_s. PyTorch's side is what the official
  *   code does for 32 images: 32 sequential generate_beam calls, of which the first --pytorch-batch-calls (default
  *   2) are timed (every call does the same work).
+ * --weights bf16|int8 times GPT-2 with weight-only reduced precision (Gpt2Model.quantizeWeights; machine.weights
+ * says which). machine.tokens_<case> records the first embedding's tokens (greedy; best beam) of each single-image case, comma-
+ * separated, so that peers (bench/compare.mjs) can check they produce the same output.
  * Runs: 3 for the single-image cases and 1 for the batch (after a warm-up); PyTorch 1 (its beam search takes
  * ~20 s per caption on 2 cores); --runs N sets them all.
  */
 import path from 'node:path';
-import type { Backend } from '../engine/backend.js';
+import type { Backend, WeightFormat } from '../engine/backend.js';
 import { ClipCapModel } from '../models/clipcap.js';
 import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../config/models.js';
 import { syntheticGpt2, syntheticMapper, syntheticValues } from '../models/synthetic.js';
@@ -62,18 +65,27 @@ export function benchEmbeddings(n: number, d: number): Float32Array[] {
   });
 }
 
+/** --weights: f32 (default), bf16 or int8. */
+function weightsOption(opts: BenchRunOptions): 'f32' | WeightFormat {
+  const w = opts.extra.weights ?? 'f32';
+  if (w !== 'f32' && w !== 'bf16' && w !== 'int8')
+    throw new UsageError(`--weights must be f32, bf16 or int8, got "${String(w)}"`);
+  return w;
+}
+
 async function buildCaptioner(
   opts: BenchRunOptions,
   backend: Backend,
 ): Promise<{ captioner: ClipCap; what: string; synthetic: boolean }> {
   const clipcap = opts.extra.clipcap;
+  const weights = weightsOption(opts);
   if (typeof opts.extra.gpt2 === 'string' && typeof clipcap !== 'string')
     throw new UsageError(
       'bench caption: --gpt2 goes with --clipcap FILE (the checkpoint the mapper comes from)',
     );
   if (typeof clipcap === 'string') {
     const gpt2 = typeof opts.extra.gpt2 === 'string' ? opts.extra.gpt2 : undefined;
-    const captioner = await ClipCap.load({ clipcap, gpt2, backend });
+    const captioner = await ClipCap.load({ clipcap, gpt2, backend, weights });
     return { captioner, what: path.basename(clipcap), synthetic: false };
   }
   const smoke = opts.extra.smoke === true;
@@ -83,6 +95,7 @@ async function buildCaptioner(
     ? 'tiny GPT-2 + MLP mapper (fixture rule, --smoke)'
     : 'GPT-2 small + MLP mapper 512-3840-7680, synthetic weights (fixture rule)';
   const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g }, what);
+  if (weights !== 'f32') model.gpt2.quantizeWeights(weights);
   const captioner = new ClipCap(await captionerParts(model, { description: what }));
   return { captioner, what, synthetic: !smoke };
 }
@@ -125,7 +138,12 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
   if (typeof opts.extra.clip === 'string')
     opts.log('bench caption starts from CLIP embeddings: --clip is not used (see bench clip)');
   const { captioner, what, synthetic } = await buildCaptioner(opts, eng.backend);
-  const extra: Record<string, string | number | boolean> = { ...eng.extra, model: what, tokens: T };
+  const extra: Record<string, string | number | boolean> = {
+    ...eng.extra,
+    model: what,
+    tokens: T,
+    weights: weightsOption(opts),
+  };
   if (smoke) extra.smoke = true;
   const results: BenchResult[] = [];
   /** Our tokens for the first embedding per single-image case (the best beam), to compare with PyTorch's. */
@@ -150,6 +168,8 @@ export async function runCaptionBench(opts: BenchRunOptions): Promise<BenchRepor
         warmup,
       );
       const ms = median(t.seconds) * 1000;
+      // The first embedding's tokens (best beam), so peers' outputs can be checked against ours.
+      extra[`tokens_${c.id}`] = firstTokens[c.id].join(',');
       opts.log(`${c.id}: ${eng.name} ${ms.toFixed(0)} ms (${(ms / T).toFixed(1)} ms/token)`);
       results.push({
         case: c.id,

@@ -82,6 +82,10 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
       { flags: '--gpt2 <DIR|HUB_ID>', description: 'caption: GPT-2 config/weights for --clipcap' },
       {
+        flags: '--weights <FORMAT>',
+        description: "caption: GPT-2's weights: f32, bf16 or int8 (weight-only; default: f32)",
+      },
+      {
         flags: '--pytorch-decoders <LIST>',
         description:
           'caption: PyTorch decoders to time: official (predict.py, no cache), kv (KV cache) (default: official,kv)',

@@ -111,7 +111,17 @@ export function addModelOptions(cmd: Command): Command {
     .option(
       '--normalize-prefix',
       'L2-normalize CLIP embeddings first (checkpoints trained with --normalize_prefix)',
-    );
+    )
+    .addOption(weightsOption());
+}
+
+export const WEIGHTS_HELP =
+  "GPT-2's weights: f32 (exact), or weight-only bf16 / int8 (per-channel scales; activations and sums " +
+  'stay f32): faster decoding, captions that may differ slightly (README "Reduced-precision weights")';
+
+/** --weights f32|bf16|int8. */
+export function weightsOption(): Option {
+  return new Option('--weights <format>', WEIGHTS_HELP).choices(['f32', 'bf16', 'int8']).default('f32');
 }
 
 export interface ModelCliOptions {
@@ -122,6 +132,7 @@ export interface ModelCliOptions {
   backend?: BackendName;
   offline?: boolean;
   normalizePrefix?: boolean;
+  weights?: 'f32' | 'bf16' | 'int8';
 }
 
 /** CLI model options -> ClipCap.load options. */
@@ -134,6 +145,7 @@ export function loadOptionsFromCli(o: ModelCliOptions): ClipCapLoadOptions {
     backend: o.backend,
     offline: o.offline,
     normalizePrefix: o.normalizePrefix,
+    weights: o.weights,
   };
 }
 

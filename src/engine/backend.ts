@@ -117,6 +117,9 @@ export interface TopKResult {
   indices: Tensor;
 }
 
+/** Weight-only reduced precision (quantizeWeight): bf16, or int8 with one scale per output channel. */
+export type WeightFormat = 'bf16' | 'int8';
+
 /** conv2d options. Pairs are (height, width); a single number applies to both. */
 export interface Conv2dOptions {
   /** Default 1. */
@@ -268,6 +271,20 @@ export interface Backend {
    * cache reorders its beams into a second buffer with it, copying only the filled positions.
    */
   copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void;
+  /**
+   * Weight-only reduced precision for inference: a new f32 tensor holding w (rank 2) rounded to `format`,
+   * which is the weight every op then sees (it is defined by its f32 values, so every backend computes with
+   * the same numbers):
+   * - 'bf16': each value rounded to the nearest bfloat16 (ties to even; NaN stays NaN);
+   * - 'int8': per output channel c (the rows of w for channelAxis 0, its columns for 1) scale =
+   *   fround(max|w_c| / 127), q = round-half-even(fround(w / scale)) in [-127, 127], value = fround(q · scale)
+   *   (a channel of zeros stays zero); every value must be finite.
+   * A backend may also keep the compact values and read them where a product streams the weight (decoding
+   * steps of a few rows), accumulating in f32: the result is the f32 product with the rounded weight up to
+   * the order of the sums. The tensor is read-only: writing to it is an error on a backend that keeps a
+   * compact copy (use it as matmul's b, an embedding table, or download it).
+   */
+  quantizeWeight(w: Tensor, format: WeightFormat, channelAxis: 0 | 1): Tensor;
   // ---- convolution and pooling (image towers: OpenAI's ModifiedResNet CLIP); forward only ----
   // Images are NHWC (channels last), so a 1x1 convolution is one GEMM over pixels and per-channel vectors
   // broadcast as suffixes (add, mul).

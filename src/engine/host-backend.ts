@@ -24,6 +24,7 @@ import type {
   MatmulOptions,
   TopKResult,
   Pool2dOptions,
+  WeightFormat,
 } from './backend.js';
 import { Tensor, shapeSize } from './tensor.js';
 import type { DType } from './tensor.js';
@@ -67,6 +68,19 @@ export interface GemmArgs {
   alpha: number;
   /** C += the product instead of C = it. */
   accumulate: boolean;
+}
+
+/** The compact form of a quantized weight (Backend.quantizeWeight), rows x cols as the f32 tensor. */
+export interface CompactWeight {
+  format: WeightFormat;
+  rows: number;
+  cols: number;
+  /** Output channels along rows (0) or columns (1): where `scales` apply (int8). */
+  channelAxis: 0 | 1;
+  /** int8: Int8Array of q; bf16: Uint16Array of the upper halves of the f32 values. */
+  data: Int8Array | Uint16Array;
+  /** int8: one scale per channel; bf16: null. */
+  scales: F32 | null;
 }
 
 /** Resolved attention geometry, shared by the forward and backward passes. */
@@ -222,12 +236,28 @@ export interface HostKernels {
   conv2d(x: F32, w: F32, bias: F32 | null, residual: F32 | null, y: F32, d: Conv2dDims, relu: boolean): void;
   /** y (B, Ho, Wo, C) = window means of x (B, H, W, C), padding counted as zeros. */
   avgPool2d(x: F32, y: F32, d: Conv2dDims): void;
+
+  /**
+   * Optional: remember the compact values of a quantized weight whose f32 values are `values`
+   * (Backend.quantizeWeight), to read them instead where a product streams that weight. Never called for
+   * storage that can change (quantized weights are read-only).
+   */
+  keepCompact?(values: F32, compact: CompactWeight): void;
 }
 
 export abstract class HostBackend implements Backend {
   abstract readonly name: string;
 
   constructor(private readonly kernels: HostKernels) {}
+
+  /** Storage of quantized weights (quantizeWeight): read-only, since a compact copy may stand for them. */
+  private readonly readOnly = new WeakSet<Storage>();
+
+  /** Throws when t is a quantized weight, which no op may write to. */
+  private writable(op: string, what: string, t: Tensor): void {
+    if (this.readOnly.has(t.storage as Storage))
+      throw new ShapeError(`${op}: ${what} is a quantized weight (quantizeWeight), which is read-only`);
+  }
 
   // ---------------------------------------------------------------- storage access
 
@@ -310,6 +340,7 @@ export abstract class HostBackend implements Backend {
 
   fill(x: Tensor, value: number): void {
     const s = this.data('fill', 'x', x);
+    this.writable('fill', 'x', x);
     if (x.dtype === 'i32' && !Number.isInteger(value)) {
       throw new ShapeError(`fill: an i32 tensor cannot hold ${value}`);
     }
@@ -357,6 +388,7 @@ export abstract class HostBackend implements Backend {
       requireShape(op, 'out', opts.out, outShape);
       out = opts.out;
       const C0 = this.data(op, 'out', out, 'f32');
+      this.writable(op, 'out', out);
       if (C0.buffer === A.buffer || C0.buffer === B.buffer) {
         throw new ShapeError(`${op}: out must not share storage with A or B`);
       }
@@ -406,6 +438,7 @@ export abstract class HostBackend implements Backend {
     const op = 'addInPlace';
     const s = this.f32s(op, { a, b });
     requireSameShape(op, 'a', a, 'b', b);
+    this.writable(op, 'a', a);
     this.kernels.checkScalar(op, 'alpha', alpha, 'real');
     this.kernels.axpy(s.a, s.b, alpha);
   }
@@ -424,6 +457,7 @@ export abstract class HostBackend implements Backend {
     const C = x.cols;
     if (accumulate && !out) throw new ShapeError(`${op}: accumulate needs an out tensor`);
     if (out) requireShape(op, 'out', out, [C]);
+    if (out) this.writable(op, 'out', out);
     const y = out ?? this.newF32([C]);
     this.kernels.sumRows(X, x.rows, C, this.data(op, 'out', y, 'f32'), accumulate);
     return y;
@@ -658,6 +692,7 @@ export abstract class HostBackend implements Backend {
     const I = this.data(op, 'ids', ids, 'i32');
     const DT = this.data(op, 'dtable', dtable, 'f32');
     requireRank(op, 'dtable', dtable, 2);
+    this.writable(op, 'dtable', dtable);
     const [vocab, C] = dtable.shape;
     requireShape(op, 'dy', dy, [...ids.shape, C]);
     checkIds(op, I, vocab);
@@ -712,6 +747,12 @@ export abstract class HostBackend implements Backend {
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void {
     const op = 'adamw';
     const s = this.f32s(op, { param, grad, m, v });
+    for (const [what, t] of [
+      ['param', param],
+      ['m', m],
+      ['v', v],
+    ] as const)
+      this.writable(op, what, t);
     requireSameShape(op, 'param', param, 'grad', grad);
     requireSameShape(op, 'param', param, 'm', m);
     requireSameShape(op, 'param', param, 'v', v);
@@ -849,6 +890,7 @@ export abstract class HostBackend implements Backend {
   writeSlice(dst: Tensor, src: Tensor, axis: number, offset: number): void {
     const op = 'writeSlice';
     const D = this.data(op, 'dst', dst);
+    this.writable(op, 'dst', dst);
     const S = this.data(op, 'src', src, dst.dtype);
     const ax = normalizeAxis(op, axis, dst.shape);
     const { outer, dim, inner } = splitAtAxis(dst.shape, ax);
@@ -909,6 +951,7 @@ export abstract class HostBackend implements Backend {
   copyRows(dst: Tensor, src: Tensor, indices: readonly number[], length: number): void {
     const op = 'copyRows';
     const D = this.data(op, 'dst', dst);
+    this.writable(op, 'dst', dst);
     const S = this.data(op, 'src', src, dst.dtype);
     const shapes = `src ${fmt(src.shape)} into dst ${fmt(dst.shape)}`;
     if (dst.rank < 2 || src.rank !== dst.rank || !src.shape.every((d, i) => i === 0 || d === dst.shape[i]))
@@ -924,6 +967,89 @@ export abstract class HostBackend implements Backend {
     const n = dst.shape[1] === 0 ? 0 : (rowSize / dst.shape[1]) * length; // the first `length` positions
     indices.forEach((r, i) => D.set(S.subarray(r * rowSize, r * rowSize + n), i * rowSize));
   }
+  // ---------------------------------------------------------------- weight-only quantization
+
+  quantizeWeight(w: Tensor, format: WeightFormat, channelAxis: 0 | 1): Tensor {
+    const op = 'quantizeWeight';
+    const W = this.data(op, 'w', w, 'f32');
+    requireRank(op, 'w', w, 2);
+    if (format !== 'bf16' && format !== 'int8')
+      throw new ShapeError(`${op}: format must be 'bf16' or 'int8', got ${String(format)}`);
+    if (channelAxis !== 0 && channelAxis !== 1)
+      throw new ShapeError(`${op}: channelAxis must be 0 or 1, got ${String(channelAxis)}`);
+    const [rows, cols] = w.shape;
+    const out = this.newF32([rows, cols]);
+    const Y = this.data(op, 'out', out, 'f32');
+    const compact = format === 'bf16' ? quantizeBf16(W, Y) : quantizeInt8(op, W, rows, cols, channelAxis, Y);
+    this.readOnly.add(Y);
+    this.kernels.keepCompact?.(Y, {
+      format,
+      rows,
+      cols,
+      channelAxis,
+      data: compact.data,
+      scales: compact.scales,
+    });
+    return out;
+  }
+}
+
+/** f32 <-> bit views for bf16 rounding. */
+const bits32 = new Uint32Array(1);
+const float32 = new Float32Array(bits32.buffer);
+
+/** Round-to-nearest-even bfloat16 of each value (NaN stays a quiet NaN): the upper halves, and y = their f32. */
+function quantizeBf16(w: F32, y: F32): { data: Uint16Array; scales: null } {
+  const data = new Uint16Array(w.length);
+  for (let i = 0; i < w.length; i++) {
+    float32[0] = w[i];
+    const x = bits32[0];
+    let h: number;
+    if ((x & 0x7fffffff) > 0x7f800000)
+      h = (x >>> 16) | 0x40; // NaN: keep it a (quiet) NaN
+    else h = ((x + 0x7fff + ((x >>> 16) & 1)) >>> 16) & 0xffff;
+    data[i] = h;
+    bits32[0] = h << 16;
+    y[i] = float32[0];
+  }
+  return { data, scales: null };
+}
+
+/** Round half to even (the rounding of torch.round and of C's nearbyint). */
+function roundHalfEven(x: number): number {
+  const r = Math.round(x);
+  return r - x === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/** Symmetric int8 per output channel (Backend.quantizeWeight); y = the dequantized values. */
+function quantizeInt8(
+  op: string,
+  w: F32,
+  rows: number,
+  cols: number,
+  channelAxis: 0 | 1,
+  y: F32,
+): { data: Int8Array; scales: F32 } {
+  const channels = channelAxis === 0 ? rows : cols;
+  // element (r, c) belongs to channel r (axis 0) or c (axis 1)
+  const channelOf = (i: number): number => (channelAxis === 0 ? Math.floor(i / cols) : i % cols);
+  const absmax = new Float64Array(channels);
+  for (let i = 0; i < w.length; i++) {
+    const v = w[i];
+    if (!Number.isFinite(v))
+      throw new ShapeError(`${op}: w has a non-finite value at ${Math.floor(i / cols)},${i % cols}`);
+    const c = channelOf(i);
+    if (Math.abs(v) > absmax[c]) absmax[c] = Math.abs(v);
+  }
+  const scales = Float32Array.from(absmax, (m) => Math.fround(m / 127));
+  const data = new Int8Array(w.length);
+  for (let i = 0; i < w.length; i++) {
+    const s = scales[channelOf(i)];
+    const q = s === 0 ? 0 : Math.max(-127, Math.min(127, roundHalfEven(Math.fround(w[i] / s))));
+    data[i] = q;
+    y[i] = Math.fround(q * s);
+  }
+  return { data, scales };
 }
 
 function checkIds(op: string, ids: I32, vocab: number): void {

@@ -21,7 +21,13 @@ import { fileURLToPath } from 'node:url';
 import { ShapeError } from './backend.js';
 import type { Backend } from './backend.js';
 import { HostBackend } from './host-backend.js';
-import type { ActivationKind, AttentionDims, Conv2dDims, HostKernels } from './host-backend.js';
+import type {
+  ActivationKind,
+  AttentionDims,
+  CompactWeight,
+  Conv2dDims,
+  HostKernels,
+} from './host-backend.js';
 import { requireInteger } from './reference-checks.js';
 
 type F32 = Float32Array;
@@ -76,6 +82,21 @@ interface NativeAddon extends Pick<
     strideA: number,
     strideB: number,
     strideC: number,
+  ): void;
+  /** native/quant.cc: C = alpha·A·dequant(W) (+ bias) (+ C), A (M <= 8, K); format 0 int8, 1 bf16. */
+  gemmQuant(
+    A: F32,
+    W: Int8Array | Uint16Array,
+    scales: F32 | null,
+    C: F32,
+    bias: F32 | null,
+    M: number,
+    N: number,
+    K: number,
+    transB: boolean,
+    alpha: number,
+    accumulate: boolean,
+    format: 0 | 1,
   ): void;
   binary(op: BinaryOp, a: F32, b: F32, out: F32): void;
   activation(kind: Activation, x: F32, y: F32): void;
@@ -273,14 +294,27 @@ function convWindow(d: Conv2dDims): ConvWindow {
  * is only what the C++ side needs beyond that: scalars it reads as numbers, finite doubles or int32, and
  * outputs it updates together, which must not share storage.
  */
+/** Rows up to which products read a quantized weight's compact copy (native/gemm.h kSkinnyM). */
+const SKINNY_ROWS = 8;
+
 function nativeKernels(addon: NativeAddon): HostKernels {
+  // Compact copies of quantized weights, by their f32 storage (read-only, so they cannot go stale).
+  const compact = new WeakMap<F32, CompactWeight>();
   return {
+    keepCompact(values, c) {
+      compact.set(values, c);
+    },
     checkScalar(op, what, value, kind) {
       if (kind === 'int32') requireInteger(op, what, value, -(2 ** 31), 2 ** 31 - 1);
       else requireFinite(op, what, value);
     },
     gemm({ A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate }) {
-      if (sharedB && !transA) {
+      const q = sharedB && !transA && batches * M <= SKINNY_ROWS ? compact.get(B) : undefined;
+      // A decoding step (a few rows) streams the compact weight; int8 needs its channels to be the outputs.
+      if (q && (q.format === 'bf16' || q.channelAxis === (transB ? 0 : 1))) {
+        const format = q.format === 'int8' ? 0 : 1;
+        addon.gemmQuant(A, q.data, q.scales, C, bias, batches * M, N, K, transB, alpha, accumulate, format);
+      } else if (sharedB && !transA) {
         // A shared B: A's rows of every batch are one (batches·M, K) matrix, which blocks better.
         addon.gemm(A, B, C, bias, batches * M, N, K, false, transB, alpha, accumulate, 1, 0, 0, 0);
       } else {

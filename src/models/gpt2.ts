@@ -16,7 +16,7 @@
  *   (setDropoutSeed): each dropout with p > 0 takes the next seed in forward order (embeddings, then per
  *   layer: attention probabilities, attention branch, MLP branch). Eval mode drops nothing.
  */
-import type { Backend } from '../engine/backend.js';
+import type { Backend, WeightFormat } from '../engine/backend.js';
 import { ShapeError } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { CausalLM, KvCache } from '../generate/lm.js';
@@ -191,6 +191,29 @@ export class Gpt2Model implements CausalLM {
   /** Every parameter, canonical names, in checkpoint order. */
   parameters(): Parameter[] {
     return [...this.params];
+  }
+
+  /**
+   * Weight-only reduced precision for inference (Backend.quantizeWeight): every block's projection weights
+   * (c_attn, attn.c_proj, mlp.c_fc, mlp.c_proj, each with its output columns as int8 channels) and the tied
+   * wte (rows = vocabulary entries as channels: the LM head's outputs; the embedding lookup reads the same
+   * rounded values). Biases, LayerNorms and wpe stay f32. The model is then inference-only: its weights are
+   * read-only and no longer require gradients.
+   */
+  quantizeWeights(format: WeightFormat): void {
+    const b = this.backend;
+    const swap = (p: Parameter, axis: 0 | 1): void => {
+      const q = b.quantizeWeight(p.value, format, axis);
+      b.free(p.value);
+      p.value = q;
+      p.requiresGrad = false;
+    };
+    for (const block of this.blocks) {
+      const proj = block.attn.proj;
+      if (proj.kind !== 'fused_qkv') throw new Error('GPT-2 attention must use a fused c_attn');
+      for (const lin of [proj.qkv, proj.out, block.mlp.fc1, block.mlp.fc2]) swap(lin.weight, 1);
+    }
+    swap(this.wte.table, 0);
   }
 
   /** Freeze (false) or unfreeze every parameter. */

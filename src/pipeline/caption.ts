@@ -47,6 +47,7 @@ const LOAD_KEYS = optionKeys<ClipCapLoadOptions>({
   offline: true,
   revision: true,
   normalizePrefix: true,
+  weights: true,
 });
 const CAPTION_KEYS = optionKeys<CaptionOptions>({
   method: true,

@@ -4,7 +4,7 @@ import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runLearningDemo, runRandomDemo } from '../../src/cli/commands/demo.js';
 import type { CliIO } from '../../src/cli/commands/caption.js';
-import type { DemoResult } from '../../src/demo/run.js';
+import type { DemoResult } from '../../src/cli/demo/run.js';
 import { cli } from './harness.js';
 
 export function bufferIO(): CliIO & { out: string; err: string } {

@@ -2,7 +2,7 @@ import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { demoGpt2Files, DEMO_GPT2 } from '../../src/demo/gpt2-assets.js';
+import { demoGpt2Files, DEMO_GPT2 } from '../../src/cli/demo/gpt2-assets.js';
 import {
   allCaptions,
   COLOURS,
@@ -11,7 +11,7 @@ import {
   SIZES,
   writeWorld,
   type WorldImage,
-} from '../../src/demo/world.js';
+} from '../../src/cli/demo/world.js';
 import { extractEmbeddings } from '../../src/pipeline/extract.js';
 import { loadGpt2, loadGpt2Tokenizer, loadImageEncoder } from '../../src/pipeline/load.js';
 import { pretokenize } from '../../src/text/gpt2-tokenizer.js';

@@ -9,7 +9,7 @@ import {
   SHAPES,
   SIZES,
   worldScenes,
-} from '../../src/demo/world.js';
+} from '../../src/cli/demo/world.js';
 
 describe('demo world', () => {
   const scenes = worldScenes(600, 11);

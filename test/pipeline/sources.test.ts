@@ -9,7 +9,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { runExtract } from '../../src/cli/commands/extract.js';
-import { writeWorld } from '../../src/demo/world.js';
+import { writeWorld } from '../../src/cli/demo/world.js';
 import { loadGpt2Tokenizer, resolveRecordedSource } from '../../src/pipeline/load.js';
 import { train } from '../../src/pipeline/train.js';
 import { bundledGpt2Dir } from '../../src/weights/bundled.js';

@@ -1,5 +1,5 @@
 /**
- * `clipcap demo`: the whole system learning, offline, in about two minutes (src/demo/run.ts): a synthetic
+ * `clipcap demo`: the whole system learning, offline, in about two minutes (src/cli/demo/run.ts): a synthetic
  * captioned world, features from the bundled CLIP tower, a ClipCap trained with the real training code, the
  * held-out scenes captioned with beam search and scored against the best constant caption.
  *
@@ -17,8 +17,8 @@ import { UsageError, UserError } from '../../util/errors.js';
 import { processContext, runCaption, type CliContext, type CliIO } from './caption.js';
 import { backendOption, intArg } from '../options.js';
 import type { BackendName } from '../../engine/registry.js';
-import { runDemo, type DemoResult, type DemoSizes } from '../../demo/run.js';
-import { writeWorld } from '../../demo/world.js';
+import { runDemo, type DemoResult, type DemoSizes } from '../demo/run.js';
+import { writeWorld } from '../demo/world.js';
 import type { TrainEvent } from '../../pipeline/train.js';
 
 /** assets/demo, found by walking up from this file (src/cli/commands or dist/src/cli/commands). */

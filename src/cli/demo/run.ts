@@ -1,6 +1,6 @@
 /**
  * `clipcap demo` as a library call: make a captioned world, extract its CLIP features with the bundled tower
- * (the extract pipeline `clipcap extract` runs), train a ClipCap on them (the `clipcap train` code: official loss, AdamW, linear
+ * (the `clipcap extract` code), train a ClipCap on them (the `clipcap train` code: official loss, AdamW, linear
  * warmup and decay), caption the held-out scenes with beam search (the `clipcap caption` code, from the
  * images), and score them against the best constant caption with the project's metrics (pycocoevalcap's).
  *
@@ -11,17 +11,15 @@
 import { promises as fs } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { evaluateCaptions, type Scores } from '../eval/index.js';
-import { ClipCap } from '../pipeline/caption.js';
-import { train, type TrainEvent } from '../pipeline/train.js';
-import type { BackendName } from '../engine/registry.js';
-import { UserError } from '../util/errors.js';
-import { writeFileAtomic } from '../util/atomic.js';
+import { evaluateCaptions, type Scores } from '../../eval/index.js';
+import { ClipCap } from '../../pipeline/caption.js';
+import { train, type TrainEvent } from '../../pipeline/train.js';
+import type { BackendName } from '../../engine/registry.js';
+import { UserError } from '../../util/errors.js';
+import { writeFileAtomic } from '../../util/atomic.js';
 import { namesEveryAttribute, writeWorld, type WorldImage } from './world.js';
-import { pairCaptions, readCaptionsFile } from '../data/captions.js';
-import { extractEmbeddings, writeCaptionsSidecar, writeEmbeddings } from '../pipeline/extract.js';
-import { loadImageEncoder } from '../pipeline/load.js';
-import { expandInputs } from '../pipeline/inputs.js';
+import type { CliIO } from '../commands/caption.js';
+import { runExtract } from '../commands/extract.js';
 
 export const DEMO_CLIP = 'bundled:demo-clip';
 export const DEMO_GPT2_NAME = 'bundled:demo-gpt2';
@@ -56,6 +54,8 @@ export interface DemoOptions extends Partial<DemoSizes> {
   /** Stage notices and progress. */
   onStage?: (stage: DemoStage, detail: string) => void;
   onTrainEvent?: (e: TrainEvent) => void;
+  /** Where extract's own messages go (default: dropped). */
+  io?: CliIO;
 }
 
 export type DemoStage = 'world' | 'extract' | 'train' | 'caption' | 'score';
@@ -125,39 +125,7 @@ async function prepareOut(out: string | undefined): Promise<string> {
   return abs;
 }
 
-/**
- * The extract pipeline on one folder: inputs expanded as `clipcap extract` does (sorted), embeddings with their
- * metadata, captions paired strictly by file name into the sidecar that training reads.
- */
-async function extractFeatures(
-  imagesDir: string,
-  annotations: string,
-  out: string,
-  backend: DemoOptions['backend'],
-): Promise<void> {
-  const captions = await readCaptionsFile(annotations);
-  const inputs = (await expandInputs([imagesDir])).map((e) => {
-    if (e.error !== undefined) throw new Error(`demo: ${e.error}`);
-    return e.path;
-  });
-  const encoder = await loadImageEncoder(DEMO_CLIP, backend ? { backend } : {});
-  const D = encoder.projectionDim;
-  const rows = new Float32Array(inputs.length * D);
-  try {
-    for await (const r of extractEmbeddings(encoder, inputs, { batchSize: 32 })) {
-      if (!r.embedding) throw new Error(`demo: ${r.image}: ${r.error ?? 'no embedding'}`);
-      rows.set(r.embedding, r.index * D);
-    }
-  } finally {
-    encoder.dispose();
-  }
-  await fs.mkdir(path.dirname(out), { recursive: true });
-  await writeEmbeddings(out, rows, D, { model: DEMO_CLIP, inputs }, encoder.imageSize);
-  const paired = pairCaptions(captions.entries, inputs);
-  if (paired.unmatchedCaptions > 0 || paired.uncaptioned.length > 0)
-    throw new Error(`demo: ${annotations} does not pair with ${imagesDir} one to one`);
-  await writeCaptionsSidecar(out, paired.records);
-}
+const silentIO: CliIO = { stdout: () => undefined, stderr: () => undefined, progress: false };
 
 export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const s: DemoSizes = { ...DEMO_DEFAULTS, ...o };
@@ -180,10 +148,22 @@ export async function runDemo(o: DemoOptions = {}): Promise<DemoResult> {
   const held = await writeWorld(heldDir, { n: s.heldoutImages, seed: s.seed * 2 + 1 });
   lap('world');
 
-  // 2. Features: what `clipcap extract DIR --captions annotations.json --clip bundled:demo-clip` writes.
+  // 2. Features: clipcap extract with the bundled tower, captions paired by file name.
   stage('extract', `extracting features with ${DEMO_CLIP}`);
   const features = path.join(out, 'features', 'train.safetensors');
-  await extractFeatures(path.join(trainDir, 'images'), trainWorld.annotations, features, o.backend);
+  const failed = await runExtract(
+    [path.join(trainDir, 'images')],
+    {
+      out: features,
+      captions: trainWorld.annotations,
+      strict: true,
+      clip: DEMO_CLIP,
+      batchSize: 32,
+      ...(o.backend ? { backend: o.backend } : {}),
+    },
+    o.io ?? silentIO,
+  );
+  if (failed > 0) throw new Error(`demo: ${failed} images of the demo world failed to extract`);
   lap('extract');
 
   // 3. Training: clipcap train's code, MLP mapper with the demo GPT-2 fine-tuned (the official variant (a)).

@@ -9,15 +9,15 @@
  * is 13, the official stop token), then one token per merge, then `<|endoftext|>`. The weights are a seeded
  * initialization as GPT-2's (normal 0.02; residual projections scaled by 1/sqrt(2 n_layer)).
  *
- * `node dist/src/demo/gpt2-assets.js DIR` (re)writes the directory; a test checks the shipped files equal it.
+ * `node dist/src/cli/demo/gpt2-assets.js DIR` (re)writes the directory; a test checks the shipped files equal it.
  */
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { Gpt2Tokenizer, pretokenize } from '../text/gpt2-tokenizer.js';
-import { mulberry32 } from '../util/random.js';
-import type { StateDict } from '../weights/host.js';
-import { saveSafetensors } from '../weights/safetensors.js';
+import { Gpt2Tokenizer, pretokenize } from '../../text/gpt2-tokenizer.js';
+import { mulberry32 } from '../../util/random.js';
+import type { StateDict } from '../../weights/host.js';
+import { saveSafetensors } from '../../weights/safetensors.js';
 import { allCaptions } from './world.js';
 
 export const DEMO_GPT2 = {
@@ -180,7 +180,7 @@ export async function writeDemoGpt2(dir: string): Promise<void> {
 if (process.argv[1] && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
   const dir = process.argv[2];
   if (!dir) {
-    process.stderr.write('usage: node dist/src/demo/gpt2-assets.js DIR\n');
+    process.stderr.write('usage: node dist/src/cli/demo/gpt2-assets.js DIR\n');
     process.exit(2);
   }
   await writeDemoGpt2(dir);

@@ -10,9 +10,9 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import sharp from 'sharp';
-import { writeFileAtomic } from '../util/atomic.js';
-import { mulberry32 } from '../util/random.js';
-import { DEMO_PALETTE_RGB } from '../weights/bundled-demo-clip.js';
+import { writeFileAtomic } from '../../util/atomic.js';
+import { mulberry32 } from '../../util/random.js';
+import { DEMO_PALETTE_RGB } from '../../weights/bundled-demo-clip.js';
 
 export const SHAPES = ['circle', 'square', 'triangle'] as const;
 export const COLOURS = ['red', 'green', 'blue', 'yellow', 'purple', 'orange'] as const;
