@@ -214,11 +214,11 @@ export async function loadGpt2Tokenizer(spec: string): Promise<Gpt2Tokenizer> {
 }
 
 /**
- * Every id the model can emit must decode: a GPT-2 with a larger vocabulary than its tokenizer (e.g. a custom
- * vocabulary whose files are missing) is refused, as is a directory's own tokenizer of another size.
+ * The tokenizer must be the model's: a GPT-2 whose vocabulary size differs from its tokenizer's (e.g. a custom
+ * vocabulary whose vocab.json / merges.txt are missing, so GPT-2's standard one would decode its ids) is refused.
  */
 function checkTokenizer(tok: Gpt2Tokenizer, config: Gpt2Config, spec: string): void {
-  if (config.vocab_size > tok.vocabSize || (tok.vocabSize !== 50257 && tok.vocabSize !== config.vocab_size))
+  if (tok.vocabSize !== config.vocab_size)
     throw new UserError(
       `GPT-2 ${spec}: the model has a ${config.vocab_size}-token vocabulary but its tokenizer ${tok.vocabSize} tokens; ` +
         'give a GPT-2 directory with its vocab.json and merges.txt',

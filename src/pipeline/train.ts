@@ -264,11 +264,17 @@ async function optionsFromState(options: Record<string, unknown>, run: string): 
 /** Read the data (and validation data) into sets; over-long captions are cut to what GPT-2 can take. */
 async function readSets(
   r: Resolved,
-  nPositions: number,
+  gpt2: { n_positions: number; vocab_size: number },
   warn: (m: string) => void,
 ): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
+  const nPositions = gpt2.n_positions;
   // The GPT-2's own vocabulary when its directory carries one (vocab.json + merges.txt), else GPT-2's.
   const tok = await loadGpt2Tokenizer(r.gpt2);
+  if (tok.vocabSize !== gpt2.vocab_size)
+    throw new UserError(
+      `GPT-2 ${r.gpt2}: the model has a ${gpt2.vocab_size}-token vocabulary but its tokenizer ${tok.vocabSize} tokens; ` +
+        'give a GPT-2 directory with its own vocab.json and merges.txt',
+    );
   const b = new TrainingSetBuilder(tok);
   const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
     b.close();
@@ -363,7 +369,7 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
     );
   const loadOpts = { offline: o.offline, revision: o.revision };
   const gpt2 = await loadGpt2(r.gpt2, loadOpts);
-  const sets = await readSets(r, gpt2.config.n_positions, warn);
+  const sets = await readSets(r, gpt2.config, warn);
   try {
     if (sets.train.count < r.batchSize)
       throw new UserError(

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { UserError } from '../util/errors.js';
-import { demoClipWeights, DEMO_CLIP_CONFIG } from './bundled-demo-clip.js';
+import { demoClipWeights } from './bundled-demo-clip.js';
 import type { StateDict } from './host.js';
 
 export const BUNDLED_PREFIX = 'bundled:';
@@ -36,11 +36,6 @@ export function bundledClip(spec: string): { config: Record<string, unknown>; we
   if (!build)
     throw new UserError(`CLIP ${spec}: no such bundled model (clipcap bundles ${names()}); check the name`);
   return build();
-}
-
-/** The width of a bundled CLIP's embeddings, without building it. */
-export function bundledClipDim(spec: string): number | undefined {
-  return spec === `${BUNDLED_PREFIX}demo-clip` ? DEMO_CLIP_CONFIG.projection_dim : undefined;
 }
 
 /** assets/models, found by walking up from this file (src/weights or dist/src/weights). */

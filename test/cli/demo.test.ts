@@ -28,12 +28,13 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
 
   beforeAll(async () => {
     io = bufferIO();
-    // 400 scenes x 5 captions, 2 epochs of batch 40: 100 optimizer steps.
+    // 300 scenes x 5 captions, 2 epochs of batch 40: 74 optimizer steps (~25 s on a loaded 2-core machine).
     r = await runLearningDemo({ out, format: 'json' }, io, {
-      trainImages: 400,
-      heldoutImages: 60,
+      trainImages: 300,
+      heldoutImages: 40,
       epochs: 2,
-      warmup: 30,
+      warmup: 20,
+      lr: 3e-3,
     });
   }, 240_000);
 
@@ -42,14 +43,16 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
     const b = r.scores.baseline;
     console.log(
       `reduced demo: CIDEr-D ${m.CIDEr.toFixed(3)} vs ${b.CIDEr.toFixed(3)}, BLEU-4 ${m.Bleu_4.toFixed(3)} vs ` +
-        `${b.Bleu_4.toFixed(3)}, all attributes ${r.all_attributes.model.toFixed(2)}; ${r.seconds.total.toFixed(1)} s`,
+        `${b.Bleu_4.toFixed(3)}, all attributes ${r.all_attributes.model.toFixed(2)}; ` +
+        JSON.stringify(r.seconds, (_, v: unknown) => (typeof v === 'number' ? Number(v.toFixed(1)) : v)),
     );
     // A model that stopped learning writes one caption for every scene: at best the baseline.
-    expect(m.CIDEr).toBeGreaterThan(2 * b.CIDEr);
+    expect(m.CIDEr).toBeGreaterThan(3 * b.CIDEr);
     expect(m.CIDEr).toBeGreaterThan(b.CIDEr + 0.8);
     expect(m.Bleu_4).toBeGreaterThan(b.Bleu_4 + 0.2);
-    // Colour, size and position are learned within 100 steps; together with shape, on some scenes at least.
-    expect(r.all_attributes.model).toBeGreaterThan(0.2);
+    // Colour and size are learned first; all four attributes together on some scenes already.
+    expect(r.all_attributes.model).toBeGreaterThan(0.25);
+    expect(r.all_attributes.model).toBeGreaterThan(5 * r.all_attributes.baseline);
     expect(new Set(r.samples.map((s) => s.caption)).size).toBeGreaterThan(1);
   });
 
@@ -76,7 +79,7 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
       expect(secs[k]).toBeGreaterThanOrEqual(0);
     // Progress and stage lines go to stderr.
     expect(io.err).toMatch(/\[3\/5\] training/);
-    expect(io.err).toMatch(/training: step 100\/100/);
+    expect(io.err).toMatch(/training: step 74\/74/);
   });
 
   it('writes the world, features, a checkpoint that records its sources, predictions and scores', () => {
@@ -85,7 +88,7 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
         images: Array<{ id: number; file_name: string }>;
         annotations: Array<{ image_id: number; caption: string }>;
       };
-      expect(ann.images.length).toBe(split === 'train' ? 400 : 60);
+      expect(ann.images.length).toBe(split === 'train' ? 300 : 40);
       expect(ann.annotations.length).toBe(5 * ann.images.length);
       for (const im of ann.images)
         expect(existsSync(path.join(out, 'world', split, 'images', im.file_name))).toBe(true);
@@ -100,7 +103,7 @@ describe('clipcap demo (reduced: a smaller world and fewer steps)', () => {
       image_id: number;
       caption: string;
     }>;
-    expect(preds).toHaveLength(60);
+    expect(preds).toHaveLength(40);
     expect(preds[0].image_id).toBe(1);
     const scores = JSON.parse(readFileSync(path.join(out, 'scores.json'), 'utf8')) as {
       scores: { model: { CIDEr: number } };

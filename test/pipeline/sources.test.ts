@@ -121,6 +121,26 @@ describe('checkpoint sources', () => {
     }
   });
 
+  it('a GPT-2 with its own vocabulary but no tokenizer files is refused, for training and captioning', async () => {
+    const bare = path.join(base, 'no-tokenizer');
+    cpSync(path.join(base, 'my-gpt2'), bare, { recursive: true });
+    rmSync(path.join(bare, 'vocab.json'));
+    rmSync(path.join(bare, 'merges.txt'));
+    await expect(
+      train({
+        data: path.join(base, 'feats.safetensors'),
+        out: path.join(base, 'run-bare'),
+        gpt2: bare,
+        batchSize: 20,
+      }),
+    ).rejects.toThrow(
+      /383-token vocabulary but its tokenizer 50257 tokens; give a GPT-2 directory with its own vocab\.json/,
+    );
+    const run = await cli(['caption', '--model', path.join(base, 'run', 'final'), image, '--gpt2', bare]);
+    expect(run.code).toBe(1);
+    expect(run.err).toMatch(/383-token vocabulary but its tokenizer 50257 tokens/);
+  });
+
   it('resolves recorded names: bundled names and hub ids as they are, paths against the checkpoint', async () => {
     const ck = path.join(base, 'run', 'final');
     expect(await resolveRecordedSource('bundled:demo-gpt2', ck)).toBe('bundled:demo-gpt2');

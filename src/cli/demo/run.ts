@@ -39,7 +39,7 @@ export interface DemoSizes {
 export const DEMO_DEFAULTS: Readonly<DemoSizes> = Object.freeze({
   trainImages: 1000,
   heldoutImages: 150,
-  epochs: 3,
+  epochs: 2,
   batchSize: 40,
   lr: 2e-3,
   warmup: 100,
