@@ -9,6 +9,9 @@ import { loadNativeBackend } from './native.js';
 export type BackendName = 'native' | 'reference';
 export * from './backend.js';
 export * from './tensor.js';
+export { scope, keep, persist } from './memory.js';
+export { DeviceBackend } from './checked.js';
+export type { Device } from './device.js';
 
 let cached: Partial<Record<BackendName, Backend>> = {};
 let warned = false;

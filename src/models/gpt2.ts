@@ -224,7 +224,7 @@ export class Gpt2Model implements CausalLM {
       );
     const positions = this.positionIds(bsz, time, offset);
     const pos = this.wpe.forward(positions);
-    const x = this.backend.add(embeds, pos);
+    const x = this.backend.binary('add', embeds, pos);
     this.backend.free(pos);
     return { x, positions };
   }
@@ -289,7 +289,7 @@ export class Gpt2Model implements CausalLM {
 
   /** The tied LM head: h (..., C) -> logits (..., V) = h · wteᵀ. */
   lmHead(h: Tensor): Tensor {
-    const h2 = h.reshape([h.rows, this.width]);
+    const h2 = h.view([h.rows, this.width]);
     const y = this.backend.matmul(h2, this.wte.table.value, { transB: true });
     return y.reshape([...h.shape.slice(0, -1), this.vocabSize]);
   }
@@ -301,8 +301,8 @@ export class Gpt2Model implements CausalLM {
   lmHeadBackward(dlogits: Tensor, h: Tensor): Tensor {
     const b = this.backend;
     const v = this.vocabSize;
-    const d2 = dlogits.reshape([dlogits.rows, v]);
-    const h2 = h.reshape([h.rows, this.width]);
+    const d2 = dlogits.view([dlogits.rows, v]);
+    const h2 = h.view([h.rows, this.width]);
     const wte = this.wte.table;
     // dwte (V, C) += dlogitsᵀ · h
     if (wte.requiresGrad) b.matmul(d2, h2, { transA: true, out: wte.gradTensor(), accumulate: true });

@@ -1,4 +1,5 @@
 /** LayerNorm over the last axis with an explicit backward (PyTorch semantics: biased variance, eps inside). */
+import { persist } from '../engine/memory.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Parameter } from './parameter.js';
 
@@ -46,7 +47,7 @@ export class LayerNorm {
 
   private scratchBuffers(): { w: Tensor; b: Tensor } {
     const b = this.weight.value.backend;
-    this.scratch ??= { w: b.zeros(this.weight.shape), b: b.zeros(this.bias.shape) };
+    this.scratch ??= { w: persist(b.zeros(this.weight.shape)), b: persist(b.zeros(this.bias.shape)) };
     return this.scratch;
   }
 }

@@ -49,7 +49,7 @@ export interface PrefixModel {
   /** Width D of the CLIP embedding it expects. */
   readonly prefixSize: number;
   /** clipEmbeds (N, D) -> prefix embeddings (N, K, E) (normalize_prefix applied when configured). */
-  prefixEmbeddings(clipEmbeds: Tensor): Tensor;
+  prefixEmbeddings(clipEmbeds: Tensor): Promise<Tensor>;
 }
 
 /** Text side: ids -> caption text. */
@@ -309,14 +309,14 @@ export class ClipCap {
       let prefix: Tensor | undefined;
       let generated: GenerationResult[];
       try {
-        prefix = this.parts.mapper.prefixEmbeddings(embeds); // (N, K, E)
+        prefix = await this.parts.mapper.prefixEmbeddings(embeds); // (N, K, E)
         // Sampling streams come from each input's content (its preprocessed pixels or its embedding), so a
         // sampled caption does not depend on the input's position or on what else shares its batch.
         const streams =
           decode.method === 'nucleus'
             ? ok.map((p) => inputStream((p.pixels ?? p.embedding) as Float32Array))
             : undefined;
-        generated = generate(this.parts.lm, prefix, decode, { streams });
+        generated = await generate(this.parts.lm, prefix, decode, { streams });
       } finally {
         b.free(embeds);
         if (prefix) b.free(prefix);
@@ -342,7 +342,7 @@ export class ClipCap {
       try {
         e = enc.encodeImages(pix); // (n, D)
         if (images.length === ok.length) return e;
-        const data = e.toArray() as Float32Array;
+        const data = (await e.read()) as Float32Array;
         let i = 0;
         ok.forEach((p, j) => {
           if (p.pixels) host.set(data.subarray(i * D, ++i * D), j * D);

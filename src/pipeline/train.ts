@@ -97,7 +97,7 @@ export interface TrainControl {
   /** Abort: a resumable checkpoint is saved at the next step boundary; the result says `interrupted`. */
   signal?: AbortSignal;
   /** The trained model, before it is disposed (e.g. to inspect its weights). */
-  onFinish?: (model: ClipCapModel) => void;
+  onFinish?: (model: ClipCapModel) => void | Promise<void>;
 }
 
 export interface TrainProgress {
@@ -114,7 +114,7 @@ export interface TrainHooks {
   onStart?(info: { captions: number; maxSeqLen: number; stepsPerEpoch: number; totalSteps: number }): void;
   onStep?(p: TrainProgress): void;
   onEpoch?(info: { epoch: number; meanLoss: number; checkpoint?: string }): void;
-  onFinish?(model: ClipCapModel): void;
+  onFinish?(model: ClipCapModel): void | Promise<void>;
 }
 
 export interface TrainResult extends LoopResult {
@@ -461,10 +461,10 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
       if (!result.interrupted && r.exportTorch !== undefined) {
         // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
         // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
-        await saveTorchStateDict(r.exportTorch, model.stateDict());
+        await saveTorchStateDict(r.exportTorch, await model.stateDict());
         emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
       }
-      if (!result.interrupted) control.onFinish?.(model);
+      if (!result.interrupted) await control.onFinish?.(model);
       return { ...result, out: r.out };
     } finally {
       model.dispose();
