@@ -17,10 +17,14 @@ import type { Backend } from '../../src/engine/backend.js';
 import { AttentionSaved, ShapeError } from '../../src/engine/backend.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import * as naive from './naive.js';
+import { AsyncTestBackend } from './async-backend.js';
+import { keep, scope } from '../../src/engine/memory.js';
 
 const FWD_TOL = 1e-5;
 
-for (const be of availableBackends()) {
+// Every backend that loads here, plus a test-only one written against the Device interface alone that
+// resolves reads on a later tick and keeps its storage opaque (async-backend.ts).
+for (const be of [...availableBackends(), new AsyncTestBackend()]) {
   describe(`${be.name} backend kernels`, () => {
     // kernel name (a comparison label's first word) -> its worst difference over every comparison
     const worst = new Map<string, { worst: number; tolerance: number; comparisons: number; at: string }>();
@@ -87,6 +91,51 @@ function size(shape: readonly number[]): number {
 // ==================================================================================== memory
 
 function memoryTests(be: Backend): void {
+  it('memory() counts live tensors and bytes; views and double frees do not change it', () => {
+    const before = be.memory();
+    const a = be.zeros([3, 5]);
+    const ids = be.upload(new Int32Array(7), [7]);
+    expect(be.memory()).toEqual({ tensors: before.tensors + 2, bytes: before.bytes + 15 * 4 + 7 * 4 });
+    const v = a.view([15]);
+    be.free(v);
+    expect(be.memory().tensors).toBe(before.tensors + 2);
+    const r = a.reshape([5, 3]); // moves ownership: a is now the view
+    be.free(a);
+    expect(be.memory().tensors).toBe(before.tensors + 2);
+    be.free(r);
+    be.free(r);
+    be.free(ids);
+    expect(be.memory()).toEqual(before);
+  });
+
+  it('scope frees what it allocated except its result and what was kept', async () => {
+    const before = be.memory();
+    const x = be.upload(new Float32Array([1, -2, 3, -4]), [2, 2]);
+    let kept: Tensor | undefined;
+    const { y, pair } = scope(() => {
+      const t1 = be.activation('relu', x); // a temporary
+      const t2 = be.binary('add', t1, t1);
+      kept = keep(be.binary('mul', t2, t2));
+      return { y: be.binary('add', t2, x).view([4]), pair: [t1] };
+    });
+    // x (outside), y's base, pair[0] and kept survive; t2 was freed
+    expect(Array.from(await be.download(y))).toEqual([3, -2, 9, -4]);
+    expect(Array.from(await be.download(pair[0]))).toEqual([1, 0, 3, 0]);
+    expect(Array.from(await be.download(kept as Tensor))).toEqual([4, 0, 36, 0]);
+    expect(be.memory().tensors).toBe(before.tensors + 4);
+    for (const t of [x, pair[0], kept as Tensor]) be.free(t);
+    be.free(y); // a view: frees nothing
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+    // an exception frees everything the scope made
+    expect(() =>
+      scope(() => {
+        be.zeros([100]);
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+  });
+
   it('upload and download copy, zeros/fill/clone keep dtypes', async () => {
     const src = new Float32Array([1, 2, 3, 4, 5, 6]);
     const t = be.upload(src, [2, 3]);
@@ -128,6 +177,7 @@ function memoryTests(be: Backend): void {
 
     be.free(c);
     be.free(c); // freeing twice is safe
+    be.free(base); // so is freeing a freed base
     expect(() => be.upload(new Float32Array(5), [2, 3])).toThrow(ShapeError);
   });
 }
