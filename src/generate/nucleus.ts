@@ -11,7 +11,7 @@ import type { Tensor } from '../engine/tensor.js';
 import type { CausalLM } from './lm.js';
 import { nucleus } from './logits.js';
 import type { ResolvedDecodeOptions } from './options.js';
-import { Rng, sampleIndex } from './random.js';
+import { Rng, sampleIndex } from '../util/random.js';
 import { feedTokens, keepRows, runPrefix } from './steps.js';
 import type { GenerationResult } from './types.js';
 

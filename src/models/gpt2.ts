@@ -29,7 +29,7 @@ import { LayerNorm } from '../nn/layernorm.js';
 import { Linear } from '../nn/linear.js';
 import { FeedForward } from '../nn/mlp.js';
 import type { Parameter } from '../nn/parameter.js';
-import { SeedSequence } from '../nn/random.js';
+import { SeedSequence } from '../util/random.js';
 import { gpt2KeySpec, isGpt2Buffer } from '../weights/families/gpt2.js';
 import type { StateDict } from '../weights/host.js';
 import type { Gpt2Config } from './config.js';

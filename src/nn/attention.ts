@@ -13,7 +13,7 @@
 import type { Tensor } from '../engine/tensor.js';
 import type { AttentionOptions, AttentionSaved } from '../engine/backend.js';
 import type { Linear } from './linear.js';
-import type { SeedSequence } from './random.js';
+import type { SeedSequence } from '../util/random.js';
 
 export type AttentionProjections =
   | { kind: 'fused_qkv'; qkv: Linear; out: Linear }

@@ -9,7 +9,7 @@ import { SelfAttention, type AttentionContext } from './attention.js';
 import { Dropout } from './dropout.js';
 import type { LayerNorm } from './layernorm.js';
 import type { FeedForward } from './mlp.js';
-import type { SeedSequence } from './random.js';
+import type { SeedSequence } from '../util/random.js';
 
 export interface BlockRun {
   /** Keep what backward needs. */

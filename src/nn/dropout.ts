@@ -4,7 +4,7 @@
  * never stored: the backward runs the same op on dy with the same seed (the engine's one dropout rule).
  */
 import type { Tensor } from '../engine/tensor.js';
-import type { SeedSequence } from './random.js';
+import type { SeedSequence } from '../util/random.js';
 
 export class Dropout {
   /** The seed of the last recorded forward (null: it was the identity). */

@@ -19,7 +19,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { generate } from '../generate/index.js';
 import type { CausalLM } from '../generate/lm.js';
 import { resolveDecodeOptions, type ResolvedDecodeOptions } from '../generate/options.js';
-import { inputStream } from '../generate/random.js';
+import { inputStream } from '../util/random.js';
 import type { GenerationResult } from '../generate/types.js';
 import { preprocessImage, type RgbImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
