@@ -14,7 +14,7 @@ import { availableBackends } from '../../src/engine/index.js';
 import { ReferenceBackend } from '../../src/engine/reference.js';
 import type { ClipCapModel } from '../../src/models/clipcap.js';
 import { AdamW } from '../../src/nn/adamw.js';
-import { linearWarmupSchedule } from '../../src/train/schedule.js';
+import { linearWarmupSchedule } from '../../src/nn/schedule.js';
 import { f32, get, i32, loadGoldens } from '../models/helpers.js';
 import { tinyClipcap } from '../models/loaders.js';
 import { AsyncTestBackend } from './async-backend.js';
