@@ -56,7 +56,7 @@ const pixels = new Float32Array(files.length * plane);
 for (let i = 0; i < files.length; i++)
   pixels.set((await preprocessImage(path.join(dir, files[i]))).pixelValues, i * plane);
 const embT = clip.encodeImages(pixels);
-const emb = be.download(embT);
+const emb = await be.download(embT);
 be.free(embT);
 clip.dispose();
 const D = emb.length / files.length;
@@ -114,11 +114,11 @@ const err = Object.fromEntries(formats.map((f) => [f, { maxAbs: 0, maxRel: 0 }])
   const host = {};
   const caches = {};
   for (const f of formats) {
-    const prefix = models[f].prefixEmbeddings(emb);
+    const prefix = await models[f].prefixEmbeddings(emb);
     const run = runPrefixTensor(models[f].gpt2, prefix, steps + 1);
     be.free(prefix);
     caches[f] = run.cache;
-    host[f] = be.download(run.logits);
+    host[f] = await be.download(run.logits);
     be.free(run.logits);
   }
   for (let s = 0; ; s++) {
@@ -134,7 +134,7 @@ const err = Object.fromEntries(formats.map((f) => [f, { maxAbs: 0, maxRel: 0 }])
     const next = Array.from({ length: n }, (_, i) => tokens.f32.greedy[i][s]);
     for (const f of formats) {
       const l = feedTokensTensor(models[f].gpt2, caches[f], next);
-      host[f] = be.download(l);
+      host[f] = await be.download(l);
       be.free(l);
     }
   }

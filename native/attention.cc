@@ -93,7 +93,7 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
           sum += p[j];
         }
         const float inv = sum > 0 ? static_cast<float>(1.0 / sum) : 0.0f;
-        // out = Σ_j p_j · dropout_j · v_j; p itself stays undropped (what keepProbs returns).
+        // out = Σ_j p_j · dropout_j · v_j; p itself stays undropped (what a recorded forward saves).
         const int64_t pbase = ((b * a.n_head + h) * a.Tq + i) * a.Tk;
         std::fill(acc.begin(), acc.begin() + hd, 0.0f);
         for (int64_t j = 0; j < a.kv_len; ++j) {

@@ -424,14 +424,14 @@ Napi::Value AdamW(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
-// dropout(x, p, seedUint32, y, mask)
+// dropout(x, p, seedUint32, y, mask|null): the mask output is optional (the backward regenerates it)
 Napi::Value Dropout(const Napi::CallbackInfo& info) {
   need_args(info, 5, "dropout");
   const int64_t n = length(info, 0, "x");
   const double p = number(info, 1, "p");
   if (!(p >= 0.0 && p <= 1.0)) fail(info, "dropout: p must be in [0, 1]");
   const auto seed = static_cast<uint32_t>(integer(info, 2, "seed", 0, UINT32_MAX));
-  dropout(f32(info, 0, "x", n), n, p, seed, f32(info, 3, "y", n), f32(info, 4, "mask", n));
+  dropout(f32(info, 0, "x", n), n, p, seed, f32(info, 3, "y", n), f32(info, 4, "mask", n, true));
   return info.Env().Undefined();
 }
 

@@ -395,8 +395,9 @@ void dropout(const float* x, int64_t n, double p, uint32_t seed, float* y, float
   const float keep = p < 1.0 ? static_cast<float>(1.0 / (1.0 - p)) : 0.0f;
   parallel_for(n, 4.0, [&](int64_t i0, int64_t i1, int64_t) {
     for (int64_t i = i0; i < i1; ++i) {
-      mask[i] = (p == 0.0 || mulberry32_at(seed, i) >= p) ? keep : 0.0f;
-      y[i] = x[i] * mask[i];
+      const float m = (p == 0.0 || mulberry32_at(seed, i) >= p) ? keep : 0.0f;
+      if (mask != nullptr) mask[i] = m;
+      y[i] = x[i] * m;
     }
   });
 }

@@ -59,9 +59,9 @@ struct AdamWArgs {
 };
 void adamw(float* param, const float* grad, float* m, float* v, int64_t n, const AdamWArgs& a);
 
-// ---- dropout: element i kept when mulberry32At(seed, i) >= p (src/engine/reference-random.ts) ----
+// ---- dropout: element i kept when mulberry32At(seed, i) >= p (src/util/random.ts) ----
 // mulberry32's (index + 1)-th output as a float in [0, 1): the same bits as mulberry32At in
-// src/engine/reference-random.ts (uint32 arithmetic wraps exactly as JS's |0, >>> and Math.imul do).
+// src/util/random.ts (uint32 arithmetic wraps exactly as JS's |0, >>> and Math.imul do).
 // Shared by the dropout op and attention's probability dropout, so their masks follow one definition.
 inline double mulberry32_at(uint32_t seed, int64_t index) {
   uint32_t z = seed + static_cast<uint32_t>(index + 1) * 0x6D2B79F5u;
@@ -69,6 +69,7 @@ inline double mulberry32_at(uint32_t seed, int64_t index) {
   z ^= z + (z ^ (z >> 7)) * (z | 61u);
   return static_cast<double>(z ^ (z >> 14)) / 4294967296.0;
 }
+// mask may be null (y only).
 void dropout(const float* x, int64_t n, double p, uint32_t seed, float* y, float* mask);
 
 // ---- attention (attention.cc) ----

@@ -145,16 +145,16 @@ async function runWithPhotos(
     return px;
   };
   /** Embeddings of n images, downloaded to the host as a caller would use them. */
-  const encode = (px: Float32Array): void => {
+  const encode = async (px: Float32Array): Promise<void> => {
     const e = enc.encodeImages(px); // (n, D)
-    e.toArray();
+    await e.read();
     eng.backend.free(e);
   };
 
   const pixels = await preprocess();
   // the first photo's embedding, to compare with PyTorch's (the ResNet script prints it)
   const first = enc.encodeImages(pixels.subarray(0, plane));
-  const ours0 = first.toArray();
+  const ours0 = await first.read();
   eng.backend.free(first);
   const cases: { id: string; n: number; fn: () => Promise<void> }[] = [
     { id: 'bs1', n: 1, fn: async () => encode(pixels.subarray(0, plane)) },

@@ -72,7 +72,7 @@ export async function runTrainBench(opts: BenchRunOptions): Promise<BenchReport>
       const opt = new AdamW(model.trainableParameters(), CLIPCAP_ADAMW, linearWarmupSchedule(0, 1e9));
       const step = async (): Promise<void> => {
         opt.zeroGrad();
-        model.lossAndBackward({ prefix, tokens, length: TOKENS }, { train: true });
+        await model.lossAndBackward({ prefix, tokens, length: TOKENS }, { train: true });
         opt.step();
       };
       const t = await timeAsync(step, runs, smoke ? 0 : 1);

@@ -3,7 +3,12 @@
  *
  * Model code only ever calls these methods: it never indexes activation storage, so a backend that keeps
  * tensors resident on a device (CUDA, WebGPU) can be added without touching the models. Host data crosses
- * the boundary only through `upload` / `download` (inputs, weights, final logits, scalar losses).
+ * the boundary only through `upload` / `download` (inputs, weights, final logits, scalar losses), and reads
+ * are asynchronous (a WebGPU backend cannot read synchronously; the CPU backends resolve at once).
+ *
+ * Every backend is a `DeviceBackend` (checked.ts): one storage-agnostic layer that checks every argument and
+ * shape, counts live memory and resolves each op into the sizes a `Device` (device.ts) computes with. A new
+ * backend implements `Device` only; test/engine/async-backend.ts is one written against that alone.
  *
  * Conventions:
  * - Shapes are row-major; the last axis is contiguous. "Rows" means all leading axes flattened.
@@ -59,23 +64,34 @@ export interface AttentionOptions {
   /**
    * Train-mode dropout on the softmax probabilities (Hugging Face GPT2Attention's attn_dropout), applied
    * before they multiply V: p'[i] = p[i] · keep(i) / (1 - p) with keep(i) = mulberry32At(seed, i) >= p
-   * (reference-random.ts, the generator of the `dropout` op), where i = ((b·nHead + h)·Tq + query)·Tk + key
+   * (util/random.ts, the generator of the `dropout` op), where i = ((b·nHead + h)·Tq + query)·Tk + key
    * is the flat index into (B, nHead, Tq, Tk) with Tk the stored rows of k/v (not kvLength). The mask is a
-   * pure function of (seed, i), so it is identical on every backend and thread count. `keepProbs` keeps the
-   * probabilities BEFORE dropout; attentionBackward must get the same option and regenerates the mask.
+   * pure function of (seed, i), so it is identical on every backend and thread count; attentionBackward gets
+   * the same option and regenerates it (the one dropout rule: masks are regenerated, never returned).
    * p in [0, 1), seed an integer (only its low 32 bits matter); absent or p = 0: no dropout.
    */
   dropout?: { p: number; seed: number };
 }
 
+/**
+ * What a recorded attention forward keeps for its backward: opaque, chosen by the backend (the host
+ * backends keep the softmax probabilities; a fused flash-style kernel would keep per-row log-sum-exps).
+ * Its tensors are counted and scoped like any other; `free()` releases them.
+ */
+export class AttentionSaved {
+  /** @internal Use the backend's attention(…, { record: true }). */
+  constructor(readonly tensors: readonly Tensor[]) {}
+
+  free(): void {
+    for (const t of this.tensors) t.free();
+  }
+}
+
 export interface AttentionResult {
   /** (B, Tq, C) */
   out: Tensor;
-  /**
-   * Softmax probabilities (B, nHead, Tq, Tk), kept for the backward pass; only when requested. With
-   * opts.dropout these are the probabilities before dropout (the backward regenerates the mask).
-   */
-  probs?: Tensor;
+  /** With `record`: what attentionBackward needs besides q, k, v (opaque). */
+  saved?: AttentionSaved;
 }
 
 export interface AttentionGrads {
@@ -90,13 +106,6 @@ export interface LayerNormResult {
   /** (rows) per-row mean and 1/sqrt(var + eps), kept for backward */
   mean: Tensor;
   rstd: Tensor;
-}
-
-export interface CrossEntropyResult {
-  /** Mean loss over counted positions (positions whose target != ignoreIndex); NaN when none counted. */
-  loss: number;
-  /** Number of counted positions. */
-  count: number;
 }
 
 export interface AdamWOptions {
@@ -143,22 +152,69 @@ export interface Pool2dOptions {
   padding?: number | readonly [number, number];
 }
 
+/** Elementwise activations; each backward takes the forward's input, except tanh's (its output). */
+export type ActivationKind = 'gelu' | 'quickGelu' | 'relu' | 'tanh';
+
+/** Elementwise binary ops; b broadcasts over a when b's shape is a suffix of a's. */
+export type BinaryKind = 'add' | 'mul';
+
+/** Every op of the interface, for `supports`. */
+export const OPS = [
+  'matmul',
+  'binary',
+  'addInPlace',
+  'sumRows',
+  'activation',
+  'activationBackward',
+  'layerNorm',
+  'layerNormBackward',
+  'attention',
+  'attentionBackward',
+  'embedding',
+  'embeddingBackward',
+  'crossEntropy',
+  'crossEntropyBackward',
+  'adamw',
+  'dropout',
+  'concat',
+  'slice',
+  'writeSlice',
+  'indexSelect',
+  'logSoftmaxTopK',
+  'copyRows',
+  'quantizeWeight',
+  'conv2d',
+  'avgPool2d',
+] as const;
+export type OpName = (typeof OPS)[number];
+
+/** Live memory a backend holds: tensors allocated and not yet freed (views not counted). */
+export interface MemoryInfo {
+  tensors: number;
+  bytes: number;
+}
+
 export interface Backend {
   readonly name: string;
+  /** Whether this backend implements `op` (ops it lacks throw UnsupportedOpError). */
+  supports(op: OpName): boolean;
 
   // ---- memory ----
   /** A new zero-filled tensor. */
   zeros(shape: readonly number[], dtype?: DType): Tensor;
   /** Copy host data into a new tensor. data.length must equal the shape's size. */
   upload(data: Float32Array | Int32Array, shape: readonly number[]): Tensor;
-  /** Copy a tensor's contents to the host. */
-  download(t: Tensor): Float32Array | Int32Array;
-  /** Release a tensor's storage early (optional for GC-managed backends, but always safe to call). */
+  /** Copy a tensor's contents to the host; resolves once the backend's queued work has produced them. */
+  download(t: Tensor): Promise<Float32Array | Int32Array>;
+  /**
+   * Release a tensor's storage now. Freeing a view (Tensor.view) releases nothing: its base owns the storage.
+   * Freeing twice is safe; using a freed tensor (or a view of one) throws.
+   */
   free(t: Tensor): void;
-  /** A copy of x. */
-  clone(x: Tensor): Tensor;
   /** Fill in place with a constant. */
   fill(x: Tensor, value: number): void;
+  /** Tensors and bytes allocated and not yet freed (explicitly or by a scope). */
+  memory(): MemoryInfo;
 
   // ---- GEMM ----
   /**
@@ -167,31 +223,19 @@ export interface Backend {
    */
   matmul(a: Tensor, b: Tensor, opts?: MatmulOptions): Tensor;
 
-  // ---- elementwise (b broadcasts when its shape is a suffix of a's shape) ----
-  add(a: Tensor, b: Tensor): Tensor;
+  // ---- elementwise ----
+  /** a + b or a·b, b broadcast over a's leading axes (b's shape is a suffix of a's). */
+  binary(kind: BinaryKind, a: Tensor, b: Tensor): Tensor;
   /** a += alpha·b in place (same shapes). */
   addInPlace(a: Tensor, b: Tensor, alpha?: number): void;
-  mul(a: Tensor, b: Tensor): Tensor;
-  scale(a: Tensor, s: number): Tensor;
   /** Sum over rows: x (rows, C) -> (C); into `out` (accumulating when asked) for bias gradients. */
   sumRows(x: Tensor, out?: Tensor, accumulate?: boolean): Tensor;
-
-  // ---- activations (forward, and backward from the forward's input or output) ----
-  /** GELU, tanh approximation (GPT-2 gelu_new). */
-  gelu(x: Tensor): Tensor;
-  geluBackward(dy: Tensor, x: Tensor): Tensor;
-  /** x·sigmoid(1.702x) (CLIP). */
-  quickGelu(x: Tensor): Tensor;
-  quickGeluBackward(dy: Tensor, x: Tensor): Tensor;
-  relu(x: Tensor): Tensor;
-  reluBackward(dy: Tensor, x: Tensor): Tensor;
-  tanh(x: Tensor): Tensor;
-  /** Takes the forward's output y = tanh(x). */
-  tanhBackward(dy: Tensor, y: Tensor): Tensor;
-  /** Softmax over the last axis. */
-  softmax(x: Tensor): Tensor;
-  /** Log-softmax over the last axis. */
-  logSoftmax(x: Tensor): Tensor;
+  /**
+   * y = f(x): gelu (tanh approximation, GPT-2 gelu_new), quickGelu (x·sigmoid(1.702x), CLIP), relu, tanh.
+   */
+  activation(kind: ActivationKind, x: Tensor): Tensor;
+  /** dx = dy ⊙ f'(saved), saved being the forward's input (tanh: its output y). */
+  activationBackward(kind: ActivationKind, dy: Tensor, saved: Tensor): Tensor;
 
   // ---- normalization ----
   layerNorm(x: Tensor, weight: Tensor, bias: Tensor, eps: number): LayerNormResult;
@@ -207,18 +251,15 @@ export interface Backend {
   ): Tensor;
 
   // ---- attention: q (B,Tq,C), k/v (B,Tk,C) ----
-  attention(
-    q: Tensor,
-    k: Tensor,
-    v: Tensor,
-    opts: AttentionOptions & { keepProbs?: boolean },
-  ): AttentionResult;
+  /** With `record`, also returns the opaque state attentionBackward needs. */
+  attention(q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions & { record?: boolean }): AttentionResult;
+  /** The forward's q, k, v, options and saved state; dk/dv have k/v's stored shape (zero past kvLength). */
   attentionBackward(
     dout: Tensor,
     q: Tensor,
     k: Tensor,
     v: Tensor,
-    probs: Tensor,
+    saved: AttentionSaved,
     opts: AttentionOptions,
   ): AttentionGrads;
 
@@ -229,11 +270,14 @@ export interface Backend {
   embeddingBackward(dy: Tensor, ids: Tensor, dtable: Tensor): void;
 
   // ---- loss ----
-  /** logits (N, V), targets (N) i32. Mean cross-entropy over targets != ignoreIndex. */
-  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): CrossEntropyResult;
+  /**
+   * logits (N, V), targets (N) i32. Mean cross-entropy over targets != ignoreIndex (NaN when none counts),
+   * read asynchronously (as a double: the sum over rows is not rounded to float32).
+   */
+  crossEntropy(logits: Tensor, targets: Tensor, ignoreIndex: number): Promise<number>;
   /**
    * d(loss·lossScale)/dlogits for the mean loss above: (softmax - onehot) / count · lossScale on counted
-   * rows, 0 on ignored rows. (N, V).
+   * rows, 0 on ignored rows (all zero when no row counts). (N, V).
    */
   crossEntropyBackward(logits: Tensor, targets: Tensor, ignoreIndex: number, lossScale?: number): Tensor;
 
@@ -242,8 +286,11 @@ export interface Backend {
   adamw(param: Tensor, grad: Tensor, m: Tensor, v: Tensor, opts: AdamWOptions): void;
 
   // ---- dropout ----
-  /** Inverted dropout with a seeded generator; returns y and the scaled keep mask (0 or 1/(1-p)). */
-  dropout(x: Tensor, p: number, seed: number): { y: Tensor; mask: Tensor };
+  /**
+   * Inverted dropout: y = x·keep, keep(i) = 1/(1-p) when mulberry32At(seed, i) >= p, else 0. The mask is a
+   * pure function of (seed, i) and is never returned: the backward is the same op on dy with the same seed.
+   */
+  dropout(x: Tensor, p: number, seed: number): Tensor;
 
   // ---- layout ----
   /** Concatenate along `axis` (all other axes equal). */
@@ -281,13 +328,13 @@ export interface Backend {
    *   (a channel of zeros stays zero); every value must be finite.
    * A backend may also keep the compact values and read them where a product streams the weight (decoding
    * steps of a few rows), accumulating in f32: the result is the f32 product with the rounded weight up to
-   * the order of the sums. The tensor is read-only: writing to it is an error on a backend that keeps a
-   * compact copy (use it as matmul's b, an embedding table, or download it).
+   * the order of the sums. The tensor (and every view of it) is read-only on every backend: an op that would
+   * write to it throws ShapeError (use it as matmul's b, an embedding table, or download it).
    */
   quantizeWeight(w: Tensor, format: WeightFormat, channelAxis: 0 | 1): Tensor;
   // ---- convolution and pooling (image towers: OpenAI's ModifiedResNet CLIP); forward only ----
   // Images are NHWC (channels last), so a 1x1 convolution is one GEMM over pixels and per-channel vectors
-  // broadcast as suffixes (add, mul).
+  // broadcast as suffixes (binary).
   /**
    * 2-D cross-correlation (PyTorch's Conv2d, groups 1, dilation 1): x (B, H, W, C), weight (O, kh, kw, C)
    * ("OHWI": PyTorch's (O, C, kh, kw) permuted, once, at load time) -> (B, Ho, Wo, O) with

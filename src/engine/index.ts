@@ -4,6 +4,9 @@
  */
 export * from './backend.js';
 export * from './tensor.js';
+export { scope, keep, persist } from './memory.js';
+export { DeviceBackend } from './checked.js';
+export type { Device } from './device.js';
 export {
   availableBackends,
   backendEntries,

@@ -5,14 +5,14 @@
  * - Storage is the same as the reference backend's: one Float32Array / Int32Array per tensor, owned by the
  *   JS garbage collector and passed zero-copy to C++ (Node-API typed arrays). Kernels run synchronously on
  *   the addon's thread pool (CLIPCAP_THREADS threads, default: all cores).
- * - Every argument (backend, dtype, shape, range) is checked before the native call by host-backend.ts, the
- *   same code and messages as the reference backend's, plus what only the addon needs (finite scalars,
- *   int32 indices, no aliased outputs): the addon re-checks buffer lengths only as a last line of defence,
- *   and its errors arrive as JS exceptions, never a crash.
+ * - Every argument (backend, dtype, shape, range, aliasing) is checked before the native call by checked.ts,
+ *   the same code and messages as every backend's, plus what only the addon needs (finite scalars, int32
+ *   indices): the addon re-checks buffer lengths only as a last line of defence, and its errors arrive as
+ *   JS exceptions, never a crash.
  * - Semantics are the reference backend's (src/engine/reference.ts, the oracle): test/engine/native.test.ts
  *   compares every kernel with it.
- * - The layout ops (concat, slice, writeSlice, indexSelect) and fill/clone are host-backend.ts's TypedArray
- *   copies, as fast in JS as in C++.
+ * - The layout ops (concat, slice, writeSlice, indexSelect, copyRows) and fill are host-backend.ts's
+ *   TypedArray copies, as fast in JS as in C++.
  */
 import { existsSync } from 'node:fs';
 import { createRequire } from 'node:module';
@@ -28,7 +28,7 @@ import type {
   Conv2dDims,
   HostKernels,
 } from './host-backend.js';
-import { requireInteger } from './reference-checks.js';
+import { requireInteger } from './checks.js';
 
 type F32 = Float32Array;
 type I32 = Int32Array;
@@ -50,16 +50,10 @@ export interface NativeInfo {
 /** The addon's exports (native/addon.cc). Sizes are element counts; every array is contiguous. */
 interface NativeAddon extends Pick<
   HostKernels,
-  | 'scale'
-  | 'axpy'
-  | 'sumRows'
-  | 'softmax'
-  | 'layerNorm'
-  | 'layerNormBackward'
-  | 'embedding'
-  | 'embeddingBackward'
-  | 'dropout'
+  'axpy' | 'sumRows' | 'layerNorm' | 'layerNormBackward' | 'embedding' | 'embeddingBackward'
 > {
+  /** The mask output is optional (null: only y). */
+  dropout(x: F32, p: number, seed: number, y: F32, mask: F32 | null): void;
   info(): NativeInfo;
   /** native/decoding.cc */
   logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
@@ -234,11 +228,9 @@ function uint32(seed: number): number {
 }
 
 export class NativeBackend extends HostBackend {
-  readonly name = 'native';
-
   /** Use loadNativeBackend(): the addon is loaded once per process. */
   constructor(private readonly addon: NativeAddon) {
-    super(nativeKernels(addon));
+    super('native', nativeKernels(addon));
   }
 
   // ---------------------------------------------------------------- addon controls (not in Backend)
@@ -289,20 +281,22 @@ function convWindow(d: Conv2dDims): ConvWindow {
   return [d.kh, d.kw, d.strideH, d.strideW, d.padH, d.padW];
 }
 
-/**
- * The kernels as addon calls. host-backend.ts has checked shapes, dtypes and ranges; what is checked here
- * is only what the C++ side needs beyond that: scalars it reads as numbers, finite doubles or int32, and
- * outputs it updates together, which must not share storage.
- */
 /** Rows up to which products read a quantized weight's compact copy (native/gemm.h kSkinnyM). */
 const SKINNY_ROWS = 8;
 
+/**
+ * The kernels as addon calls. checked.ts has checked shapes, dtypes, ranges and aliasing; what is checked
+ * here is only what the C++ side needs beyond that: scalars it reads as finite doubles or int32.
+ */
 function nativeKernels(addon: NativeAddon): HostKernels {
   // Compact copies of quantized weights, by their f32 storage (read-only, so they cannot go stale).
   const compact = new WeakMap<F32, CompactWeight>();
   return {
     keepCompact(values, c) {
       compact.set(values, c);
+    },
+    dropCompact(values) {
+      compact.delete(values);
     },
     checkScalar(op, what, value, kind) {
       if (kind === 'int32') requireInteger(op, what, value, -(2 ** 31), 2 ** 31 - 1);
@@ -324,21 +318,14 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     },
     binary: (kind, a, b, y) => addon.binary(kind === 'add' ? BinaryOp.Add : BinaryOp.Mul, a, b, y),
     axpy: (a, b, alpha) => addon.axpy(a, b, alpha),
-    scale(x, s, y) {
-      if (typeof s !== 'number') throw new ShapeError(`scale: s must be a number, got ${String(s)}`);
-      addon.scale(x, s, y);
-    },
     sumRows: (x, rows, cols, out, accumulate) => addon.sumRows(x, rows, cols, out, accumulate),
     activation: (kind, x, y) => addon.activation(ACTIVATION_IDS[kind], x, y),
     activationBackward: (kind, dy, saved, dx) =>
       addon.activationBackward(ACTIVATION_IDS[kind], dy, saved, dx),
-    softmax: (x, rows, cols, y, log) => addon.softmax(x, rows, cols, y, log),
     layerNorm: (x, w, b, rows, C, eps, y, mean, rstd) =>
       addon.layerNorm(x, w, b, rows, C, eps, y, mean, rstd),
-    layerNormBackward(dy, x, w, mean, rstd, rows, C, dx, dw, db) {
-      if (dw.buffer === db.buffer) throw new ShapeError('layerNormBackward: dweight and dbias share storage');
-      addon.layerNormBackward(dy, x, w, mean, rstd, rows, C, dx, dw, db);
-    },
+    layerNormBackward: (dy, x, w, mean, rstd, rows, C, dx, dw, db) =>
+      addon.layerNormBackward(dy, x, w, mean, rstd, rows, C, dx, dw, db),
     attention: ({ q, k, v }, keyMask, out, probs, d) =>
       addon.attention(q, k, v, keyMask, out, probs, ...geometry(d)),
     attentionBackward: (dout, { q, k, v }, probs, { dq, dk, dv }, d) =>
@@ -348,20 +335,12 @@ function nativeKernels(addon: NativeAddon): HostKernels {
     // the addon also returns the count, which host-backend.ts has already made
     crossEntropy: ({ logits, targets, N, V, ignoreIndex }) =>
       addon.crossEntropy(logits, targets, N, V, ignoreIndex)[0],
-    crossEntropyBackward({ logits, targets, N, V, ignoreIndex, count }, lossScale, dlogits) {
-      if (typeof lossScale !== 'number') {
-        throw new ShapeError('crossEntropyBackward: lossScale must be a number');
-      }
-      addon.crossEntropyBackward(logits, targets, N, V, ignoreIndex, lossScale / count, dlogits);
-    },
-    adamw(param, grad, m, v, h) {
-      if (new Set([param.buffer, grad.buffer, m.buffer, v.buffer]).size !== 4) {
-        throw new ShapeError('adamw: param, grad, m and v must not share storage');
-      }
-      addon.adamw(param, grad, m, v, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.stepSize, h.bc2Sqrt);
-    },
+    crossEntropyBackward: ({ logits, targets, N, V, ignoreIndex, count }, lossScale, dlogits) =>
+      addon.crossEntropyBackward(logits, targets, N, V, ignoreIndex, lossScale / count, dlogits),
+    adamw: (param, grad, m, v, h) =>
+      addon.adamw(param, grad, m, v, h.lr, h.beta1, h.beta2, h.eps, h.weightDecay, h.stepSize, h.bc2Sqrt),
     // mulberry32At(seed, i) as the addon hashes each index, so masks match the reference's at any thread count
-    dropout: (x, p, seed, y, mask) => addon.dropout(x, p, uint32(seed), y, mask),
+    dropout: (x, p, seed, y) => addon.dropout(x, p, uint32(seed), y, null),
     // decoding ops (native/decoding.cc); host-backend.ts has checked k and made t finite and positive
     logSoftmaxTopK: (x, rows, V, k, t, values, indices) =>
       addon.logSoftmaxTopK(x, rows, V, k, t, values, indices),

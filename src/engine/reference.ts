@@ -5,8 +5,8 @@
  * - storage is one Float32Array (f32) or Int32Array (i32) per tensor, row-major;
  * - every sum is accumulated in float64 and rounded to float32 once, when stored;
  * - shapes and dtypes are checked before any work, and bad ones throw `ShapeError` naming the op. Those
- *   checks, the memory and the layout ops (TypedArray copies) are host-backend.ts, shared with the native
- *   backend; this file is the arithmetic, handed each op's checked storage and resolved sizes.
+ *   checks are checked.ts (every backend's), the storage and copies host-backend.ts (shared with the native
+ *   backend); this file is the arithmetic, handed each op's checked storage and resolved sizes.
  *
  * Semantics follow PyTorch (see each kernel): GPT-2's tanh GELU, biased-variance LayerNorm, masked keys
  * getting -inf before the softmax, `cross_entropy(ignore_index=...)`, `torch.optim.AdamW`.
@@ -15,13 +15,11 @@ import { HostBackend } from './host-backend.js';
 import type { ActivationKind, AttentionDims, HostKernels } from './host-backend.js';
 import { logSoftmaxTopKRows } from './reference-decoding.js';
 import { referenceConvKernels } from './reference-conv.js';
-import { mulberry32At } from './reference-random.js';
+import { mulberry32At } from '../util/random.js';
 
 export class ReferenceBackend extends HostBackend {
-  readonly name = 'reference';
-
   constructor() {
-    super(referenceKernels);
+    super('reference', referenceKernels);
   }
 }
 
@@ -107,10 +105,6 @@ const referenceKernels: HostKernels = {
     for (let i = 0; i < A.length; i++) A[i] += alpha * B[i];
   },
 
-  scale(X, s, Y) {
-    for (let i = 0; i < X.length; i++) Y[i] = X[i] * s;
-  },
-
   /** x (rows, C) -> (C): column sums (bias gradients). */
   sumRows(X, rows, C, Y, accumulate) {
     for (let c = 0; c < C; c++) {
@@ -129,23 +123,6 @@ const referenceKernels: HostKernels = {
   activationBackward(kind, D, S, DX) {
     const { df } = ACTIVATIONS[kind];
     for (let i = 0; i < D.length; i++) DX[i] = D[i] * df(S[i]);
-  },
-
-  /** Softmax over each row, max-subtracted so large logits do not overflow; log: x - max - log(Σ exp(x - max)). */
-  softmax(X, rows, C, Y, log) {
-    for (let r = 0; r < rows; r++) {
-      const src = X.subarray(r * C, (r + 1) * C);
-      const dst = Y.subarray(r * C, (r + 1) * C);
-      if (log) {
-        const lse = logSumExp(src);
-        for (let i = 0; i < C; i++) dst[i] = src[i] - lse;
-      } else {
-        const max = rowMax(src);
-        let sum = 0;
-        for (let i = 0; i < C; i++) sum += Math.exp(src[i] - max);
-        for (let i = 0; i < C; i++) dst[i] = Math.exp(src[i] - max) / sum;
-      }
-    }
   },
 
   /** LayerNorm over the last axis with the biased variance (PyTorch): y = (x - mean)·rstd·w + b. */
@@ -352,15 +329,13 @@ const referenceKernels: HostKernels = {
   },
 
   /**
-   * Inverted dropout: element i is kept when mulberry32At(seed, i) >= p (reference-random.ts), and the
-   * mask holds 0 or 1/(1-p), so y = x·mask and the backward is dy·mask. p = 0 is the identity; p = 1 drops all.
+   * Inverted dropout: element i is kept when mulberry32At(seed, i) >= p (util/random.ts) and scaled by
+   * 1/(1-p) rounded to float32 (the factor the backward regenerates), so y = x·keep. p = 0 is the identity;
+   * p = 1 drops all.
    */
-  dropout(X, p, seed, Y, MASK) {
-    const keepScale = p < 1 ? 1 / (1 - p) : 0;
-    for (let i = 0; i < X.length; i++) {
-      MASK[i] = p === 0 || mulberry32At(seed, i) >= p ? keepScale : 0;
-      Y[i] = X[i] * MASK[i];
-    }
+  dropout(X, p, seed, Y) {
+    const keepScale = Math.fround(p < 1 ? 1 / (1 - p) : 0);
+    for (let i = 0; i < X.length; i++) Y[i] = X[i] * (p === 0 || mulberry32At(seed, i) >= p ? keepScale : 0);
   },
 
   // decoding ops: reference-decoding.ts

@@ -14,21 +14,57 @@ export function shapeSize(shape: readonly number[]): number {
 }
 
 /**
+ * One allocation of a backend: the storage handle every tensor viewing it shares. Scopes (memory.ts) and
+ * the backend's live-memory count work on allocations, so a view or a reshape never frees (or leaks) twice.
+ */
+export class Allocation {
+  /** False once released. */
+  live = true;
+  /**
+   * A quantized weight (Backend.quantizeWeight): no op may write to it, since a device may keep a compact
+   * copy that stands for these values.
+   */
+  readOnly = false;
+
+  constructor(
+    readonly storage: unknown,
+    readonly bytes: number,
+  ) {}
+}
+
+/**
  * A shape plus a backend-owned storage handle. Model code treats `storage` as opaque: only the backend that
- * made the tensor reads it. `reshape` shares storage (row-major, so any reshape with the same size is free).
+ * made the tensor reads it.
+ *
+ * Ownership: a tensor either owns its allocation or is a view of it. `view(shape)` aliases without owning
+ * (freeing the view releases nothing; the base must outlive it); `reshape(shape)` moves ownership to the
+ * new handle (the old one becomes a view), for a function that returns its own result under a new shape.
  */
 export class Tensor {
   readonly shape: readonly number[];
   readonly size: number;
+  /** Whether this handle frees the allocation (false for views). */
+  private owner: boolean;
 
   constructor(
     readonly backend: Backend,
-    readonly storage: unknown,
+    readonly allocation: Allocation,
     shape: readonly number[],
     readonly dtype: DType = 'f32',
+    owner = true,
   ) {
     this.shape = Object.freeze([...shape]);
     this.size = shapeSize(shape);
+    this.owner = owner;
+  }
+
+  get storage(): unknown {
+    return this.allocation.storage;
+  }
+
+  /** True for a view: it aliases storage another tensor owns. */
+  get isView(): boolean {
+    return !this.owner;
   }
 
   get rank(): number {
@@ -45,8 +81,22 @@ export class Tensor {
     return this.cols === 0 ? 0 : this.size / this.cols;
   }
 
-  /** Same storage, new shape; -1 infers one axis. */
+  /** The same storage under a new shape (-1 infers one axis), as a view: it does not own the storage. */
+  view(shape: readonly number[]): Tensor {
+    return new Tensor(this.backend, this.allocation, this.resolve(shape), this.dtype, false);
+  }
+
+  /**
+   * The same storage under a new shape, taking over this tensor's ownership: this handle becomes a view
+   * (freeing it releases nothing) and freeing the result frees the storage.
+   */
   reshape(shape: readonly number[]): Tensor {
+    const t = new Tensor(this.backend, this.allocation, this.resolve(shape), this.dtype, this.owner);
+    this.owner = false;
+    return t;
+  }
+
+  private resolve(shape: readonly number[]): number[] {
     const known = shape.filter((d) => d !== -1);
     const inferred = shape.length - known.length;
     if (inferred > 1) throw new ShapeError(`reshape: more than one -1 in [${shape.join(', ')}]`);
@@ -59,12 +109,17 @@ export class Tensor {
     }
     if (shapeSize(resolved) !== this.size)
       throw new ShapeError(`reshape: cannot view [${this.shape.join(', ')}] as [${shape.join(', ')}]`);
-    return new Tensor(this.backend, this.storage, resolved, this.dtype);
+    return resolved;
   }
 
-  /** Copy to the host (for inputs, logits, losses and tests; never in model hot paths). */
-  toArray(): Float32Array | Int32Array {
+  /** Copy to the host, asynchronously (the backend resolves once the data exists). */
+  read(): Promise<Float32Array | Int32Array> {
     return this.backend.download(this);
+  }
+
+  /** Release the storage now (a view releases nothing). */
+  free(): void {
+    this.backend.free(this);
   }
 
   dispose(): void {

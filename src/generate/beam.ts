@@ -95,16 +95,34 @@ function scanRow(
   }
 }
 
+/**
+ * Whether a beam row's (beam+1)-th candidate average equals its beam-th after float32 rounding (then a lower
+ * id could win the tie and the row is scanned in full). values: the row's kk best log-probabilities at row.
+ */
+function tiedAtCut(
+  score: number,
+  len: number,
+  values: Float32Array,
+  row: number,
+  beam: number,
+  kk: number,
+): boolean {
+  if (kk <= beam) return false;
+  const avgOf = (j: number) => f32(f32(score + values[row + j]) / len);
+  return !(avgOf(beam) < avgOf(beam - 1));
+}
+
 /** The k best log-probabilities of each row of logits (rows, V) on the host: (rows, k) values and indices. */
-function topLogProbs(
+async function topLogProbs(
   lm: CausalLM,
   logits: Tensor,
   k: number,
   temperature: number,
-): { values: Float32Array; indices: Int32Array } {
+): Promise<{ values: Float32Array; indices: Int32Array }> {
   const top = lm.backend.logSoftmaxTopK(logits, k, temperature);
   try {
-    return { values: top.values.toArray() as Float32Array, indices: top.indices.toArray() as Int32Array };
+    const [values, indices] = await Promise.all([top.values.read(), top.indices.read()]);
+    return { values: values as Float32Array, indices: indices as Int32Array };
   } finally {
     top.values.dispose();
     top.indices.dispose();
@@ -112,11 +130,11 @@ function topLogProbs(
 }
 
 /** prefix: (B, K, E) -> per input, `beamSize` sequences best first, with their scores. */
-export function beamDecode(
+export async function beamDecode(
   lm: CausalLM,
   prefix: Tensor,
   opts: Pick<ResolvedDecodeOptions, 'beamSize' | 'maxTokens' | 'stopTokenId' | 'temperature'>,
-): GenerationResult[] {
+): Promise<GenerationResult[]> {
   const batch = prefix.shape[0];
   const V = lm.vocabSize;
   const beam = opts.beamSize;
@@ -132,7 +150,7 @@ export function beamDecode(
     // Step 0: the top `beam` next tokens of each prefix (log-probabilities, ties to the lower id).
     let first: { values: Float32Array; indices: Int32Array };
     try {
-      first = topLogProbs(lm, run.logits, beam, opts.temperature);
+      first = await topLogProbs(lm, run.logits, beam, opts.temperature);
     } finally {
       run.logits.dispose();
     }
@@ -163,8 +181,23 @@ export function beamDecode(
       const sourceRows: number[] = [];
       const stillActive: number[] = [];
       try {
-        const top = topLogProbs(lm, logits, kk, opts.temperature);
-        let host: Float32Array | null = null; // every logit, downloaded only if a row needs the full scan
+        const top = await topLogProbs(lm, logits, kk, opts.temperature);
+        // every logit, downloaded only if a row needs the full scan (see tiedAtCut)
+        const needsScan = active.some((i, a) =>
+          states[i].stopped.some(
+            (stopped, b) =>
+              !stopped &&
+              tiedAtCut(
+                states[i].scores[b],
+                states[i].lengths[b] + 1,
+                top.values,
+                (a * beam + b) * kk,
+                beam,
+                kk,
+              ),
+          ),
+        );
+        const host = needsScan ? ((await logits.read()) as Float32Array) : null;
         active.forEach((i, a) => {
           const s = states[i];
           // seq_lengths[~is_stopped] += 1, before the average as in the official code.
@@ -184,9 +217,8 @@ export function beamDecode(
             // a lower id could win the tie): that row is scanned in full, as the official code does.
             const row = (a * beam + b) * kk;
             const avgOf = (j: number) => f32(f32(score + top.values[row + j]) / len);
-            if (kk > beam && !(avgOf(beam) < avgOf(beam - 1))) {
-              host ??= logits.toArray() as Float32Array;
-              scanRow(best, host, (a * beam + b) * V, V, b * V, score, len, opts.temperature);
+            if (tiedAtCut(score, len, top.values, row, beam, kk)) {
+              scanRow(best, host as Float32Array, (a * beam + b) * V, V, b * V, score, len, opts.temperature);
               continue;
             }
             // Offer in increasing id order, so that ties across rows and ids keep the lower flat index.

@@ -14,17 +14,17 @@ import { feedTokens, keepRows, runPrefix } from './steps.js';
 import type { GenerationResult } from './types.js';
 
 /** prefix: (B, K, E) -> one sequence per input. */
-export function greedyDecode(
+export async function greedyDecode(
   lm: CausalLM,
   prefix: Tensor,
   opts: Pick<ResolvedDecodeOptions, 'maxTokens' | 'stopTokenId' | 'temperature'>,
-): GenerationResult[] {
+): Promise<GenerationResult[]> {
   const batch = prefix.shape[0];
   const V = lm.vocabSize;
   const t = effectiveTemperature(opts.temperature);
   const scaled = new Float32Array(t === 1 ? 0 : V);
   const tokens: number[][] = Array.from({ length: batch }, () => []);
-  let { cache, logits } = runPrefix(lm, prefix, opts.maxTokens);
+  let { cache, logits } = await runPrefix(lm, prefix, opts.maxTokens);
   try {
     let rowInput = tokens.map((_, i) => i); // cache row -> input index
     for (;;) {
@@ -44,7 +44,7 @@ export function greedyDecode(
       if (keep.length === 0) break;
       cache = keepRows(cache, keep);
       rowInput = keep.map((r) => rowInput[r]);
-      logits = feedTokens(
+      logits = await feedTokens(
         lm,
         cache,
         rowInput.map((i) => tokens[i][tokens[i].length - 1]),

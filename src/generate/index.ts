@@ -6,7 +6,7 @@
  * ```ts
  * import { generate } from './generate/index.js';
  * // prefix: (B, K, E) from ClipCapModel.prefixEmbeddings(clipEmbeds)
- * const results = generate(gpt2, prefix, { method: 'beam', beamSize: 5 });
+ * const results = await generate(gpt2, prefix, { method: 'beam', beamSize: 5 });
  * results[0].sequences[0].tokens; // best beam of the first input
  * ```
  */
@@ -30,7 +30,7 @@ export function generate(
   prefix: Tensor,
   options: DecodeOptions | ResolvedDecodeOptions = {},
   context: NucleusContext = {},
-): GenerationResult[] {
+): Promise<GenerationResult[]> {
   const o = isResolved(options) ? options : resolveDecodeOptions(options, lm.vocabSize);
   switch (o.method) {
     case 'beam':

@@ -11,7 +11,7 @@ import type { Tensor } from '../engine/tensor.js';
 import type { CausalLM } from './lm.js';
 import { nucleus } from './logits.js';
 import type { ResolvedDecodeOptions } from './options.js';
-import { Rng, sampleIndex } from './random.js';
+import { Rng, sampleIndex } from '../util/random.js';
 import { feedTokens, keepRows, runPrefix } from './steps.js';
 import type { GenerationResult } from './types.js';
 
@@ -26,7 +26,7 @@ export interface NucleusContext {
 }
 
 /** prefix: (B, K, E) -> per input, `numCaptions` sampled sequences. */
-export function nucleusDecode(
+export async function nucleusDecode(
   lm: CausalLM,
   prefix: Tensor,
   opts: Pick<
@@ -34,7 +34,7 @@ export function nucleusDecode(
     'maxTokens' | 'stopTokenId' | 'temperature' | 'topP' | 'seed' | 'numCaptions'
   >,
   context: NucleusContext = {},
-): GenerationResult[] {
+): Promise<GenerationResult[]> {
   const batch = prefix.shape[0];
   const n = opts.numCaptions;
   const V = lm.vocabSize;
@@ -44,7 +44,7 @@ export function nucleusDecode(
   const samples: number[][] = Array.from({ length: batch * n }, () => []);
   const rngs = samples.map((_, j) => new Rng(opts.seed, streams[Math.floor(j / n)], j % n));
 
-  const run = runPrefix(lm, prefix, opts.maxTokens);
+  const run = await runPrefix(lm, prefix, opts.maxTokens);
   let cache = run.cache;
   try {
     // Every sample of input i starts from prefix row i's logits.
@@ -69,7 +69,7 @@ export function nucleusDecode(
       rowSample = keep.map((r) => rowSample[r]);
       logitsRow = rowSample.map((_, r) => r);
       cacheRows = logitsRow;
-      logits = feedTokens(
+      logits = await feedTokens(
         lm,
         cache,
         rowSample.map((j) => samples[j][samples[j].length - 1]),

@@ -33,9 +33,9 @@ function checkLogits(lm: CausalLM, t: Tensor, rows: number): Tensor {
   return t;
 }
 
-function hostLogits(t: Tensor): Float32Array {
+async function hostLogits(t: Tensor): Promise<Float32Array> {
   try {
-    return t.toArray() as Float32Array;
+    return (await t.read()) as Float32Array;
   } finally {
     t.dispose();
   }
@@ -45,9 +45,14 @@ function hostLogits(t: Tensor): Float32Array {
  * prefix: (B, K, E) embeddings. Creates a cache with room for the prefix and the `maxTokens - 1` generated
  * tokens that are fed back (the last token is never fed), runs the prefix, returns the cache and logits.
  */
-export function runPrefix(lm: CausalLM, prefix: Tensor, maxTokens: number): PrefixRun {
+export async function runPrefix(lm: CausalLM, prefix: Tensor, maxTokens: number): Promise<PrefixRun> {
   const run = runPrefixTensor(lm, prefix, maxTokens);
-  return { cache: run.cache, logits: hostLogits(run.logits) };
+  try {
+    return { cache: run.cache, logits: await hostLogits(run.logits) };
+  } catch (e) {
+    run.cache.dispose();
+    throw e;
+  }
 }
 
 /** runPrefix, leaving the logits on the backend. */
@@ -71,7 +76,7 @@ export function runPrefixTensor(lm: CausalLM, prefix: Tensor, maxTokens: number)
 }
 
 /** Feed one token to each cache row (tokens[r] to row r) and return the (rows, V) logits. */
-export function feedTokens(lm: CausalLM, cache: KvCache, tokens: readonly number[]): Float32Array {
+export function feedTokens(lm: CausalLM, cache: KvCache, tokens: readonly number[]): Promise<Float32Array> {
   return hostLogits(feedTokensTensor(lm, cache, tokens));
 }
 

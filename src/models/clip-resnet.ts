@@ -246,18 +246,18 @@ export class ClipResNetVisionModel {
       ['mul', cb.bn.gamma],
       ['add', cb.bn.beta],
     ] as const) {
-      const next = op === 'add' ? b.add(y, v) : b.mul(y, v);
+      const next = b.binary(op, y, v);
       b.free(y);
       y = next;
     }
     if (residual) {
       // PyTorch's order: out = bn3(conv3(...)); out += identity; relu
-      const sum = b.add(y, residual);
+      const sum = b.binary('add', y, residual);
       b.free(y);
       y = sum;
     }
     if (!relu) return y;
-    const r = b.relu(y);
+    const r = b.activation('relu', y);
     b.free(y);
     return r;
   }
@@ -290,12 +290,12 @@ export class ClipResNetVisionModel {
     const b = this.backend;
     const [n, h, w, C] = x.shape;
     const hw = h * w;
-    const tokens = x.reshape([n, hw, C]);
+    const tokens = x.view([n, hw, C]);
     // mean token: per image, tokensᵀ (C, hw) · ones (hw, 1) / hw -> (C, 1)
     const mean = b.matmul(tokens, this.ones, { transA: true, alpha: 1 / hw }).reshape([n, 1, C]);
     const cat = b.concat([mean, tokens], 1); // (N, 1 + hw, C)
     b.free(mean);
-    const seq = b.add(cat, this.positions);
+    const seq = b.binary('add', cat, this.positions);
     b.free(cat);
     const first = b.slice(seq, 1, 0, 1); // (N, 1, C): only the mean token queries
     const q = this.q.forward(first);
@@ -342,8 +342,10 @@ export class ClipResNetVisionModel {
     const layers: Tensor[] = [];
     let stem: Tensor | undefined;
     const embeds = this.run(pixelValues, (t) => {
-      if (stem) layers.push(this.backend.clone(t));
-      else stem = this.backend.clone(t);
+      // a copy: the tower frees t as it goes
+      const copy = this.backend.slice(t, 0, 0, t.shape[0]);
+      if (stem) layers.push(copy);
+      else stem = copy;
     });
     return { embeds, stem: stem as Tensor, layers };
   }

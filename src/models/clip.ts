@@ -220,12 +220,12 @@ export class ClipVisionModel {
     const patches = this.patch.forward(cols); // (N, grid², C)
     b.free(cols);
     const zero = b.zeros([n, 1, w]);
-    const cls = b.add(zero, this.classEmbedding.value); // (N, 1, C)
+    const cls = b.binary('add', zero, this.classEmbedding.value); // (N, 1, C)
     b.free(zero);
     const tokens = b.concat([cls, patches], 1); // (N, 1 + grid², C)
     b.free(cls);
     b.free(patches);
-    const emb = b.add(tokens, this.positions.value);
+    const emb = b.binary('add', tokens, this.positions.value);
     b.free(tokens);
     const x0 = this.preLn.forward(emb);
     b.free(emb);
@@ -369,7 +369,7 @@ export class ClipTextModel {
     const tok = b.embedding(idT, this.tokens.value);
     b.free(idT);
     const pos = b.slice(this.positions.value, 0, 0, time);
-    const x0 = b.add(tok, pos);
+    const x0 = b.binary('add', tok, pos);
     b.free(tok);
     b.free(pos);
     const keyMask = attentionMask ? b.upload(Float32Array.from(attentionMask), [bsz, time]) : undefined;
@@ -378,7 +378,7 @@ export class ClipTextModel {
     const lastHidden = this.finalLn.forward(enc);
     b.free(enc);
     const rows = this.eosPositions(ids, bsz, time).map((t, r) => r * time + t);
-    const pooled = b.indexSelect(lastHidden.reshape([bsz * time, c.hidden_size]), rows);
+    const pooled = b.indexSelect(lastHidden.view([bsz * time, c.hidden_size]), rows);
     const embeds = this.projection.forward(pooled);
     return { lastHidden, pooled, embeds };
   }

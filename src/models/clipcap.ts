@@ -17,6 +17,7 @@ import type { Backend } from '../engine/backend.js';
 import { ShapeError } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
 import { crossEntropyLoss } from '../nn/losses.js';
+import { scope } from '../engine/memory.js';
 import type { Parameter } from '../nn/parameter.js';
 import type { StateDict } from '../weights/host.js';
 import type { ClipcapCheckpoint } from '../weights/keymaps.js';
@@ -173,9 +174,9 @@ export class ClipCapModel {
   }
 
   /** The official torch state_dict layout (as torch.save(model.state_dict()) writes it), on the host. */
-  stateDict(): StateDict {
-    const sd = paramsToStateDict(this.mapper.parameters());
-    for (const [k, v] of paramsToStateDict(this.gpt2.parameters(), 'gpt.transformer.')) sd.set(k, v);
+  async stateDict(): Promise<StateDict> {
+    const sd = await paramsToStateDict(this.mapper.parameters());
+    for (const [k, v] of await paramsToStateDict(this.gpt2.parameters(), 'gpt.transformer.')) sd.set(k, v);
     const wte = sd.get('gpt.transformer.wte.weight');
     if (wte) sd.set('gpt.lm_head.weight', wte); // tied
     return sd;
@@ -186,7 +187,7 @@ export class ClipCapModel {
   }
 
   /** The prefix as a (B, D) tensor, L2-normalized when configured (on the host: it is a model input). */
-  private prefixTensor(prefix: Tensor | Float32Array): Tensor {
+  private async prefixTensor(prefix: Tensor | Float32Array): Promise<Tensor> {
     const d = this.prefixSize;
     if (prefix instanceof Float32Array) {
       if (prefix.length === 0 || prefix.length % d !== 0)
@@ -197,12 +198,12 @@ export class ClipCapModel {
     if (prefix.rank !== 2 || prefix.shape[1] !== d)
       throw new ShapeError(`ClipCap: the prefix must be (B, ${d}), got ${prefix}`);
     if (!this.normalizePrefix) return prefix;
-    return this.backend.upload(l2Normalize(prefix.toArray() as Float32Array, d), prefix.shape);
+    return this.backend.upload(l2Normalize((await prefix.read()) as Float32Array, d), prefix.shape);
   }
 
   /** Prefix embeddings for decoding: CLIP embeddings (B, D) -> (B, K, E) (eval mode). */
-  prefixEmbeddings(clipEmbeds: Tensor | Float32Array): Tensor {
-    const p = this.prefixTensor(clipEmbeds);
+  async prefixEmbeddings(clipEmbeds: Tensor | Float32Array): Promise<Tensor> {
+    const p = await this.prefixTensor(clipEmbeds);
     const out = this.mapper.forward(p);
     if (p !== clipEmbeds) this.backend.free(p);
     return out;
@@ -225,9 +226,9 @@ export class ClipCapModel {
   /**
    * The official forward: logits (B, K+T, V) for the whole sequence (eval mode unless `train`).
    */
-  forward(batch: ClipCapBatch, opts: { train?: boolean } = {}): Tensor {
+  async forward(batch: ClipCapBatch, opts: { train?: boolean } = {}): Promise<Tensor> {
     const b = this.backend;
-    const prefix = this.prefixTensor(batch.prefix);
+    const prefix = await this.prefixTensor(batch.prefix);
     const n = prefix.shape[0];
     const { tokens, mask } = this.checkBatch(batch, n);
     const pre = this.mapper.forward(prefix);
@@ -265,7 +266,7 @@ export class ClipCapModel {
   }
 
   /** Loss only (no gradients): eval mode unless `train`. */
-  loss(batch: ClipCapBatch, opts: ClipCapStepOptions = {}): ClipCapLoss {
+  loss(batch: ClipCapBatch, opts: ClipCapStepOptions = {}): Promise<ClipCapLoss> {
     return this.run(batch, opts, false);
   }
 
@@ -273,15 +274,34 @@ export class ClipCapModel {
    * Loss and gradients: accumulates into every parameter that requires them (call zeroGrad first).
    * Positions K-1 .. K+T-2 predict tokens 0 .. T-1; only their logits are computed.
    */
-  lossAndBackward(batch: ClipCapBatch, opts: ClipCapStepOptions = {}): ClipCapLoss {
+  lossAndBackward(batch: ClipCapBatch, opts: ClipCapStepOptions = {}): Promise<ClipCapLoss> {
     return this.run(batch, opts, true);
   }
 
-  private run(batch: ClipCapBatch, opts: ClipCapStepOptions, grad: boolean): ClipCapLoss {
+  private async run(batch: ClipCapBatch, opts: ClipCapStepOptions, grad: boolean): Promise<ClipCapLoss> {
+    const prefix = await this.prefixTensor(batch.prefix);
+    // Every activation the step records and every temporary is freed when the scope ends; what outlives
+    // it (parameter gradients, optimizer state) was allocated outside or persisted.
+    const { loss, count } = scope(() => {
+      try {
+        return this.step(batch, prefix, opts, grad);
+      } finally {
+        if (prefix !== batch.prefix) prefix.free();
+      }
+    });
+    return { loss: await loss, count };
+  }
+
+  /** The synchronous part of run: queues the forward (and backward) and the loss read. */
+  private step(
+    batch: ClipCapBatch,
+    prefix: Tensor,
+    opts: ClipCapStepOptions,
+    grad: boolean,
+  ): { loss: Promise<number>; count: number } {
     const b = this.backend;
     const k = this.prefixLength;
     const t = batch.length;
-    const prefix = this.prefixTensor(batch.prefix);
     const n = prefix.shape[0];
     const { tokens, mask } = this.checkBatch(batch, n);
     const gpt = this.gpt2;
@@ -303,11 +323,13 @@ export class ClipCapModel {
     const logits = gpt.lmHead(hs).reshape([n * t, gpt.vocabSize]);
     const { targets, ignore } = this.targets(batch, n, opts.lossMode ?? 'official');
     const targetT = b.upload(targets, [n * t]);
+    let count = 0;
+    for (const id of targets) if (id !== ignore) count++;
     const ce = crossEntropyLoss(logits, targetT, ignore, grad);
     if (ce.dlogits) {
       const e = gpt.width;
       const dlogits = ce.dlogits;
-      const dhs = gpt.lmHeadBackward(dlogits, hs.reshape([n * t, e])).reshape([n, t, e]);
+      const dhs = gpt.lmHeadBackward(dlogits, hs.view([n * t, e])).reshape([n, t, e]);
       b.free(dlogits);
       const dHidden = b.zeros([n, k + t, e]);
       b.writeSlice(dHidden, dhs, 1, k - 1);
@@ -326,8 +348,7 @@ export class ClipCapModel {
     }
     for (const x of [hs, logits, targetT, tokens]) b.free(x);
     if (mask) b.free(mask);
-    if (prefix !== batch.prefix) b.free(prefix);
-    return { loss: ce.loss, count: ce.count };
+    return { loss: ce.loss, count };
   }
 
   dispose(): void {

@@ -29,7 +29,7 @@ import { LayerNorm } from '../nn/layernorm.js';
 import { Linear } from '../nn/linear.js';
 import { FeedForward } from '../nn/mlp.js';
 import type { Parameter } from '../nn/parameter.js';
-import { SeedSequence } from '../nn/random.js';
+import { SeedSequence } from '../util/random.js';
 import { gpt2KeySpec, isGpt2Buffer } from '../weights/families/gpt2.js';
 import type { StateDict } from '../weights/host.js';
 import type { Gpt2Config } from '../config/models.js';
@@ -247,7 +247,7 @@ export class Gpt2Model implements CausalLM {
       );
     const positions = this.positionIds(bsz, time, offset);
     const pos = this.wpe.forward(positions);
-    const x = this.backend.add(embeds, pos);
+    const x = this.backend.binary('add', embeds, pos);
     this.backend.free(pos);
     return { x, positions };
   }
@@ -312,7 +312,7 @@ export class Gpt2Model implements CausalLM {
 
   /** The tied LM head: h (..., C) -> logits (..., V) = h · wteᵀ. */
   lmHead(h: Tensor): Tensor {
-    const h2 = h.reshape([h.rows, this.width]);
+    const h2 = h.view([h.rows, this.width]);
     const y = this.backend.matmul(h2, this.wte.table.value, { transB: true });
     return y.reshape([...h.shape.slice(0, -1), this.vocabSize]);
   }
@@ -324,8 +324,8 @@ export class Gpt2Model implements CausalLM {
   lmHeadBackward(dlogits: Tensor, h: Tensor): Tensor {
     const b = this.backend;
     const v = this.vocabSize;
-    const d2 = dlogits.reshape([dlogits.rows, v]);
-    const h2 = h.reshape([h.rows, this.width]);
+    const d2 = dlogits.view([dlogits.rows, v]);
+    const h2 = h.view([h.rows, this.width]);
     const wte = this.wte.table;
     // dwte (V, C) += dlogitsᵀ · h
     if (wte.requiresGrad) b.matmul(d2, h2, { transA: true, out: wte.gradTensor(), accumulate: true });

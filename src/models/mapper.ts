@@ -128,7 +128,7 @@ export class MlpMapper implements Mapper {
 
   backward(dOut: Tensor): void {
     const b = dOut.backend;
-    let d = dOut.reshape([dOut.shape[0], this.prefixLength * this.width]);
+    let d = dOut.view([dOut.shape[0], this.prefixLength * this.width]);
     for (let i = this.layers.length - 1; i >= 0; i--) {
       const dx = this.layers[i].backward(d, i > 0);
       if (d.storage !== dOut.storage) b.free(d);
@@ -193,7 +193,7 @@ export class TransformerMapper implements Mapper {
     const n = prefix.shape[0];
     const lin = this.linear.forward(prefix, record).reshape([n, l, e]); // (B, L, E)
     const zero = b.zeros([n, k, e]);
-    const pc = b.add(zero, this.prefixConst.value); // prefix_const expanded to (B, K, E)
+    const pc = b.binary('add', zero, this.prefixConst.value); // prefix_const expanded to (B, K, E)
     b.free(zero);
     let x = b.concat([lin, pc], 1); // (B, L + K, E)
     b.free(lin);
@@ -225,7 +225,7 @@ export class TransformerMapper implements Mapper {
     if (this.prefixConst.requiresGrad) {
       // prefix_const was broadcast over the batch: its gradient sums the batch.
       const dpc = b.slice(dx, 1, l, l + k).reshape([n, k * e]);
-      b.sumRows(dpc, this.prefixConst.gradTensor().reshape([k * e]), true);
+      b.sumRows(dpc, this.prefixConst.gradTensor().view([k * e]), true);
       b.free(dpc);
     }
     const dlin = b.slice(dx, 1, 0, l).reshape([n, l * e]);

@@ -35,10 +35,10 @@ export function uploadParam(backend: Backend, weights: StateDict, name: string, 
 }
 
 /** Download parameters as host tensors (for saving checkpoints). */
-export function paramsToStateDict(params: Iterable<Parameter>, prefix = ''): StateDict {
+export async function paramsToStateDict(params: Iterable<Parameter>, prefix = ''): Promise<StateDict> {
   const out: StateDict = new Map();
   for (const p of params) {
-    out.set(prefix + p.name, { dtype: 'f32', shape: [...p.value.shape], data: p.value.toArray() });
+    out.set(prefix + p.name, { dtype: 'f32', shape: [...p.value.shape], data: await p.value.read() });
   }
   return out;
 }

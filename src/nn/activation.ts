@@ -1,4 +1,5 @@
 /** Pointwise activations with their backward passes, named as the model configs name them. */
+import type { ActivationKind as BackendActivation } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
 
 /** gelu_new (GPT-2, tanh approximation), quick_gelu (CLIP), relu (ClipCap transformer mapper), tanh (MLP mapper). */
@@ -11,22 +12,7 @@ export class Activation {
   constructor(readonly kind: ActivationKind) {}
 
   forward(x: Tensor, record = false): Tensor {
-    const b = x.backend;
-    let y: Tensor;
-    switch (this.kind) {
-      case 'gelu_new':
-        y = b.gelu(x);
-        break;
-      case 'quick_gelu':
-        y = b.quickGelu(x);
-        break;
-      case 'relu':
-        y = b.relu(x);
-        break;
-      case 'tanh':
-        y = b.tanh(x);
-        break;
-    }
+    const y = x.backend.activation(KERNEL[this.kind], x);
     if (record) this.saved = this.kind === 'tanh' ? y : x;
     return y;
   }
@@ -35,19 +21,17 @@ export class Activation {
     const s = this.saved;
     if (!s) throw new Error(`${this.kind}: backward without a recorded forward`);
     this.saved = null;
-    const b = dy.backend;
-    switch (this.kind) {
-      case 'gelu_new':
-        return b.geluBackward(dy, s);
-      case 'quick_gelu':
-        return b.quickGeluBackward(dy, s);
-      case 'relu':
-        return b.reluBackward(dy, s);
-      case 'tanh':
-        return b.tanhBackward(dy, s);
-    }
+    return dy.backend.activationBackward(KERNEL[this.kind], dy, s);
   }
 }
+
+/** Config names -> the backend's activation kinds. */
+const KERNEL: Record<ActivationKind, BackendActivation> = {
+  gelu_new: 'gelu',
+  quick_gelu: 'quickGelu',
+  relu: 'relu',
+  tanh: 'tanh',
+};
 
 /** Map a Hugging Face `activation_function` / `hidden_act` string to ours. */
 export function activationKind(name: string): ActivationKind {

@@ -11,9 +11,9 @@
  * option: each forward draws one seed, and the backward regenerates the same mask from it.
  */
 import type { Tensor } from '../engine/tensor.js';
-import type { AttentionOptions } from '../engine/backend.js';
+import type { AttentionOptions, AttentionSaved } from '../engine/backend.js';
 import type { Linear } from './linear.js';
-import type { SeedSequence } from './random.js';
+import type { SeedSequence } from '../util/random.js';
 
 export type AttentionProjections =
   | { kind: 'fused_qkv'; qkv: Linear; out: Linear }
@@ -39,7 +39,7 @@ export class SelfAttention {
     q: Tensor;
     k: Tensor;
     v: Tensor;
-    probs: Tensor;
+    state: AttentionSaved;
     opts: AttentionOptions;
   } | null = null;
 
@@ -78,11 +78,11 @@ export class SelfAttention {
       att = b.attention(q, kv.k, kv.v, { ...opts, kvLength: offset + x.shape[1] }).out;
       b.free(q);
     } else {
-      const r = b.attention(q, k, v, { ...opts, keepProbs: record });
+      const r = b.attention(q, k, v, { ...opts, record });
       att = r.out;
       if (record) {
-        if (!r.probs) throw new Error(`${b.name} backend: attention did not return probabilities`);
-        this.saved = { q, k, v, probs: r.probs, opts };
+        if (!r.saved) throw new Error(`${b.name} backend: attention did not return its saved state`);
+        this.saved = { q, k, v, state: r.saved, opts };
       } else {
         for (const t of [q, k, v]) b.free(t);
       }
@@ -99,8 +99,9 @@ export class SelfAttention {
     this.saved = null;
     const b = dy.backend;
     const datt = this.proj.out.backward(dy) as Tensor;
-    const { dq, dk, dv } = b.attentionBackward(datt, s.q, s.k, s.v, s.probs, s.opts);
-    for (const t of [datt, s.probs, s.q, s.k, s.v]) b.free(t);
+    const { dq, dk, dv } = b.attentionBackward(datt, s.q, s.k, s.v, s.state, s.opts);
+    s.state.free();
+    for (const t of [datt, s.q, s.k, s.v]) b.free(t);
     const p = this.proj;
     let dx: Tensor;
     switch (p.kind) {

@@ -9,7 +9,7 @@ import { SelfAttention, type AttentionContext } from './attention.js';
 import { Dropout } from './dropout.js';
 import type { LayerNorm } from './layernorm.js';
 import type { FeedForward } from './mlp.js';
-import type { SeedSequence } from './random.js';
+import type { SeedSequence } from '../util/random.js';
 
 export interface BlockRun {
   /** Keep what backward needs. */
@@ -41,11 +41,11 @@ export class PreLnBlock {
     const h = this.ln1.forward(x, record);
     const a = this.attn.forward(h, ctx, record, seeds);
     const ad = this.dropAttn.forward(a, seeds, record);
-    const x1 = b.add(x, ad);
+    const x1 = b.binary('add', x, ad);
     const h2 = this.ln2.forward(x1, record);
     const m = this.mlp.forward(h2, record);
     const md = this.dropMlp.forward(m, seeds, record);
-    const y = b.add(x1, md);
+    const y = b.binary('add', x1, md);
     if (!record) {
       for (const t of new Set([h, a, ad, x1, h2, m, md])) b.free(t);
     }

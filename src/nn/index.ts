@@ -15,4 +15,4 @@ export {
 export { PreLnBlock, type BlockRun } from './block.js';
 export { crossEntropyLoss, type CrossEntropyOutput } from './losses.js';
 export { AdamW, CLIPCAP_ADAMW, type AdamWConfig } from './adamw.js';
-export { SeedSequence } from './random.js';
+export { SeedSequence } from '../util/random.js';

@@ -4,8 +4,6 @@ import type { Parameter } from './parameter.js';
 
 export class LayerNorm {
   private saved: { x: Tensor; mean: Tensor; rstd: Tensor } | null = null;
-  /** Throwaway gradient buffers for frozen parameters (the backend kernel always accumulates them). */
-  private scratch: { w: Tensor; b: Tensor } | null = null;
 
   constructor(
     readonly weight: Parameter,
@@ -29,24 +27,15 @@ export class LayerNorm {
     const s = this.saved;
     if (!s) throw new Error(`${this.weight.name}: backward without a recorded forward`);
     const b = dy.backend;
-    let dw: Tensor;
-    let db: Tensor;
-    if (this.weight.requiresGrad || this.bias.requiresGrad) {
-      dw = this.weight.requiresGrad ? this.weight.gradTensor() : this.scratchBuffers().w;
-      db = this.bias.requiresGrad ? this.bias.gradTensor() : this.scratchBuffers().b;
-    } else {
-      ({ w: dw, b: db } = this.scratchBuffers());
-    }
+    // A frozen parameter's gradient goes to a throwaway buffer (the kernel always accumulates both).
+    const dw = this.weight.requiresGrad ? this.weight.gradTensor() : b.zeros(this.weight.shape);
+    const db = this.bias.requiresGrad ? this.bias.gradTensor() : b.zeros(this.bias.shape);
     const dx = b.layerNormBackward(dy, s.x, this.weight.value, s.mean, s.rstd, dw, db);
+    if (!this.weight.requiresGrad) b.free(dw);
+    if (!this.bias.requiresGrad) b.free(db);
     b.free(s.mean);
     b.free(s.rstd);
     this.saved = null;
     return dx;
-  }
-
-  private scratchBuffers(): { w: Tensor; b: Tensor } {
-    const b = this.weight.value.backend;
-    this.scratch ??= { w: b.zeros(this.weight.shape), b: b.zeros(this.bias.shape) };
-    return this.scratch;
   }
 }

@@ -37,7 +37,7 @@ export class Linear {
     if (x.cols !== this.inFeatures)
       throw new ShapeError(`${this.weight.name}: input has ${x.cols} features, expected ${this.inFeatures}`);
     const b = x.backend;
-    const x2 = x.reshape([x.rows, this.inFeatures]);
+    const x2 = x.view([x.rows, this.inFeatures]);
     const y = b.matmul(x2, this.weight.value, {
       transB: this.layout === 'out_in',
       bias: this.bias?.value,
@@ -54,7 +54,7 @@ export class Linear {
     const x = this.savedX;
     if (!x) throw new Error(`${this.weight.name}: backward without a recorded forward`);
     const b = dy.backend;
-    const dy2 = dy.reshape([dy.rows, this.outFeatures]);
+    const dy2 = dy.view([dy.rows, this.outFeatures]);
     if (this.weight.requiresGrad) {
       // 'out_in': dW (out, in) += dyᵀ·x ; 'in_out': dW (in, out) += xᵀ·dy
       const [a, c] = this.layout === 'out_in' ? [dy2, x] : [x, dy2];

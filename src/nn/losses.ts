@@ -1,10 +1,12 @@
-/** Losses with their gradients (the backend computes both; this pairs them and handles empty targets). */
+/** Losses with their gradients (the backend computes both; this pairs them). */
 import type { Tensor } from '../engine/tensor.js';
 
 export interface CrossEntropyOutput {
-  /** Mean cross-entropy over counted rows (targets != ignoreIndex); NaN when none counts. */
-  loss: number;
-  count: number;
+  /**
+   * Mean cross-entropy over counted rows (targets != ignoreIndex); NaN when none counts. Read
+   * asynchronously: a device backend computes it in its queue and the caller awaits it when it needs it.
+   */
+  loss: Promise<number>;
   /** d(loss)/d(logits) (N, V) when requested: zeros when no row counts (PyTorch gives NaN there). */
   dlogits?: Tensor;
 }
@@ -20,8 +22,7 @@ export function crossEntropyLoss(
   withGrad = false,
 ): CrossEntropyOutput {
   const b = logits.backend;
-  const { loss, count } = b.crossEntropy(logits, targets, ignoreIndex);
-  if (!withGrad) return { loss, count };
-  const dlogits = count > 0 ? b.crossEntropyBackward(logits, targets, ignoreIndex) : b.zeros(logits.shape);
-  return { loss, count, dlogits };
+  const loss = b.crossEntropy(logits, targets, ignoreIndex);
+  if (!withGrad) return { loss };
+  return { loss, dlogits: b.crossEntropyBackward(logits, targets, ignoreIndex) };
 }

@@ -3,6 +3,7 @@
  * backend of the value. Layers accumulate into `grad` (+=) in their backward passes, as llm.c does, so a
  * training step is: zeroGrad -> forward (recording) -> backward -> optimizer step.
  */
+import { persist } from '../engine/memory.js';
 import type { Tensor } from '../engine/tensor.js';
 
 export class Parameter {
@@ -27,9 +28,9 @@ export class Parameter {
     return this.value.shape;
   }
 
-  /** The gradient tensor, allocated zero-filled when first needed. */
+  /** The gradient tensor, allocated zero-filled when first needed (outlives any scope it is made in). */
   gradTensor(): Tensor {
-    this.grad ??= this.value.backend.zeros(this.value.shape);
+    this.grad ??= persist(this.value.backend.zeros(this.value.shape));
     return this.grad;
   }
 

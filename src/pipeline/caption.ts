@@ -18,7 +18,7 @@ import type { Backend } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
 import { generate } from '../generate/index.js';
 import { resolveDecodeOptions, type ResolvedDecodeOptions } from '../generate/options.js';
-import { inputStream } from '../generate/random.js';
+import { inputStream } from '../util/random.js';
 import type { GenerationResult } from '../generate/types.js';
 import { preprocessImage, type RgbImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
@@ -274,14 +274,14 @@ export class ClipCap {
       let prefix: Tensor | undefined;
       let generated: GenerationResult[];
       try {
-        prefix = this.parts.mapper.prefixEmbeddings(embeds); // (N, K, E)
+        prefix = await this.parts.mapper.prefixEmbeddings(embeds); // (N, K, E)
         // Sampling streams come from each input's content (its preprocessed pixels or its embedding), so a
         // sampled caption does not depend on the input's position or on what else shares its batch.
         const streams =
           decode.method === 'nucleus'
             ? ok.map((p) => inputStream((p.pixels ?? p.embedding) as Float32Array))
             : undefined;
-        generated = generate(this.parts.lm, prefix, decode, { streams });
+        generated = await generate(this.parts.lm, prefix, decode, { streams });
       } finally {
         b.free(embeds);
         if (prefix) b.free(prefix);
@@ -307,7 +307,7 @@ export class ClipCap {
       try {
         e = enc.encodeImages(pix); // (n, D)
         if (images.length === ok.length) return e;
-        const data = e.toArray() as Float32Array;
+        const data = (await e.read()) as Float32Array;
         let i = 0;
         ok.forEach((p, j) => {
           if (p.pixels) host.set(data.subarray(i * D, ++i * D), j * D);

@@ -79,8 +79,12 @@ export async function* extractEmbeddings(
       const pix = new Float32Array(ok.length * 3 * S * S);
       ok.forEach((r, i) => pix.set(r.pixels as Float32Array, i * 3 * S * S));
       const t = encoder.encodeImages(pix); // (n, D)
-      const host = t.toArray() as Float32Array;
-      t.dispose();
+      let host: Float32Array;
+      try {
+        host = (await t.read()) as Float32Array;
+      } finally {
+        t.dispose();
+      }
       ok.forEach((r, i) => (r.embedding = host.slice(i * D, (i + 1) * D)));
     }
     for (const r of batch) yield { index: r.index, image: r.image, embedding: r.embedding, error: r.error };

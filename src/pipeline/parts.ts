@@ -22,7 +22,7 @@ export interface PrefixModel {
   /** Width D of the CLIP embedding it expects. */
   readonly prefixSize: number;
   /** clipEmbeds (N, D) -> prefix embeddings (N, K, E) (normalize_prefix applied when configured). */
-  prefixEmbeddings(clipEmbeds: Tensor): Tensor;
+  prefixEmbeddings(clipEmbeds: Tensor): Promise<Tensor>;
 }
 
 /** Text side: ids -> caption text. */

@@ -89,7 +89,7 @@ export interface TrainControl {
   /** Abort: a resumable checkpoint is saved at the next step boundary; the result says `interrupted`. */
   signal?: AbortSignal;
   /** The trained model, before it is disposed (e.g. to inspect its weights). */
-  onFinish?: (model: ClipCapModel) => void;
+  onFinish?: (model: ClipCapModel) => void | Promise<void>;
 }
 
 export interface TrainProgress {
@@ -106,7 +106,7 @@ export interface TrainHooks {
   onStart?(info: { captions: number; maxSeqLen: number; stepsPerEpoch: number; totalSteps: number }): void;
   onStep?(p: TrainProgress): void;
   onEpoch?(info: { epoch: number; meanLoss: number; checkpoint?: string }): void;
-  onFinish?(model: ClipCapModel): void;
+  onFinish?(model: ClipCapModel): void | Promise<void>;
 }
 
 export interface TrainResult extends LoopResult {

@@ -135,18 +135,18 @@ export interface LoopResult {
 export class TrainingDivergedError extends UserError {}
 
 /** Mean loss over the validation set in eval mode (no dropout), batches in order, the last one partial. */
-export function validationLoss(
+export async function validationLoss(
   model: ClipCapModel,
   set: TrainingSet,
   batchSize: number,
   lossMode: ClipCapLossMode,
-): number {
+): Promise<number> {
   let sum = 0;
   for (let start = 0; start < set.count; start += batchSize) {
     const n = Math.min(batchSize, set.count - start);
     const idx = new Int32Array(n);
     for (let i = 0; i < n; i++) idx[i] = start + i;
-    const { loss } = model.loss(makeBatch(set, idx, model.prefixLength), { train: false, lossMode });
+    const { loss } = await model.loss(makeBatch(set, idx, model.prefixLength), { train: false, lossMode });
     sum += loss * n;
   }
   return sum / set.count;
@@ -295,14 +295,14 @@ export async function runTrainingLoop(
       const name = names.get(p) as string;
       optimizerSteps[name] = opt.paramSteps(p);
       if (!p.m || !p.v) continue;
-      optimizer.set(`exp_avg.${name}`, { dtype: 'f32', shape: [...p.shape], data: p.m.toArray() });
-      optimizer.set(`exp_avg_sq.${name}`, { dtype: 'f32', shape: [...p.shape], data: p.v.toArray() });
+      optimizer.set(`exp_avg.${name}`, { dtype: 'f32', shape: [...p.shape], data: await p.m.read() });
+      optimizer.set(`exp_avg_sq.${name}`, { dtype: 'f32', shape: [...p.shape], data: await p.v.read() });
     }
     await flushMetrics();
     const dir = await writeTrainCheckpoint(o.out, name, {
       config: record.config,
-      mapperWeights: paramsToStateDict(model.mapper.parameters()),
-      ...(model.mode === 'finetune' ? { gpt2: paramsToStateDict(model.gpt2.parameters()) } : {}),
+      mapperWeights: await paramsToStateDict(model.mapper.parameters()),
+      ...(model.mode === 'finetune' ? { gpt2: await paramsToStateDict(model.gpt2.parameters()) } : {}),
       source: record.source,
       extraConfig: record.extraConfig,
       optimizer,
@@ -347,7 +347,7 @@ export async function runTrainingLoop(
       model.gpt2.setDropoutSeed(deriveSeed(o.seed, DROPOUT, step));
       opt.zeroGrad();
       const lr = opt.currentLr;
-      const { loss } = model.lossAndBackward(batch, { train: true, lossMode: o.lossMode });
+      const { loss } = await model.lossAndBackward(batch, { train: true, lossMode: o.lossMode });
       if (!Number.isFinite(loss)) {
         await flushMetrics();
         const ckpts = await lastGoodCheckpoint(o.out);
@@ -400,7 +400,7 @@ export async function runTrainingLoop(
     perEpoch.push(meanLoss);
     let valLoss: number | undefined;
     if (val) {
-      valLoss = validationLoss(model, val, B, o.lossMode);
+      valLoss = await validationLoss(model, val, B, o.lossMode);
       valLosses.push({ epoch: epoch + 1, step, loss: valLoss });
       metricsBuffer.push(
         `${JSON.stringify({ step, epoch: epoch + 1, val_loss: valLoss, wall_s: elapsed() })}\n`,

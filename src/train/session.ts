@@ -53,7 +53,7 @@ export interface TrainRun {
   exportTorch?: string;
   control?: LoopControl & {
     /** The trained model, before it is disposed (e.g. to inspect its weights). */
-    onFinish?: (model: ClipCapModel) => void;
+    onFinish?: (model: ClipCapModel) => void | Promise<void>;
   };
 }
 
@@ -86,10 +86,10 @@ export async function trainModel(run: TrainRun): Promise<LoopResult> {
     if (!result.interrupted && run.exportTorch !== undefined) {
       // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
       // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
-      await saveTorchStateDict(run.exportTorch, model.stateDict());
+      await saveTorchStateDict(run.exportTorch, await model.stateDict());
       emit({ type: 'checkpoint', path: run.exportTorch, step: result.steps, reason: 'final' });
     }
-    if (!result.interrupted) run.control?.onFinish?.(model);
+    if (!result.interrupted) await run.control?.onFinish?.(model);
     return result;
   } finally {
     model.dispose();

@@ -14,13 +14,18 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import type { Backend } from '../../src/engine/backend.js';
-import { ShapeError } from '../../src/engine/backend.js';
+import { AttentionSaved, ShapeError } from '../../src/engine/backend.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import * as naive from './naive.js';
+import { AsyncTestBackend } from './async-backend.js';
+import { quantizeTests } from './quantize-suite.js';
+import { keep, scope } from '../../src/engine/memory.js';
 
 const FWD_TOL = 1e-5;
 
-for (const be of availableBackends()) {
+// Every backend that loads here, plus a test-only one written against the Device interface alone that
+// resolves reads on a later tick and keeps its storage opaque (async-backend.ts).
+for (const be of [...availableBackends(), new AsyncTestBackend()]) {
   describe(`${be.name} backend kernels`, () => {
     // kernel name (a comparison label's first word) -> its worst difference over every comparison
     const worst = new Map<string, { worst: number; tolerance: number; comparisons: number; at: string }>();
@@ -31,13 +36,13 @@ for (const be of availableBackends()) {
     });
 
     /** Compares and records; the assertion message carries the worst difference. */
-    function check(
+    async function check(
       label: string,
       actual: Tensor | ArrayLike<number>,
       expected: ArrayLike<number>,
       tol = FWD_TOL,
     ) {
-      const a = actual instanceof Tensor ? be.download(actual) : actual;
+      const a = actual instanceof Tensor ? await be.download(actual) : actual;
       const d = naive.maxRelDiff(a, expected);
       const kernel = label
         .split(' ')
@@ -68,6 +73,7 @@ for (const be of availableBackends()) {
     describe('dropout', () => dropoutTests(be, rand));
     describe('layout', () => layoutTests(be, check, rand));
     describe('conv2d and avgPool2d', () => convTests(be, check, rand));
+    describe('quantizeWeight', () => quantizeTests(be));
     describe('backward kernels vs finite differences', () => finiteDifferenceTests(be, check, rand));
   });
 }
@@ -77,7 +83,7 @@ type Check = (
   actual: Tensor | ArrayLike<number>,
   expected: ArrayLike<number>,
   tol?: number,
-) => void;
+) => Promise<void>;
 type Rand = (shape: readonly number[], seed: number, lo?: number, hi?: number) => Tensor;
 
 function size(shape: readonly number[]): number {
@@ -87,38 +93,93 @@ function size(shape: readonly number[]): number {
 // ==================================================================================== memory
 
 function memoryTests(be: Backend): void {
-  it('upload and download copy, zeros/fill/clone keep dtypes', () => {
+  it('memory() counts live tensors and bytes; views and double frees do not change it', () => {
+    const before = be.memory();
+    const a = be.zeros([3, 5]);
+    const ids = be.upload(new Int32Array(7), [7]);
+    expect(be.memory()).toEqual({ tensors: before.tensors + 2, bytes: before.bytes + 15 * 4 + 7 * 4 });
+    const v = a.view([15]);
+    be.free(v);
+    expect(be.memory().tensors).toBe(before.tensors + 2);
+    const r = a.reshape([5, 3]); // moves ownership: a is now the view
+    be.free(a);
+    expect(be.memory().tensors).toBe(before.tensors + 2);
+    be.free(r);
+    be.free(r);
+    be.free(ids);
+    expect(be.memory()).toEqual(before);
+  });
+
+  it('scope frees what it allocated except its result and what was kept', async () => {
+    const before = be.memory();
+    const x = be.upload(new Float32Array([1, -2, 3, -4]), [2, 2]);
+    let kept: Tensor | undefined;
+    const { y, pair } = scope(() => {
+      const t1 = be.activation('relu', x); // a temporary
+      const t2 = be.binary('add', t1, t1);
+      kept = keep(be.binary('mul', t2, t2));
+      return { y: be.binary('add', t2, x).view([4]), pair: [t1] };
+    });
+    // x (outside), y's base, pair[0] and kept survive; t2 was freed
+    expect(Array.from(await be.download(y))).toEqual([3, -2, 9, -4]);
+    expect(Array.from(await be.download(pair[0]))).toEqual([1, 0, 3, 0]);
+    expect(Array.from(await be.download(kept as Tensor))).toEqual([4, 0, 36, 0]);
+    expect(be.memory().tensors).toBe(before.tensors + 4);
+    for (const t of [x, pair[0], kept as Tensor]) be.free(t);
+    be.free(y); // a view: frees nothing
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+    // an exception frees everything the scope made
+    expect(() =>
+      scope(() => {
+        be.zeros([100]);
+        throw new Error('boom');
+      }),
+    ).toThrow('boom');
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+  });
+
+  it('upload and download copy, zeros/fill/clone keep dtypes', async () => {
     const src = new Float32Array([1, 2, 3, 4, 5, 6]);
     const t = be.upload(src, [2, 3]);
     src[0] = 99; // the tensor must not alias the host array
-    const host = be.download(t);
+    const host = await be.download(t);
     expect(Array.from(host)).toEqual([1, 2, 3, 4, 5, 6]);
     host[1] = 99; // nor the downloaded copy
-    expect(be.download(t)[1]).toBe(2);
+    expect((await be.download(t))[1]).toBe(2);
     expect(t.shape).toEqual([2, 3]);
     expect(t.dtype).toBe('f32');
 
     const ids = be.upload(new Int32Array([7, -3, 2147483647]), [3]);
     expect(ids.dtype).toBe('i32');
-    expect(be.download(ids)).toBeInstanceOf(Int32Array);
-    expect(Array.from(be.download(ids))).toEqual([7, -3, 2147483647]);
+    expect(await be.download(ids)).toBeInstanceOf(Int32Array);
+    expect(Array.from(await be.download(ids))).toEqual([7, -3, 2147483647]);
 
     const z = be.zeros([2, 0, 3]);
     expect(z.size).toBe(0);
     const zi = be.zeros([4], 'i32');
     expect(zi.dtype).toBe('i32');
     be.fill(zi, 5);
-    expect(Array.from(be.download(zi))).toEqual([5, 5, 5, 5]);
+    expect(Array.from(await be.download(zi))).toEqual([5, 5, 5, 5]);
 
-    const c = be.clone(t);
+    const c = be.slice(t, 0, 0, t.shape[0]); // a copy
     be.fill(c, -1.5);
-    expect(Array.from(be.download(c))).toEqual([-1.5, -1.5, -1.5, -1.5, -1.5, -1.5]);
-    expect(be.download(t)[0]).toBe(1);
-    // a reshape is a view: it reads the same storage
-    expect(Array.from(be.download(t.reshape([3, 2])))).toEqual([1, 2, 3, 4, 5, 6]);
+    expect(Array.from(await be.download(c))).toEqual([-1.5, -1.5, -1.5, -1.5, -1.5, -1.5]);
+    expect((await be.download(t))[0]).toBe(1);
+    // a view reads the same storage; freeing it frees nothing
+    const view = t.view([3, 2]);
+    expect(view.isView).toBe(true);
+    expect(Array.from(await be.download(view))).toEqual([1, 2, 3, 4, 5, 6]);
+    be.free(view);
+    expect(Array.from(await be.download(t))).toEqual([1, 2, 3, 4, 5, 6]);
+    // freeing the base frees the storage: the view is then unusable too
+    const base = be.upload(new Float32Array([1, 2]), [2]);
+    const alias = base.view([1, 2]);
+    be.free(base);
+    expect(() => be.download(alias)).toThrow(/used after free/);
 
     be.free(c);
     be.free(c); // freeing twice is safe
+    be.free(base); // so is freeing a freed base
     expect(() => be.upload(new Float32Array(5), [2, 3])).toThrow(ShapeError);
   });
 }
@@ -149,7 +210,7 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     for (const transA of [false, true]) {
       for (const transB of [false, true]) {
         const id = `[${[...c.lead, c.m, c.k].join(',')}]${transA ? 'ᵀ' : ''}·[${c.bBatched ? [...c.lead, ''].join(',') : ''}${c.k},${c.n}]${transB ? 'ᵀ' : ''}`;
-        it(`${id} matches the naive product`, () => {
+        it(`${id} matches the naive product`, async () => {
           const aShape = [...c.lead, ...(transA ? [c.k, c.m] : [c.m, c.k])];
           const bShape = [...(c.bBatched ? c.lead : []), ...(transB ? [c.n, c.k] : [c.k, c.n])];
           const a = rand(aShape, seed++);
@@ -157,86 +218,98 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
           const y = be.matmul(a, b, { transA, transB });
           expect(y.shape).toEqual([...c.lead, c.m, c.n]);
           const mc = { batch: size(c.lead), m: c.m, k: c.k, n: c.n, transA, transB, bBatched: c.bBatched };
-          check(`matmul ${id}`, y, naive.matmulNaive(be.download(a), be.download(b), mc));
+          await check(`matmul ${id}`, y, naive.matmulNaive(await be.download(a), await be.download(b), mc));
         });
       }
     }
   }
 
-  it('bias and alpha: alpha·A·B + bias', () => {
+  it('bias and alpha: alpha·A·B + bias', async () => {
     const a = rand([7, 33], 1);
     const b = rand([5, 33], 2);
     const bias = rand([5], 3);
     const y = be.matmul(a, b, { transB: true, bias, alpha: 0.37 });
     const mc = { batch: 1, m: 7, k: 33, n: 5, transB: true };
-    check(
+    await check(
       'matmul bias+alpha',
       y,
-      naive.matmulNaive(be.download(a), be.download(b), mc, be.download(bias), 0.37),
+      naive.matmulNaive(await be.download(a), await be.download(b), mc, await be.download(bias), 0.37),
     );
   });
 
-  it('out overwrites, out + accumulate adds (with bias and alpha)', () => {
+  it('out overwrites, out + accumulate adds (with bias and alpha)', async () => {
     const a = rand([2, 9, 7], 4); // batched (2, 7, 9) stored transposed
     const b = rand([2, 9, 13], 5);
     const bias = rand([13], 6);
     const mc = { batch: 2, m: 7, k: 9, n: 13, transA: true, bBatched: true };
-    const product = naive.matmulNaive(be.download(a), be.download(b), mc, be.download(bias), -2);
+    const product = naive.matmulNaive(
+      await be.download(a),
+      await be.download(b),
+      mc,
+      await be.download(bias),
+      -2,
+    );
 
     const out = rand([2, 7, 13], 7);
-    const before = be.download(out);
+    const before = await be.download(out);
     const returned = be.matmul(a, b, { transA: true, bias, alpha: -2, out, accumulate: true });
     expect(returned).toBe(out);
-    check(
+    await check(
       'matmul out+accumulate',
       out,
       product.map((v, i) => v + before[i]),
     );
 
     be.matmul(a, b, { transA: true, bias, alpha: -2, out });
-    check('matmul out (overwrite)', out, product);
+    await check('matmul out (overwrite)', out, product);
   });
 
-  it('GPT-2 MLP shape (50,768)·(768,3072) + bias, and its weight gradient xᵀ·dy', () => {
+  it('GPT-2 MLP shape (50,768)·(768,3072) + bias, and its weight gradient xᵀ·dy', async () => {
     const x = rand([50, 768], 8);
     const w = rand([768, 3072], 9, -0.05, 0.05); // Conv1D layout (in, out)
     const bias = rand([3072], 10);
     const y = be.matmul(x, w, { bias });
-    check(
+    await check(
       'matmul (50,768)·(768,3072)+b',
       y,
       naive.matmulNaive(
-        be.download(x),
-        be.download(w),
+        await be.download(x),
+        await be.download(w),
         { batch: 1, m: 50, k: 768, n: 3072 },
-        be.download(bias),
+        await be.download(bias),
       ),
     );
     // dW (768, 3072) = xᵀ (768, 50) · dy (50, 3072): K = 50
     const dy = rand([50, 3072], 11);
     const dw = be.matmul(x, dy, { transA: true });
-    check(
+    await check(
       'matmul xᵀ(768,50)·dy(50,3072)',
       dw,
-      naive.matmulNaive(be.download(x), be.download(dy), { batch: 1, m: 768, k: 50, n: 3072, transA: true }),
+      naive.matmulNaive(await be.download(x), await be.download(dy), {
+        batch: 1,
+        m: 768,
+        k: 50,
+        n: 3072,
+        transA: true,
+      }),
     );
   });
 
-  it('CLIP attention-projection shape (2·50,768)·(768,768)ᵀ batched over (2,50)', () => {
+  it('CLIP attention-projection shape (2·50,768)·(768,768)ᵀ batched over (2,50)', async () => {
     const x = rand([2, 50, 768], 12);
     const w = rand([768, 768], 13, -0.05, 0.05); // nn.Linear layout (out, in)
     const bias = rand([768], 14);
     const y = be.matmul(x, w, { transB: true, bias });
     expect(y.shape).toEqual([2, 50, 768]);
     const mc = { batch: 1, m: 100, k: 768, n: 768, transB: true };
-    check(
+    await check(
       'matmul (2,50,768)·(768,768)ᵀ+b',
       y,
-      naive.matmulNaive(be.download(x), be.download(w), mc, be.download(bias)),
+      naive.matmulNaive(await be.download(x), await be.download(w), mc, await be.download(bias)),
     );
   });
 
-  it('rejects mismatched shapes with ShapeError', () => {
+  it('rejects mismatched shapes with ShapeError', async () => {
     expect(() => be.matmul(rand([3, 4], 1), rand([5, 6], 2))).toThrow(ShapeError);
     expect(() => be.matmul(rand([3, 4], 1), rand([6, 4], 2))).toThrow(ShapeError); // needs transB
     expect(() => be.matmul(rand([2, 3, 4], 1), rand([3, 4, 5], 2))).toThrow(ShapeError); // batch 2 vs 3
@@ -263,72 +336,67 @@ function elementwiseTests(be: Backend, check: Check, rand: Rand): void {
     [[5, 4], []],
   ];
   for (const [sa, sb] of pairs) {
-    it(`add / mul broadcast [${sb}] over [${sa}]`, () => {
+    it(`add / mul broadcast [${sb}] over [${sa}]`, async () => {
       const a = rand(sa, 20);
       const b = rand(sb, 21);
-      const A = be.download(a);
-      const B = be.download(b);
-      check(
+      const A = await be.download(a);
+      const B = await be.download(b);
+      await check(
         `add [${sa}]+[${sb}]`,
-        be.add(a, b),
+        be.binary('add', a, b),
         Array.from(A, (v, i) => v + B[i % B.length]),
       );
-      check(
+      await check(
         `mul [${sa}]*[${sb}]`,
-        be.mul(a, b),
+        be.binary('mul', a, b),
         Array.from(A, (v, i) => v * B[i % B.length]),
       );
     });
   }
 
-  it('add rejects shapes that are not a suffix', () => {
-    expect(() => be.add(rand([7, 33], 1), rand([7], 2))).toThrow(ShapeError);
-    expect(() => be.mul(rand([33], 1), rand([7, 33], 2))).toThrow(ShapeError);
+  it('add rejects shapes that are not a suffix', async () => {
+    expect(() => be.binary('add', rand([7, 33], 1), rand([7], 2))).toThrow(ShapeError);
+    expect(() => be.binary('mul', rand([33], 1), rand([7, 33], 2))).toThrow(ShapeError);
   });
 
-  it('addInPlace with alpha, and scale', () => {
+  it('addInPlace with alpha', async () => {
     const a = rand([7, 33], 22);
     const b = rand([7, 33], 23);
-    const A = be.download(a);
-    const B = be.download(b);
+    const A = await be.download(a);
+    const B = await be.download(b);
     be.addInPlace(a, b, -0.75);
-    check(
+    await check(
       'addInPlace alpha',
       a,
       Array.from(A, (v, i) => v - 0.75 * B[i]),
     );
     be.addInPlace(a, b);
-    check(
+    await check(
       'addInPlace',
       a,
       Array.from(A, (v, i) => v + 0.25 * B[i]),
     );
-    check(
-      'scale',
-      be.scale(b, 3.5),
-      Array.from(B, (v) => 3.5 * v),
-    );
     expect(() => be.addInPlace(a, rand([33, 7], 1))).toThrow(ShapeError);
   });
 
-  it('sumRows into a new tensor, into out, and accumulating', () => {
+  it('sumRows into a new tensor, into out, and accumulating', async () => {
     const x = rand([2, 17, 769], 24);
-    const X = be.download(x);
+    const X = await be.download(x);
     const expected = new Float64Array(769);
     for (let r = 0; r < 34; r++) for (let c = 0; c < 769; c++) expected[c] += X[r * 769 + c];
     const s = be.sumRows(x);
     expect(s.shape).toEqual([769]);
-    check('sumRows', s, expected);
+    await check('sumRows', s, expected);
     const out = rand([769], 25);
-    const before = be.download(out);
+    const before = await be.download(out);
     be.sumRows(x, out, true);
-    check(
+    await check(
       'sumRows accumulate',
       out,
       expected.map((v, i) => v + before[i]),
     );
     be.sumRows(x, out);
-    check('sumRows out', out, expected);
+    await check('sumRows out', out, expected);
     expect(() => be.sumRows(x, rand([768], 1))).toThrow(ShapeError);
   });
 }
@@ -338,32 +406,32 @@ function elementwiseTests(be: Backend, check: Check, rand: Rand): void {
 function activationTests(be: Backend, check: Check, rand: Rand): void {
   type Act = 'gelu' | 'quickGelu' | 'relu' | 'tanh';
   const forward: Record<Act, (x: Tensor) => Tensor> = {
-    gelu: (x) => be.gelu(x),
-    quickGelu: (x) => be.quickGelu(x),
-    relu: (x) => be.relu(x),
-    tanh: (x) => be.tanh(x),
+    gelu: (x) => be.activation('gelu', x),
+    quickGelu: (x) => be.activation('quickGelu', x),
+    relu: (x) => be.activation('relu', x),
+    tanh: (x) => be.activation('tanh', x),
   };
   // backward from the forward's input (tanh: from its output)
   const backward: Record<Act, (dy: Tensor, x: Tensor) => Tensor> = {
-    gelu: (dy, x) => be.geluBackward(dy, x),
-    quickGelu: (dy, x) => be.quickGeluBackward(dy, x),
-    relu: (dy, x) => be.reluBackward(dy, x),
-    tanh: (dy, x) => be.tanhBackward(dy, be.tanh(x)),
+    gelu: (dy, x) => be.activationBackward('gelu', dy, x),
+    quickGelu: (dy, x) => be.activationBackward('quickGelu', dy, x),
+    relu: (dy, x) => be.activationBackward('relu', dy, x),
+    tanh: (dy, x) => be.activationBackward('tanh', dy, be.activation('tanh', x)),
   };
   const shapes = [[1], [7, 33], [3, 769], [50, 3072]];
   for (const act of Object.keys(forward) as Act[]) {
     for (const shape of shapes) {
-      it(`${act} [${shape}] forward and backward`, () => {
+      it(`${act} [${shape}] forward and backward`, async () => {
         const x = rand(shape, 30, -8, 8); // covers saturation of tanh / sigmoid
         const dy = rand(shape, 31);
-        const X = be.download(x);
-        const DY = be.download(dy);
+        const X = await be.download(x);
+        const DY = await be.download(dy);
         const { f, df } = naive.activations[act];
-        check(`${act} [${shape}]`, forward[act](x), naive.mapNaive(X, f));
+        await check(`${act} [${shape}]`, forward[act](x), naive.mapNaive(X, f));
         // tanh's backward is defined from the float32 output y: dy·(1 - y²). Where tanh saturates, 1 - y²
         // is small and y's rounding dominates, so the reference for it is computed from float32 y too.
         const slope = act === 'tanh' ? (v: number) => 1 - Math.fround(Math.tanh(v)) ** 2 : df;
-        check(
+        await check(
           `${act}Backward [${shape}]`,
           backward[act](dy, x),
           Array.from(X, (v, i) => DY[i] * slope(v)),
@@ -372,33 +440,10 @@ function activationTests(be: Backend, check: Check, rand: Rand): void {
     }
   }
 
-  it('reluBackward is 0 at x = 0 (as PyTorch)', () => {
+  it('reluBackward is 0 at x = 0 (as PyTorch)', async () => {
     const x = be.upload(new Float32Array([0, -0, 1e-30, -1e-30]), [4]);
     const dy = be.upload(new Float32Array([1, 1, 1, 1]), [4]);
-    expect(Array.from(be.download(be.reluBackward(dy, x)))).toEqual([0, 0, 1, 0]);
-  });
-
-  const softShapes: [number[], number][] = [
-    [[1, 1], 1],
-    [[7, 33], 5],
-    [[3, 769], 40], // large logits: needs the max subtraction
-    [[2, 12, 50, 50], 3], // attention-score shape
-    [[2, 50257], 10], // GPT-2 vocabulary
-  ];
-  for (const [shape, range] of softShapes) {
-    it(`softmax and logSoftmax over the last axis of [${shape}]`, () => {
-      const x = rand(shape, 32, -range, range);
-      const X = be.download(x);
-      const cols = shape[shape.length - 1];
-      check(`softmax [${shape}]`, be.softmax(x), naive.softmaxNaive(X, cols));
-      check(`logSoftmax [${shape}]`, be.logSoftmax(x), naive.logSoftmaxNaive(X, cols));
-    });
-  }
-
-  it('softmax does not overflow on logits near 1e4', () => {
-    const x = be.upload(new Float32Array([10000, 10001, 9999, -10000]), [1, 4]);
-    check('softmax 1e4', be.softmax(x), naive.softmaxNaive(be.download(x), 4));
-    check('logSoftmax 1e4', be.logSoftmax(x), naive.logSoftmaxNaive(be.download(x), 4));
+    expect(Array.from(await be.download(be.activationBackward('relu', dy, x)))).toEqual([0, 0, 1, 0]);
   });
 }
 
@@ -414,37 +459,37 @@ function layerNormTests(be: Backend, check: Check, rand: Rand): void {
     [[3, 32], 1e-12, 0],
   ];
   for (const [shape, eps, offset] of cases) {
-    it(`[${shape}] eps ${eps}: y, mean, rstd and the backward`, () => {
+    it(`[${shape}] eps ${eps}: y, mean, rstd and the backward`, async () => {
       const C = shape[shape.length - 1];
       const x = rand(shape, 40, offset - 2, offset + 2);
       const w = rand([C], 41, 0.5, 1.5);
       const b = rand([C], 42);
-      const X = be.download(x);
-      const W = be.download(w);
-      const ref = naive.layerNormNaive(X, W, be.download(b), C, eps);
+      const X = await be.download(x);
+      const W = await be.download(w);
+      const ref = naive.layerNormNaive(X, W, await be.download(b), C, eps);
       const { y, mean, rstd } = be.layerNorm(x, w, b, eps);
       expect(y.shape).toEqual(shape);
       expect(mean.shape).toEqual([size(shape) / C]);
       expect(rstd.shape).toEqual([size(shape) / C]);
-      check(`layerNorm y [${shape}]`, y, ref.y);
-      check(`layerNorm mean [${shape}]`, mean, ref.mean);
-      check(`layerNorm rstd [${shape}]`, rstd, ref.rstd);
+      await check(`layerNorm y [${shape}]`, y, ref.y);
+      await check(`layerNorm mean [${shape}]`, mean, ref.mean);
+      await check(`layerNorm rstd [${shape}]`, rstd, ref.rstd);
 
       // backward accumulates into dweight / dbias
       const dy = rand(shape, 43);
       const dw = rand([C], 44);
       const db = rand([C], 45);
-      const dw0 = be.download(dw);
-      const db0 = be.download(db);
-      const g = naive.layerNormBackwardNaive(be.download(dy), X, W, C, eps);
+      const dw0 = await be.download(dw);
+      const db0 = await be.download(db);
+      const g = naive.layerNormBackwardNaive(await be.download(dy), X, W, C, eps);
       const dx = be.layerNormBackward(dy, x, w, mean, rstd, dw, db);
-      check(`layerNormBackward dx [${shape}]`, dx, g.dx);
-      check(
+      await check(`layerNormBackward dx [${shape}]`, dx, g.dx);
+      await check(
         `layerNormBackward dweight [${shape}]`,
         dw,
         g.dw.map((v, i) => v + dw0[i]),
       );
-      check(
+      await check(
         `layerNormBackward dbias [${shape}]`,
         db,
         g.db.map((v, i) => v + db0[i]),
@@ -452,7 +497,7 @@ function layerNormTests(be: Backend, check: Check, rand: Rand): void {
     });
   }
 
-  it('rejects a weight of the wrong width', () => {
+  it('rejects a weight of the wrong width', async () => {
     expect(() => be.layerNorm(rand([3, 8], 1), rand([7], 2), rand([8], 3), 1e-5)).toThrow(ShapeError);
   });
 }
@@ -567,46 +612,50 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
   let seed = 300;
   for (const [name, c] of cases) {
     const s0 = (seed += 10);
-    it(`${name}: out, probs and the backward`, () => {
+    it(`${name}: out, probs and the backward`, async () => {
       const s = attnSetup(be, rand, c, s0);
-      const Q = be.download(s.q);
-      const K = be.download(s.k);
-      const V = be.download(s.v);
+      const Q = await be.download(s.q);
+      const K = await be.download(s.k);
+      const V = await be.download(s.v);
       const ref = naive.attentionNaive(Q, K, V, c);
-      const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
+      const { out, saved } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), record: true });
       expect(out.shape).toEqual([c.batch, c.tq, c.channels]);
-      expect(probs?.shape).toEqual([c.batch, c.nHead, c.tq, c.tk]);
-      check(`attention out: ${name}`, out, ref.out);
-      check(`attention probs: ${name}`, probs as Tensor, ref.probs);
-      // without keepProbs: the same output
-      check(`attention out (no probs): ${name}`, be.attention(s.q, s.k, s.v, attnOpts(s)).out, ref.out);
+      await check(`attention out: ${name}`, out, ref.out);
+      // The saved state is the backend's own; the host backends keep the probabilities (checked here).
+      const probs = hostProbs(saved, c);
+      if (probs) await check(`attention probs: ${name}`, probs, ref.probs);
+      // without record: the same output
+      await check(`attention out (no probs): ${name}`, be.attention(s.q, s.k, s.v, attnOpts(s)).out, ref.out);
 
       const dout = rand([c.batch, c.tq, c.channels], s0 + 5);
-      const g = naive.attentionBackwardNaive(be.download(dout), Q, K, V, c);
-      const grads = be.attentionBackward(dout, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
+      const g = naive.attentionBackwardNaive(await be.download(dout), Q, K, V, c);
+      const grads = be.attentionBackward(dout, s.q, s.k, s.v, saved as AttentionSaved, attnOpts(s));
       expect(grads.dk.shape).toEqual(s.k.shape);
       expect(grads.dv.shape).toEqual(s.v.shape);
-      check(`attentionBackward dq: ${name}`, grads.dq, g.dq);
-      check(`attentionBackward dk: ${name}`, grads.dk, g.dk);
-      check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
+      await check(`attentionBackward dq: ${name}`, grads.dq, g.dq);
+      await check(`attentionBackward dk: ${name}`, grads.dk, g.dk);
+      await check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
     });
   }
 
-  it('dropout p = 0 is bit-identical to no dropout (forward, probs and backward)', () => {
+  it('dropout p = 0 is bit-identical to no dropout (forward, saved state and backward)', async () => {
     const c = { batch: 2, tq: 5, tk: 5, channels: 12, nHead: 3, causal: true };
     const s = attnSetup(be, rand, c, 370);
     const dout = rand([2, 5, 12], 375);
     const run = (dropout?: { p: number; seed: number }) => {
-      const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), dropout, keepProbs: true });
-      const g = be.attentionBackward(dout, s.q, s.k, s.v, probs as Tensor, { ...attnOpts(s), dropout });
-      return [out, probs as Tensor, g.dq, g.dk, g.dv].map((t) => Array.from(be.download(t)));
+      const { out, saved } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), dropout, record: true });
+      const st = saved as AttentionSaved;
+      const g = be.attentionBackward(dout, s.q, s.k, s.v, st, { ...attnOpts(s), dropout });
+      return Promise.all(
+        [out, ...st.tensors, g.dq, g.dk, g.dv].map(async (t) => Array.from(await be.download(t))),
+      );
     };
-    const plain = run();
-    const p0 = run({ p: 0, seed: 123 });
-    plain.forEach((x, i) => expect(p0[i], `tensor ${i} (out, probs, dq, dk, dv)`).toEqual(x));
+    const plain = await run();
+    const p0 = await run({ p: 0, seed: 123 });
+    plain.forEach((x, i) => expect(p0[i], `tensor ${i} (out, saved..., dq, dk, dv)`).toEqual(x));
   });
 
-  it('dropout mask: about 1-p kept, scaled by 1/(1-p), laid out as (B, nHead, Tq, Tk), seeded', () => {
+  it('dropout mask: about 1-p kept, scaled by 1/(1-p), laid out as (B, nHead, Tq, Tk), seeded', async () => {
     // q = 0 gives uniform probabilities 1/kvLength, and v_j = e_j (one-hot in each head's channels), so
     // out[b, i, h·hd + j] = M_bhij / kvLength exposes the mask. Stored rows tk = 64 > kvLength = 48 check
     // that the mask index strides by the stored rows.
@@ -619,8 +668,10 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
     const q = be.zeros([B, T, C]);
     const kv = be.upload(vData, [B, TK, C]);
     const c = { batch: B, tq: T, tk: TK, channels: C, nHead: H, kvLength: KV };
-    const maskOf = (p: number, seed: number): Float64Array => {
-      const O = be.download(be.attention(q, kv, kv, { nHead: H, kvLength: KV, dropout: { p, seed } }).out);
+    const maskOf = async (p: number, seed: number): Promise<Float64Array> => {
+      const O = await be.download(
+        be.attention(q, kv, kv, { nHead: H, kvLength: KV, dropout: { p, seed } }).out,
+      );
       const m = new Float64Array(B * H * T * KV);
       let n = 0;
       for (let b = 0; b < B; b++)
@@ -633,7 +684,7 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       [0.1, 42],
       [0.5, 7],
     ]) {
-      const m = maskOf(p, seed);
+      const m = await maskOf(p, seed);
       const expected = naive.attentionDropoutNaive({ ...c, dropout: { p, seed } });
       let kept = 0;
       let worstScale = 0;
@@ -660,24 +711,25 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       expect(worstScale).toBeLessThan(1e-5);
       expect(Math.abs(kept / n - (1 - p))).toBeLessThan(6 * sd);
       // same seed, same mask; another seed, a mask that agrees only by chance (p² + (1-p)² of the time)
-      expect(Array.from(maskOf(p, seed))).toEqual(Array.from(m));
-      const other = maskOf(p, seed + 1);
+      expect(Array.from(await maskOf(p, seed))).toEqual(Array.from(m));
+      const other = await maskOf(p, seed + 1);
       const same = m.filter((x, idx) => (x !== 0) === (other[idx] !== 0)).length;
       expect(same / n).toBeLessThan(1 - p * (1 - p));
     }
   });
 
-  it('fully masked rows are exactly zero', () => {
+  it('fully masked rows are exactly zero', async () => {
     const c = { batch: 2, tq: 3, tk: 4, channels: 4, nHead: 2, keyMask: keyMask(2, 4, (b) => b === 0) };
     const s = attnSetup(be, rand, c, 390);
-    const { out, probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
-    const O = be.download(out);
-    const P = be.download(probs as Tensor);
+    const { out, saved } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), record: true });
+    const O = await be.download(out);
     expect(Array.from(O.subarray(0, 12)).every((x) => x === 0)).toBe(true);
-    expect(Array.from(P.subarray(0, 24)).every((x) => x === 0)).toBe(true);
+    const probs = hostProbs(saved, c);
+    if (probs)
+      expect(Array.from((await be.download(probs)).subarray(0, 24)).every((x) => x === 0)).toBe(true);
   });
 
-  it('incremental decoding against a growing KV cache equals the full causal forward', () => {
+  it('incremental decoding against a growing KV cache equals the full causal forward', async () => {
     // batch row 1 is left-padded (keys 0, 1 masked); the cache has spare capacity past T
     const B = 2;
     const T = 9;
@@ -692,10 +744,10 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       400,
     );
     const full = be.attention(s.q, s.k, s.v, attnOpts(s)).out;
-    check(
+    await check(
       'attention full causal + mask',
       full,
-      naive.attentionNaive(be.download(s.q), be.download(s.k), be.download(s.v), s.c).out,
+      naive.attentionNaive(await be.download(s.q), await be.download(s.k), await be.download(s.v), s.c).out,
     );
 
     const capMask = be.upload(Float32Array.from(keyMask(B, cap, (b, j) => b === 1 && j < 2)), [B, cap]);
@@ -712,10 +764,10 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
         be.attention(q, kCache, vCache, { nHead: H, causal: true, keyMask: capMask, kvLength: end }).out,
       );
     }
-    check('attention incremental vs full', be.concat(pieces, 1), be.download(full));
+    await check('attention incremental vs full', be.concat(pieces, 1), await be.download(full));
   });
 
-  it('rejects bad shapes', () => {
+  it('rejects bad shapes', async () => {
     const q = rand([2, 3, 8], 1);
     const k = rand([2, 5, 8], 2);
     expect(() => be.attention(q, k, k, { nHead: 3 })).toThrow(ShapeError); // 8 channels, 3 heads
@@ -730,9 +782,8 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       { p: 0.1, seed: 1.5 },
     ]) {
       expect(() => be.attention(q, k, k, { nHead: 2, dropout })).toThrow(ShapeError);
-      expect(() => be.attentionBackward(q, q, k, k, be.zeros([2, 2, 3, 5]), { nHead: 2, dropout })).toThrow(
-        ShapeError,
-      );
+      const saved = be.attention(q, k, k, { nHead: 2, record: true }).saved as AttentionSaved;
+      expect(() => be.attentionBackward(q, q, k, k, saved, { nHead: 2, dropout })).toThrow(ShapeError);
     }
   });
 }
@@ -748,7 +799,7 @@ function embeddingTests(be: Backend, check: Check, rand: Rand): void {
     ['GPT-2 vocabulary (50257, 33)', 50257, 33, [3, 41], 503],
   ];
   for (const [name, vocab, C, idShape, seed] of cases) {
-    it(`${name}: gather and scatter-add backward`, () => {
+    it(`${name}: gather and scatter-add backward`, async () => {
       const table = rand([vocab, C], seed);
       const idData = naive.randomInts(size(idShape), seed + 1, vocab);
       idData[0] = vocab - 1; // the last row
@@ -756,20 +807,20 @@ function embeddingTests(be: Backend, check: Check, rand: Rand): void {
       const ids = be.upload(idData, idShape);
       const y = be.embedding(ids, table);
       expect(y.shape).toEqual([...idShape, C]);
-      check(`embedding ${name}`, y, naive.embeddingNaive(idData, be.download(table), C));
+      await check(`embedding ${name}`, y, naive.embeddingNaive(idData, await be.download(table), C));
 
       const dy = rand([...idShape, C], seed + 2);
       const dtable = rand([vocab, C], seed + 3);
-      const before = be.download(dtable);
+      const before = await be.download(dtable);
       be.embeddingBackward(dy, ids, dtable);
       const expected = naive
-        .embeddingBackwardNaive(be.download(dy), idData, vocab, C)
+        .embeddingBackwardNaive(await be.download(dy), idData, vocab, C)
         .map((v, i) => v + before[i]);
-      check(`embeddingBackward ${name}`, dtable, expected);
+      await check(`embeddingBackward ${name}`, dtable, expected);
     });
   }
 
-  it('out-of-range ids throw an Error naming the id', () => {
+  it('out-of-range ids throw an Error naming the id', async () => {
     const table = rand([11, 4], 1);
     expect(() => be.embedding(be.upload(new Int32Array([0, 11]), [2]), table)).toThrow(/11/);
     expect(() => be.embedding(be.upload(new Int32Array([-1]), [1]), table)).toThrow(/-1/);
@@ -793,7 +844,7 @@ function crossEntropyTests(be: Backend, check: Check, rand: Rand): void {
   let seed = 600;
   for (const [name, N, V, ignore, range] of cases) {
     const s = (seed += 10);
-    it(`${name}: loss, count and the backward`, () => {
+    it(`${name}: loss and the backward`, async () => {
       const logits = rand([N, V], s, -range, range);
       const t = naive.randomInts(N, s + 1, V);
       if (N > 3) {
@@ -802,13 +853,12 @@ function crossEntropyTests(be: Backend, check: Check, rand: Rand): void {
         t[2] = V - 1;
       }
       const targets = be.upload(t, [N]);
-      const L = be.download(logits);
+      const L = await be.download(logits);
       const ref = naive.crossEntropyNaive(L, t, V, ignore);
-      const r = be.crossEntropy(logits, targets, ignore);
-      expect(r.count).toBe(ref.count);
-      check(`crossEntropy loss: ${name}`, [r.loss], [ref.loss]);
+      const loss = await be.crossEntropy(logits, targets, ignore);
+      await check(`crossEntropy loss: ${name}`, [loss], [ref.loss]);
       for (const lossScale of [1, 0.25]) {
-        check(
+        await check(
           `crossEntropyBackward ×${lossScale}: ${name}`,
           be.crossEntropyBackward(logits, targets, ignore, lossScale),
           naive.crossEntropyBackwardNaive(L, t, V, ignore, lossScale),
@@ -817,17 +867,15 @@ function crossEntropyTests(be: Backend, check: Check, rand: Rand): void {
     });
   }
 
-  it('every row ignored: loss NaN, count 0, zero gradient', () => {
+  it('every row ignored: loss NaN, zero gradient', async () => {
     const logits = rand([3, 5], 1);
     const targets = be.upload(new Int32Array([0, 0, 0]), [3]);
-    const r = be.crossEntropy(logits, targets, 0);
-    expect(r.count).toBe(0);
-    expect(r.loss).toBeNaN();
-    const d = be.download(be.crossEntropyBackward(logits, targets, 0));
+    expect(await be.crossEntropy(logits, targets, 0)).toBeNaN();
+    const d = await be.download(be.crossEntropyBackward(logits, targets, 0));
     expect(Array.from(d).every((x) => x === 0)).toBe(true);
   });
 
-  it('a target outside the vocabulary throws', () => {
+  it('a target outside the vocabulary throws', async () => {
     const logits = rand([2, 5], 1);
     expect(() => be.crossEntropy(logits, be.upload(new Int32Array([1, 5]), [2]), -100)).toThrow(/5/);
     expect(() => be.crossEntropy(logits, be.upload(new Int32Array([1, 2, 3]), [3]), -100)).toThrow(
@@ -866,7 +914,7 @@ function adamwTests(be: Backend, check: Check): void {
     },
   ];
   for (const { name, ...o } of configs) {
-    it(`6 steps match torch.optim.AdamW: ${name}`, () => {
+    it(`6 steps match torch.optim.AdamW: ${name}`, async () => {
       const n = 777;
       // parameters of scale 1e-3, so that float32 rounding of p (~6e-11) is far below an update (~lr)
       const p0 = naive.randomF32(n, 700, -1e-3, 1e-3);
@@ -880,21 +928,21 @@ function adamwTests(be: Backend, check: Check): void {
         for (let i = 0; i < n; i += 13) g[i] = 0;
         const lr = step === 1 ? 0 : o.lr;
         // this step alone, from the backend's own state: its update must match to FWD_TOL of its scale
-        const before = [param, m, v].map((t) => naive.f64(be.download(t)));
+        const before = await Promise.all([param, m, v].map(async (t) => naive.f64(await be.download(t))));
         const one = { p: before[0], m: before[1], v: before[2] };
         naive.adamwNaive(one, g, { ...o, lr, step });
         be.adamw(param, be.upload(g, [7, 111]), m, v, { ...o, lr, step });
-        const P = naive.f64(be.download(param));
-        check(
+        const P = naive.f64(await be.download(param));
+        await check(
           `adamw update step ${step}: ${name}`,
           P.map((x, i) => x - before[0][i]),
           one.p.map((x, i) => x - before[0][i]),
         );
         // and the run as a whole
         naive.adamwNaive(state, g, { ...o, lr, step });
-        check(`adamw p step ${step}: ${name}`, P, state.p);
-        check(`adamw m step ${step}: ${name}`, m, state.m);
-        check(`adamw v step ${step}: ${name}`, v, state.v);
+        await check(`adamw p step ${step}: ${name}`, P, state.p);
+        await check(`adamw m step ${step}: ${name}`, m, state.m);
+        await check(`adamw v step ${step}: ${name}`, v, state.v);
       }
     });
   }
@@ -903,14 +951,16 @@ function adamwTests(be: Backend, check: Check): void {
 // ==================================================================================== dropout
 
 function dropoutTests(be: Backend, rand: Rand): void {
-  it('keeps about 1-p of the elements, scales them by 1/(1-p), and is seeded', () => {
+  it('keeps about 1-p of the elements, scales them by 1/(1-p), and is seeded', async () => {
     const n = 100_003;
     const x = rand([n], 800, 0.5, 1.5);
-    const X = be.download(x);
+    const X = await be.download(x);
+    // The mask is never returned: dropping a tensor of ones exposes it (and the backward is the same op).
+    const ones = be.upload(new Float32Array(n).fill(1), [n]);
+    const maskOf = async (p: number, seed: number) => await be.download(be.dropout(ones, p, seed));
     for (const p of [0.1, 0.5]) {
-      const { y, mask } = be.dropout(x, p, 1234);
-      const M = be.download(mask);
-      const Y = be.download(y);
+      const M = await maskOf(p, 1234);
+      const Y = await be.download(be.dropout(x, p, 1234));
       const scaleKept = Math.fround(1 / (1 - p));
       let kept = 0;
       for (let i = 0; i < n; i++) {
@@ -937,19 +987,18 @@ function dropoutTests(be: Backend, rand: Rand): void {
       };
       expect(agree(M, naive.dropoutMaskNaive(n, p, 1234).map(Math.fround))).toBe(n);
       // same seed, same mask; another seed, another mask
-      expect(agree(M, be.download(be.dropout(x, p, 1234).mask))).toBe(n);
-      const other = be.download(be.dropout(x, p, 1235).mask);
+      expect(agree(M, await maskOf(p, 1234))).toBe(n);
+      const other = await maskOf(p, 1235);
       expect(agree(M, other) / n).toBeLessThan(1 - p * (1 - p)); // independent masks agree on p²+(1-p)²
     }
   });
 
-  it('p = 0 is the identity, p = 1 drops everything', () => {
+  it('p = 0 is the identity, p = 1 drops everything', async () => {
     const x = rand([7, 33], 801);
     const id = be.dropout(x, 0, 5);
-    expect(Array.from(be.download(id.y))).toEqual(Array.from(be.download(x)));
-    expect(Array.from(be.download(id.mask)).every((v) => v === 1)).toBe(true);
+    expect(Array.from(await be.download(id))).toEqual(Array.from(await be.download(x)));
     const all = be.dropout(x, 1, 5);
-    expect(Array.from(be.download(all.y)).every((v) => v === 0)).toBe(true);
+    expect(Array.from(await be.download(all)).every((v) => v === 0)).toBe(true);
     expect(() => be.dropout(x, 1.5, 5)).toThrow(ShapeError);
   });
 }
@@ -958,7 +1007,7 @@ function dropoutTests(be: Backend, rand: Rand): void {
 
 function layoutTests(be: Backend, check: Check, rand: Rand): void {
   for (const axis of [0, 1, 2, -1]) {
-    it(`concat, slice and writeSlice on axis ${axis}`, () => {
+    it(`concat, slice and writeSlice on axis ${axis}`, async () => {
       const ax = axis < 0 ? axis + 3 : axis;
       const base = [2, 3, 5];
       const shapes = [1, 4, 7].map((len) => base.map((d, i) => (i === ax ? len : d)));
@@ -966,52 +1015,48 @@ function layoutTests(be: Backend, check: Check, rand: Rand): void {
       const cat = be.concat(xs, axis);
       const catShape = base.map((d, i) => (i === ax ? 12 : d));
       expect(cat.shape).toEqual(catShape);
-      const expectedCat = naive.concatNaive(
-        xs.map((x) => be.download(x)),
-        shapes,
-        ax,
-      );
-      check(`concat axis ${axis}`, cat, expectedCat);
+      const expectedCat = naive.concatNaive(await Promise.all(xs.map((x) => be.download(x))), shapes, ax);
+      await check(`concat axis ${axis}`, cat, expectedCat);
 
       const sl = be.slice(cat, axis, 3, 10);
       expect(sl.shape).toEqual(base.map((d, i) => (i === ax ? 7 : d)));
-      check(`slice axis ${axis}`, sl, naive.sliceNaive(expectedCat, catShape, ax, 3, 10));
+      await check(`slice axis ${axis}`, sl, naive.sliceNaive(expectedCat, catShape, ax, 3, 10));
       expect(be.slice(cat, axis, 4, 4).size).toBe(0);
 
       const src = rand(shapes[1], 910);
       be.writeSlice(cat, src, axis, 8);
-      check(
+      await check(
         `writeSlice axis ${axis}`,
         cat,
-        naive.writeSliceNaive(expectedCat, catShape, be.download(src), shapes[1], ax, 8),
+        naive.writeSliceNaive(expectedCat, catShape, await be.download(src), shapes[1], ax, 8),
       );
       expect(() => be.writeSlice(cat, src, axis, 9)).toThrow(ShapeError); // 9 + 4 > 12
       expect(() => be.slice(cat, axis, 5, 13)).toThrow(ShapeError);
     });
   }
 
-  it('i32 tensors: concat, slice, writeSlice, indexSelect', () => {
+  it('i32 tensors: concat, slice, writeSlice, indexSelect', async () => {
     const a = be.upload(new Int32Array([1, 2, 3, 4, 5, 6]), [2, 3]);
     const b = be.upload(new Int32Array([7, 8]), [2, 1]);
     const cat = be.concat([a, b], 1);
     expect(cat.dtype).toBe('i32');
-    expect(Array.from(be.download(cat))).toEqual([1, 2, 3, 7, 4, 5, 6, 8]);
-    expect(Array.from(be.download(be.slice(cat, 1, 2, 4)))).toEqual([3, 7, 6, 8]);
+    expect(Array.from(await be.download(cat))).toEqual([1, 2, 3, 7, 4, 5, 6, 8]);
+    expect(Array.from(await be.download(be.slice(cat, 1, 2, 4)))).toEqual([3, 7, 6, 8]);
     be.writeSlice(cat, be.upload(new Int32Array([-1, -2]), [2, 1]), 1, 2);
-    expect(Array.from(be.download(cat))).toEqual([1, 2, -1, 7, 4, 5, -2, 8]);
-    expect(Array.from(be.download(be.indexSelect(cat, [1, 0, 1])))).toEqual([
+    expect(Array.from(await be.download(cat))).toEqual([1, 2, -1, 7, 4, 5, -2, 8]);
+    expect(Array.from(await be.download(be.indexSelect(cat, [1, 0, 1])))).toEqual([
       4, 5, -2, 8, 1, 2, -1, 7, 4, 5, -2, 8,
     ]);
     expect(() => be.concat([a, rand([2, 1], 1)], 1)).toThrow(ShapeError); // mixed dtypes
   });
 
-  it('indexSelect reorders rows (beam search) with repeats, and rejects bad indices', () => {
+  it('indexSelect reorders rows (beam search) with repeats, and rejects bad indices', async () => {
     const x = rand([5, 2, 7], 920);
-    const X = be.download(x);
+    const X = await be.download(x);
     const idx = [4, 0, 0, 2];
     const y = be.indexSelect(x, idx);
     expect(y.shape).toEqual([4, 2, 7]);
-    check(
+    await check(
       'indexSelect',
       y,
       idx.flatMap((r) => Array.from(X.subarray(r * 14, (r + 1) * 14))),
@@ -1021,7 +1066,7 @@ function layoutTests(be: Backend, check: Check, rand: Rand): void {
     expect(() => be.indexSelect(x, [-1])).toThrow(ShapeError);
   });
 
-  it('concat rejects mismatched shapes', () => {
+  it('concat rejects mismatched shapes', async () => {
     expect(() => be.concat([rand([2, 3], 1), rand([3, 3], 2)], 1)).toThrow(ShapeError);
     expect(() => be.concat([rand([2, 3], 1)], 2)).toThrow(ShapeError);
   });
@@ -1041,49 +1086,43 @@ const FD_TOL = 1e-5;
 const H = 1e-3;
 
 function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
-  const fd = (label: string, actual: Tensor, f: (x: Float64Array) => number, at: ArrayLike<number>) =>
-    check(`FD ${label}`, actual, naive.numericGrad(f, at, H), FD_TOL);
+  const fd = async (label: string, actual: Tensor, f: (x: Float64Array) => number, at: ArrayLike<number>) =>
+    await check(`FD ${label}`, actual, naive.numericGrad(f, at, H), FD_TOL);
 
-  it('gelu, quickGelu, relu, tanh', () => {
+  it('gelu, quickGelu, relu, tanh', async () => {
     const shape = [7, 5];
     // |x| >= 0.05 keeps relu's kink away from x ± h
     const xData = naive.randomAwayFromZero(35, 1000, 0.05).map((v) => 2.5 * v);
     const x = be.upload(xData, shape);
     const r = rand(shape, 1001);
-    const R = be.download(r);
+    const R = await be.download(r);
     for (const act of ['gelu', 'quickGelu', 'relu', 'tanh'] as const) {
       const { f } = naive.activations[act];
       const loss = (xs: Float64Array) => naive.dot(R, naive.mapNaive(xs, f));
-      const grad =
-        act === 'gelu'
-          ? be.geluBackward(r, x)
-          : act === 'quickGelu'
-            ? be.quickGeluBackward(r, x)
-            : act === 'relu'
-              ? be.reluBackward(r, x)
-              : be.tanhBackward(r, be.tanh(x));
-      fd(`${act}Backward`, grad, loss, xData);
+      // backward from the forward's input (tanh: from its output)
+      const grad = be.activationBackward(act, r, act === 'tanh' ? be.activation('tanh', x) : x);
+      await fd(`${act}Backward`, grad, loss, xData);
     }
   });
 
-  it('layerNormBackward: dx, dweight, dbias', () => {
+  it('layerNormBackward: dx, dweight, dbias', async () => {
     const C = 7;
     const x = rand([3, C], 1010, -2, 2);
     const w = rand([C], 1011, 0.5, 1.5);
     const b = rand([C], 1012);
     const r = rand([3, C], 1013);
-    const [X, W, Bv, R] = [x, w, b, r].map((t) => naive.f64(be.download(t)));
+    const [X, W, Bv, R] = await Promise.all([x, w, b, r].map(async (t) => naive.f64(await be.download(t))));
     const eps = 1e-5;
     const { mean, rstd } = be.layerNorm(x, w, b, eps);
     const dw = be.zeros([C]);
     const db = be.zeros([C]);
     const dx = be.layerNormBackward(r, x, w, mean, rstd, dw, db);
-    fd('layerNorm dx', dx, (xs) => naive.dot(R, naive.layerNormNaive(xs, W, Bv, C, eps).y), X);
-    fd('layerNorm dweight', dw, (ws) => naive.dot(R, naive.layerNormNaive(X, ws, Bv, C, eps).y), W);
-    fd('layerNorm dbias', db, (bs) => naive.dot(R, naive.layerNormNaive(X, W, bs, C, eps).y), Bv);
+    await fd('layerNorm dx', dx, (xs) => naive.dot(R, naive.layerNormNaive(xs, W, Bv, C, eps).y), X);
+    await fd('layerNorm dweight', dw, (ws) => naive.dot(R, naive.layerNormNaive(X, ws, Bv, C, eps).y), W);
+    await fd('layerNorm dbias', db, (bs) => naive.dot(R, naive.layerNormNaive(X, W, bs, C, eps).y), Bv);
   });
 
-  it('attentionBackward with causal + key mask + kvLength: dq, dk, dv', () => {
+  it('attentionBackward with causal + key mask + kvLength: dq, dk, dv', async () => {
     const c: naive.AttentionCase = {
       batch: 2,
       tq: 3,
@@ -1096,15 +1135,17 @@ function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
     };
     const s = attnSetup(be, rand, c, 1020);
     const r = rand([2, 3, 6], 1024);
-    const [Q, K, V, R] = [s.q, s.k, s.v, r].map((t) => naive.f64(be.download(t)));
-    const { probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
-    const g = be.attentionBackward(r, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
-    fd('attention dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
-    fd('attention dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
-    fd('attention dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
+    const [Q, K, V, R] = await Promise.all(
+      [s.q, s.k, s.v, r].map(async (t) => naive.f64(await be.download(t))),
+    );
+    const { saved } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), record: true });
+    const g = be.attentionBackward(r, s.q, s.k, s.v, saved as AttentionSaved, attnOpts(s));
+    await fd('attention dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
+    await fd('attention dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
+    await fd('attention dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
   });
 
-  it('attentionBackward with dropout p=0.4 (the fixed mask of seed 77) + causal + key mask: dq, dk, dv', () => {
+  it('attentionBackward with dropout p=0.4 (the fixed mask of seed 77) + causal + key mask: dq, dk, dv', async () => {
     const c: naive.AttentionCase = {
       batch: 2,
       tq: 4,
@@ -1117,52 +1158,54 @@ function finiteDifferenceTests(be: Backend, check: Check, rand: Rand): void {
     };
     const s = attnSetup(be, rand, c, 1025);
     const r = rand([2, 4, 6], 1029);
-    const [Q, K, V, R] = [s.q, s.k, s.v, r].map((t) => naive.f64(be.download(t)));
-    const { probs } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), keepProbs: true });
-    const g = be.attentionBackward(r, s.q, s.k, s.v, probs as Tensor, attnOpts(s));
-    fd('attention+dropout dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
-    fd('attention+dropout dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
-    fd('attention+dropout dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
+    const [Q, K, V, R] = await Promise.all(
+      [s.q, s.k, s.v, r].map(async (t) => naive.f64(await be.download(t))),
+    );
+    const { saved } = be.attention(s.q, s.k, s.v, { ...attnOpts(s), record: true });
+    const g = be.attentionBackward(r, s.q, s.k, s.v, saved as AttentionSaved, attnOpts(s));
+    await fd('attention+dropout dq', g.dq, (qs) => naive.dot(R, naive.attentionNaive(qs, K, V, c).out), Q);
+    await fd('attention+dropout dk', g.dk, (ks) => naive.dot(R, naive.attentionNaive(Q, ks, V, c).out), K);
+    await fd('attention+dropout dv', g.dv, (vs) => naive.dot(R, naive.attentionNaive(Q, K, vs, c).out), V);
   });
 
-  it('embeddingBackward', () => {
+  it('embeddingBackward', async () => {
     const ids = new Int32Array([3, 0, 3, 4, 1]);
     const table = rand([6, 4], 1030);
     const r = rand([5, 4], 1031);
-    const R = be.download(r);
+    const R = await be.download(r);
     const dtable = be.zeros([6, 4]);
     be.embeddingBackward(r, be.upload(ids, [5]), dtable);
-    fd(
+    await fd(
       'embedding dtable',
       dtable,
       (ts) => naive.dot(R, naive.embeddingNaive(ids, ts, 4)),
-      be.download(table),
+      await be.download(table),
     );
   });
 
-  it('crossEntropyBackward with ignored rows and a loss scale', () => {
+  it('crossEntropyBackward with ignored rows and a loss scale', async () => {
     const N = 6;
     const V = 9;
     const logits = rand([N, V], 1040, -3, 3);
     const t = new Int32Array([2, -100, 8, 0, -100, 5]);
     const dl = be.crossEntropyBackward(logits, be.upload(t, [N]), -100, 0.5);
     const loss = (ls: Float64Array) => 0.5 * naive.crossEntropyNaive(ls, t, V, -100).loss;
-    fd('crossEntropy dlogits', dl, loss, be.download(logits));
+    await fd('crossEntropy dlogits', dl, loss, await be.download(logits));
   });
 
-  it('linear layer gradients from matmul transposes and sumRows', () => {
+  it('linear layer gradients from matmul transposes and sumRows', async () => {
     // y (M, N) = x (M, K) · Wᵀ + b with W (N, K): dx = dy·W, dW = dyᵀ·x, db = Σ_rows dy
     const [M, K, N] = [5, 7, 3];
     const x = rand([M, K], 1050);
     const w = rand([N, K], 1051);
     const b = rand([N], 1052);
     const r = rand([M, N], 1053);
-    const [X, W, Bv, R] = [x, w, b, r].map((t) => naive.f64(be.download(t)));
+    const [X, W, Bv, R] = await Promise.all([x, w, b, r].map(async (t) => naive.f64(await be.download(t))));
     const lin = (xs: ArrayLike<number>, ws: ArrayLike<number>, bs: ArrayLike<number>) =>
       naive.dot(R, naive.matmulNaive(xs, ws, { batch: 1, m: M, k: K, n: N, transB: true }, bs));
-    fd('linear dx', be.matmul(r, w), (xs) => lin(xs, W, Bv), X);
-    fd('linear dW', be.matmul(r, x, { transA: true }), (ws) => lin(X, ws, Bv), W);
-    fd('linear db', be.sumRows(r), (bs) => lin(X, W, bs), Bv);
+    await fd('linear dx', be.matmul(r, w), (xs) => lin(xs, W, Bv), X);
+    await fd('linear dW', be.matmul(r, x, { transA: true }), (ws) => lin(X, ws, Bv), W);
+    await fd('linear db', be.sumRows(r), (bs) => lin(X, W, bs), Bv);
   });
 }
 
@@ -1293,7 +1336,7 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
   ];
   let seed = 7000;
   for (const c of cases) {
-    it(`conv2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}] · w [${c.O},${c.kh},${c.kw},${c.C}]`, () => {
+    it(`conv2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}] · w [${c.O},${c.kh},${c.kw},${c.C}]`, async () => {
       const x = rand([c.batch, c.H, c.W, c.C], seed++);
       const w = rand([c.O, c.kh, c.kw, c.C], seed++);
       const bias = c.bias ? rand([c.O], seed++) : undefined;
@@ -1303,23 +1346,23 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
       const y = be.conv2d(x, w, { stride: c.stride, padding: c.padding, bias, residual, relu: c.relu });
       expect(y.shape).toEqual([c.batch, Ho, Wo, c.O]);
       const expected = naive.conv2dNaive(
-        be.download(x),
-        be.download(w),
-        bias ? be.download(bias) : null,
+        await be.download(x),
+        await be.download(w),
+        bias ? await be.download(bias) : null,
         c,
         c.relu,
-        residual ? be.download(residual) : null,
+        residual ? await be.download(residual) : null,
       );
-      check(`conv2d ${c.id}`, y, expected);
-      if (c.relu) expect(Math.min(...be.download(y))).toBe(0);
+      await check(`conv2d ${c.id}`, y, expected);
+      if (c.relu) expect(Math.min(...(await be.download(y)))).toBe(0);
     });
   }
 
-  it('conv2d: a scalar stride/padding equals the pair, and the defaults are stride 1, padding 0', () => {
+  it('conv2d: a scalar stride/padding equals the pair, and the defaults are stride 1, padding 0', async () => {
     const x = rand([1, 6, 6, 3], 7100);
     const w = rand([4, 3, 3, 3], 7101);
-    const a = be.download(be.conv2d(x, w, { stride: 2, padding: 1 }));
-    const b = be.download(be.conv2d(x, w, { stride: [2, 2], padding: [1, 1] }));
+    const a = await be.download(be.conv2d(x, w, { stride: 2, padding: 1 }));
+    const b = await be.download(be.conv2d(x, w, { stride: [2, 2], padding: [1, 1] }));
     expect(a).toEqual(b);
     expect(be.conv2d(x, w).shape).toEqual([1, 4, 4, 4]);
   });
@@ -1332,7 +1375,7 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
     { id: '3x2 s(2,1)', batch: 1, H: 7, W: 5, C: 4, kh: 3, kw: 2, stride: [2, 1], padding: [0, 0] },
   ];
   for (const c of pools) {
-    it(`avgPool2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}]`, () => {
+    it(`avgPool2d ${c.id}: x [${c.batch},${c.H},${c.W},${c.C}]`, async () => {
       const x = rand([c.batch, c.H, c.W, c.C], seed++);
       const y = be.avgPool2d(x, { kernel: [c.kh, c.kw], stride: c.stride, padding: c.padding });
       expect(y.shape).toEqual([
@@ -1341,18 +1384,18 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
         naive.convOut(c.W, c.kw, c.stride[1], c.padding[1]),
         c.C,
       ]);
-      check(`avgPool2d ${c.id}`, y, naive.avgPool2dNaive(be.download(x), c));
+      await check(`avgPool2d ${c.id}`, y, naive.avgPool2dNaive(await be.download(x), c));
     });
   }
 
-  it('avgPool2d: the stride defaults to the kernel (nn.AvgPool2d)', () => {
+  it('avgPool2d: the stride defaults to the kernel (nn.AvgPool2d)', async () => {
     const x = rand([1, 4, 4, 2], 7200);
-    expect(be.download(be.avgPool2d(x, { kernel: 2 }))).toEqual(
-      be.download(be.avgPool2d(x, { kernel: 2, stride: 2 })),
+    expect(await be.download(be.avgPool2d(x, { kernel: 2 }))).toEqual(
+      await be.download(be.avgPool2d(x, { kernel: 2, stride: 2 })),
     );
   });
 
-  it('rejects bad shapes and options with ShapeError', () => {
+  it('rejects bad shapes and options with ShapeError', async () => {
     const x = rand([1, 5, 5, 3], 7300);
     expect(() => be.conv2d(x, rand([4, 3, 3, 2], 1))).toThrow(ShapeError); // channel mismatch
     expect(() => be.conv2d(x.reshape([5, 5, 3]), rand([4, 3, 3, 3], 1))).toThrow(ShapeError); // not 4-D
@@ -1366,4 +1409,14 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
     expect(() => be.avgPool2d(x, { kernel: 0 })).toThrow(ShapeError);
     expect(() => be.avgPool2d(x, { kernel: 2, padding: 2 })).toThrow(ShapeError); // more than half the kernel
   });
+}
+
+/**
+ * The attention probabilities when the backend's saved state is them (the host backends keep (B, nHead, Tq,
+ * Tk) probabilities; a fused kernel keeping other state has its probabilities checked through the output).
+ */
+function hostProbs(saved: AttentionSaved | undefined, c: naive.AttentionCase): Tensor | null {
+  const t = saved?.tensors[0];
+  const shape = [c.batch, c.nHead, c.tq, c.tk];
+  return saved?.tensors.length === 1 && t && t.shape.join() === shape.join() ? t : null;
 }

@@ -8,7 +8,7 @@
 
 // ------------------------------------------------------------------ data and comparison helpers
 
-/** Sequential mulberry32: the generator the dropout contract is defined by (see reference-random.ts). */
+/** Sequential mulberry32: the generator the dropout contract is defined by (see src/util/random.ts). */
 export function mulberry32(seed: number): () => number {
   let a = seed;
   return () => {

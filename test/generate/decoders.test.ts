@@ -28,11 +28,11 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     [13, "stop '.'"],
     [null, 'no stop token'],
   ] as const) {
-    it(`matches the uncached one-input-at-a-time port, ${label}`, () => {
+    it(`matches the uncached one-input-at-a-time port, ${label}`, async () => {
       const lm = new FakeLM();
       const B = 6;
       const data = prefixData(lm, B);
-      const res = beamDecode(lm, lm.prefix(data, B, K), {
+      const res = await beamDecode(lm, lm.prefix(data, B, K), {
         beamSize: 5,
         maxTokens: 20,
         stopTokenId: stop,
@@ -51,10 +51,10 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     });
   }
 
-  it('puts every input’s beams into one step call and drops finished inputs', () => {
+  it('puts every input’s beams into one step call and drops finished inputs', async () => {
     const lm = new FakeLM({ stopBias: 1.5 });
     const B = 4;
-    const res = beamDecode(lm, lm.prefix(prefixData(lm, B, 3), B, K), {
+    const res = await beamDecode(lm, lm.prefix(prefixData(lm, B, 3), B, K), {
       beamSize: 3,
       maxTokens: 30,
       stopTokenId: 13,
@@ -72,10 +72,10 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     expect(lm.store.live).toBe(B * 0 + 1); // only the prefix tensor is still alive
   });
 
-  it('breaks ties like the port (lower index first) when logits are coarse', () => {
+  it('breaks ties like the port (lower index first) when logits are coarse', async () => {
     const lm = new FakeLM({ quantum: 0.5, vocabSize: 200 });
     const data = prefixData(lm, 3, 8);
-    const res = beamDecode(lm, lm.prefix(data, 3, K), {
+    const res = await beamDecode(lm, lm.prefix(data, 3, K), {
       beamSize: 5,
       maxTokens: 15,
       stopTokenId: 13,
@@ -83,7 +83,7 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     });
     for (let i = 0; i < 3; i++)
       expect(res[i].sequences).toEqual(officialBeam(lm, row(data, lm, i), 5, 15, 13));
-    const greedy = greedyDecode(lm, lm.prefix(data, 3, K), {
+    const greedy = await greedyDecode(lm, lm.prefix(data, 3, K), {
       maxTokens: 15,
       stopTokenId: 13,
       temperature: 1,
@@ -92,10 +92,10 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
       expect(greedy[i].sequences[0].tokens).toEqual(officialGreedy(lm, row(data, lm, i), 15, 13));
   });
 
-  it('applies the temperature before the log-softmax', () => {
+  it('applies the temperature before the log-softmax', async () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 2, 5);
-    const res = beamDecode(lm, lm.prefix(data, 2, K), {
+    const res = await beamDecode(lm, lm.prefix(data, 2, K), {
       beamSize: 4,
       maxTokens: 12,
       stopTokenId: 13,
@@ -105,10 +105,10 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
       expect(res[i].sequences).toEqual(officialBeam(lm, row(data, lm, i), 4, 12, 13, 0.7));
   });
 
-  it('handles maxTokens 1 and beam 1', () => {
+  it('handles maxTokens 1 and beam 1', async () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 2, 7);
-    const one = beamDecode(lm, lm.prefix(data, 2, K), {
+    const one = await beamDecode(lm, lm.prefix(data, 2, K), {
       beamSize: 5,
       maxTokens: 1,
       stopTokenId: 13,
@@ -116,7 +116,7 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
     });
     for (let i = 0; i < 2; i++)
       expect(one[i].sequences).toEqual(officialBeam(lm, row(data, lm, i), 5, 1, 13));
-    const b1 = beamDecode(lm, lm.prefix(data, 2, K), {
+    const b1 = await beamDecode(lm, lm.prefix(data, 2, K), {
       beamSize: 1,
       maxTokens: 9,
       stopTokenId: null,
@@ -128,11 +128,15 @@ describe('beam search (official generate_beam with a KV cache, batched)', () => 
 });
 
 describe('greedy (official generate2)', () => {
-  it('matches the uncached port with its top-p filter, batched with per-input stopping', () => {
+  it('matches the uncached port with its top-p filter, batched with per-input stopping', async () => {
     const lm = new FakeLM({ stopBias: 0.8 });
     const B = 7;
     const data = prefixData(lm, B, 11);
-    const res = greedyDecode(lm, lm.prefix(data, B, K), { maxTokens: 25, stopTokenId: 13, temperature: 1 });
+    const res = await greedyDecode(lm, lm.prefix(data, B, K), {
+      maxTokens: 25,
+      stopTokenId: 13,
+      temperature: 1,
+    });
     const lengths: number[] = [];
     for (let i = 0; i < B; i++) {
       const ref = officialGreedy(lm, row(data, lm, i), 25, 13);
@@ -145,10 +149,10 @@ describe('greedy (official generate2)', () => {
     console.log(`greedy lengths ${lengths.join(',')}`);
   });
 
-  it('with temperature and no stop token runs to maxTokens', () => {
+  it('with temperature and no stop token runs to maxTokens', async () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 3, 2);
-    const res = generate(lm, lm.prefix(data, 3, K), {
+    const res = await generate(lm, lm.prefix(data, 3, K), {
       method: 'greedy',
       stop: 'none',
       maxTokens: 15,
@@ -167,41 +171,43 @@ describe('nucleus sampling', () => {
     64,
   );
 
-  it('is reproducible from the seed and independent of batching', () => {
+  it('is reproducible from the seed and independent of batching', async () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 4, 1);
-    const all = nucleusDecode(lm, lm.prefix(data, 4, K), opts);
-    const again = nucleusDecode(lm, lm.prefix(data, 4, K), opts);
+    const all = await nucleusDecode(lm, lm.prefix(data, 4, K), opts);
+    const again = await nucleusDecode(lm, lm.prefix(data, 4, K), opts);
     expect(again).toEqual(all);
     expect(all[2].sequences.length).toBe(3);
     // Input 2 alone, told its index, gives the same samples.
-    const alone = nucleusDecode(lm, lm.prefix(row(data, lm, 2).slice(), 1, K), opts, { inputIndices: [2] });
+    const alone = await nucleusDecode(lm, lm.prefix(row(data, lm, 2).slice(), 1, K), opts, {
+      inputIndices: [2],
+    });
     expect(alone[0]).toEqual(all[2]);
-    const other = nucleusDecode(lm, lm.prefix(data, 4, K), { ...opts, seed: 43 });
+    const other = await nucleusDecode(lm, lm.prefix(data, 4, K), { ...opts, seed: 43 });
     expect(other).not.toEqual(all);
   });
 
-  it('only draws tokens inside the top-p nucleus, and top-p → 0 is greedy', () => {
+  it('only draws tokens inside the top-p nucleus, and top-p → 0 is greedy', async () => {
     const lm = new FakeLM();
     const data = prefixData(lm, 3, 9);
-    const res = nucleusDecode(lm, lm.prefix(data, 3, K), { ...opts, topP: 0.5 });
+    const res = await nucleusDecode(lm, lm.prefix(data, 3, K), { ...opts, topP: 0.5 });
     for (let i = 0; i < 3; i++)
       for (const s of res[i].sequences)
         s.tokens.forEach((tok, t) => {
           const logits = lm.logitsOf(lm.history(row(data, lm, i), s.tokens.slice(0, t)));
           expect(Array.from(nucleus(logits, 0, logits.length, 1, 0.5).ids)).toContain(tok);
         });
-    const tiny = nucleusDecode(lm, lm.prefix(data, 3, K), { ...opts, topP: 1e-9 });
+    const tiny = await nucleusDecode(lm, lm.prefix(data, 3, K), { ...opts, topP: 1e-9 });
     for (let i = 0; i < 3; i++)
       for (const s of tiny[i].sequences)
         expect(s.tokens).toEqual(officialGreedy(lm, row(data, lm, i), 12, 13));
   });
 
-  it('draws first tokens with the renormalized nucleus probabilities', () => {
+  it('draws first tokens with the renormalized nucleus probabilities', async () => {
     const lm = new FakeLM({ scale: 2 });
     const data = prefixData(lm, 1, 4);
     const n = 2000;
-    const res = nucleusDecode(lm, lm.prefix(data, 1, K), {
+    const res = await nucleusDecode(lm, lm.prefix(data, 1, K), {
       ...opts,
       numCaptions: n,
       maxTokens: 1,
@@ -268,9 +274,9 @@ describe('options', () => {
     expect(() => resolveDecodeOptions({ topP: 1.5 })).toThrow(/top-p/);
   });
 
-  it('refuses more positions than the model has', () => {
+  it('refuses more positions than the model has', async () => {
     const lm = new FakeLM({ maxPositions: 10 });
-    expect(() => generate(lm, lm.prefix(prefixData(lm, 1), 1, K), { maxTokens: 8 })).toThrow(
+    await expect(generate(lm, lm.prefix(prefixData(lm, 1), 1, K), { maxTokens: 8 })).rejects.toThrow(
       /lower --max-tokens to at most 7/,
     );
   });

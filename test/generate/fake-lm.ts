@@ -6,7 +6,7 @@
  */
 import type { Backend } from '../../src/engine/backend.js';
 import { logSoftmaxTopKRows } from '../../src/engine/reference-decoding.js';
-import { Tensor, shapeSize } from '../../src/engine/tensor.js';
+import { Allocation, Tensor, shapeSize } from '../../src/engine/tensor.js';
 import type { CausalLM, KvCache } from '../../src/generate/lm.js';
 import { lowbias32 } from '../../src/models/synthetic.js';
 
@@ -20,13 +20,13 @@ class HostStore {
     this.live++;
     return new Tensor(
       this as unknown as Backend,
-      data.slice(),
+      new Allocation(data.slice(), data.byteLength),
       shape,
       data instanceof Int32Array ? 'i32' : 'f32',
     );
   }
-  download(t: Tensor): Storage {
-    return (t.storage as Storage).slice();
+  download(t: Tensor): Promise<Storage> {
+    return Promise.resolve((t.storage as Storage).slice());
   }
   free(): void {
     this.live--;

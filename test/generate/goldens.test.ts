@@ -83,14 +83,18 @@ describe('decoders reproduce the official generate_beam / generate2 on the tiny 
         expect(want.map((g) => g.image_index)).toEqual([0, 1, 2]);
         const model = await tinyClipCap(kind, backend);
         try {
-          const prefix = model.prefixEmbeddings(embeds); // (3, 10, 32)
-          const beams = beamDecode(model.gpt2, prefix, {
+          const prefix = await model.prefixEmbeddings(embeds); // (3, 10, 32)
+          const beams = await beamDecode(model.gpt2, prefix, {
             beamSize: 5,
             maxTokens: 20,
             stopTokenId: 13,
             temperature: 1,
           });
-          const greedy = greedyDecode(model.gpt2, prefix, { maxTokens: 20, stopTokenId: 13, temperature: 1 });
+          const greedy = await greedyDecode(model.gpt2, prefix, {
+            maxTokens: 20,
+            stopTokenId: 13,
+            temperature: 1,
+          });
           backend.free(prefix);
           want.forEach((g, i) => {
             const texts = beams[i].sequences.map((s) => tok.decode(s.tokens));

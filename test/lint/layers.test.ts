@@ -62,7 +62,7 @@ describe('layering lint', () => {
       'may not import Node built-ins',
     ],
     [
-      'src/engine/reference-checks.ts',
+      'src/engine/checks.ts',
       `import { loadNativeBackend } from './native.js';\nexport const a = loadNativeBackend;\n`,
       'may not import the Node side of the engine',
     ],

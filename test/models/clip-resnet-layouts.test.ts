@@ -156,7 +156,7 @@ describe('ViT CLIP layouts (plain state dicts and their Hugging Face versions): 
     ['ViT-B/16', 16, 224],
     ['ViT-L/14', 14, 224],
     ['ViT-L/14@336px', 14, 336],
-  ] as const)('%s', (name, patch, resolution) => {
+  ] as const)('%s', async (name, patch, resolution) => {
     const sd = vitStateDict(patch, resolution / patch, 2, 32);
     const m = { className: '', tensors: sd, classes: new Map<string, string>(), attributes: new Map() };
     const { config, weights } = openaiClipVision(m, name);
@@ -191,7 +191,7 @@ describe('ViT CLIP layouts (plain state dicts and their Hugging Face versions): 
     const model = ClipVisionModel.fromWeights(getBackend(), config, weights, name);
     const e = model.encodeImages(new Float32Array(3 * resolution * resolution).fill(0.5));
     expect(e.shape).toEqual([1, 32]);
-    expect([...e.toArray()].every(Number.isFinite)).toBe(true);
+    expect([...(await e.read())].every(Number.isFinite)).toBe(true);
     model.dispose();
   });
 });

@@ -106,14 +106,14 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
 
     for (const fold of [true, false]) {
       const path = fold ? 'folded BatchNorm' : 'unfolded BatchNorm (reference path)';
-      it(`${path}: image_embeds of ${n} photos (batched), stem and stage outputs of photo 0`, () => {
+      it(`${path}: image_embeds of ${n} photos (batched), stem and stage outputs of photo 0`, async () => {
         const m = ClipResNetVisionModel.fromWeights(be, archive.config, archive.weights, DIR, {
           foldBatchNorm: fold,
         });
         const r = m.forwardWithTaps(pixels.subarray(0, n * 3 * S * S));
         m.dispose();
         expect(r.embeds.shape).toEqual([n, 24]);
-        const e = r.embeds.toArray() as Float32Array;
+        const e = (await r.embeds.read()) as Float32Array;
         embeds.set(fold, e);
         expectClose(
           `${name} ${path} image_embeds[0:${n}]`,
@@ -129,7 +129,7 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
           const g = get(goldens, key);
           const [, c, h, w] = g.shape;
           expect(t.shape, key).toEqual([n, h, w, c]);
-          const first = (t.toArray() as Float32Array).subarray(0, h * w * c);
+          const first = ((await t.read()) as Float32Array).subarray(0, h * w * c);
           expectClose(`${name} ${path} ${key}`, first, nchwToNhwc(g.data as Float32Array, g.shape));
           be.free(t);
         }

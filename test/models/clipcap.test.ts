@@ -29,22 +29,22 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
     model = await load();
   });
 
-  it('logits match', () => {
-    const logits = model.forward(batch());
+  it('logits match', async () => {
+    const logits = await model.forward(batch());
     expect(logits.shape).toEqual([3, 22, V]);
-    expectLogits(`${label}.logits`, logits.toArray() as Float32Array, V, g, `clipcap.${kind}.logits`);
+    expectLogits(`${label}.logits`, (await logits.read()) as Float32Array, V, g, `clipcap.${kind}.logits`);
   });
 
-  it('loss and every gradient match', () => {
+  it('loss and every gradient match', async () => {
     model.setGpt2Gradients(true); // the fixture holds GPT-2's gradients for the frozen model too
     model.zeroGrad();
-    const { loss } = model.lossAndBackward(batch());
+    const { loss } = await model.lossAndBackward(batch());
     expectClose(`${label}.loss`, [loss], f32(g, `clipcap.${kind}.loss`));
     const prefix = `clipcap.${kind}.grad.`;
     let worst = 0;
     let checked = 0;
     for (const [name, p] of model.namedParameters()) {
-      const grad = p.grad ? (p.grad.toArray() as Float32Array) : new Float32Array(p.value.size);
+      const grad = p.grad ? ((await p.grad.read()) as Float32Array) : new Float32Array(p.value.size);
       if (name === 'gpt.transformer.wte.weight') {
         const c = p.shape[1];
         const base = `${prefix}${name}`;
@@ -100,10 +100,10 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
     const losses: number[] = [];
     for (let s = 0; s < 3; s++) {
       opt.zeroGrad();
-      losses.push(m.lossAndBackward(batch(), { train: true }).loss);
+      losses.push((await m.lossAndBackward(batch(), { train: true })).loss);
       opt.step();
     }
-    losses.push(m.loss(batch()).loss);
+    losses.push((await m.loss(batch())).loss);
     expectClose(`${label}.adamw_losses`, losses, f32(g, `clipcap.${kind}.adamw_losses`));
     const prefix = `clipcap.${kind}.after_adamw.`;
     const named = m.namedParameters();
@@ -115,7 +115,7 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
       expect(p, k).toBeDefined();
       worst = Math.max(
         worst,
-        expectClose(`${label} after AdamW ${k.slice(prefix.length)}`, p!.value.toArray(), f32(g, k)),
+        expectClose(`${label} after AdamW ${k.slice(prefix.length)}`, await p!.value.read(), f32(g, k)),
       );
     }
     console.log(`${label}: after AdamW, worst relative difference ${worst.toExponential(2)}`);
@@ -124,16 +124,16 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
       const fresh = await tinyClipcapGpt2Weights(kind);
       for (const p of m.gpt2.parameters()) {
         expect(p.grad, p.name).toBeNull();
-        expect(relDiff(p.value.toArray(), fresh.get(p.name)!.data as Float32Array), p.name).toBe(0);
+        expect(relDiff(await p.value.read(), fresh.get(p.name)!.data as Float32Array), p.name).toBe(0);
       }
     }
     m.dispose();
   });
 
-  it("mask-based loss counts real '!' tokens that the official ignore_index=0 loss drops", () => {
+  it("mask-based loss counts real '!' tokens that the official ignore_index=0 loss drops", async () => {
     const base = batch();
-    const official = model.loss(base);
-    const masked = model.loss(base, { lossMode: 'mask' });
+    const official = await model.loss(base);
+    const masked = await model.loss(base, { lossMode: 'mask' });
     const real = base.tokens.filter((t) => t !== 0).length;
     expect([official.count, masked.count]).toEqual([real, real]);
     expectClose(`${label} mask-based loss without '!'`, [masked.loss], [official.loss], 1e-6);
@@ -141,8 +141,8 @@ describe.each(cases)('ClipCap %s on %s', (kind, _name, backend: Backend) => {
     const tokens = Int32Array.from(base.tokens);
     tokens[0] = 0;
     const b2 = { ...base, tokens };
-    expect(model.loss(b2).count).toBe(real - 1);
-    const m2 = model.loss(b2, { lossMode: 'mask' });
+    expect((await model.loss(b2)).count).toBe(real - 1);
+    const m2 = await model.loss(b2, { lossMode: 'mask' });
     expect(m2.count).toBe(real);
     expect(Number.isFinite(m2.loss)).toBe(true);
   });

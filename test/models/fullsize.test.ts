@@ -32,12 +32,12 @@ describe.each(native.map((b) => [b.name, b] as const))('full size on %s', (_n, b
     mapper?.dispose();
   });
 
-  it('GPT-2 small logits', () => {
+  it('GPT-2 small logits', async () => {
     const ids = get(fg, 'gpt2.input_ids');
     const { logits } = gpt2.forward({ ids: backend.upload(ids.data as Int32Array, ids.shape) });
     expectLogits(
       `${backend.name} full-size gpt2.logits`,
-      logits!.toArray() as Float32Array,
+      (await logits!.read()) as Float32Array,
       50257,
       fg,
       'gpt2.logits',
@@ -57,23 +57,23 @@ describe.each(native.map((b) => [b.name, b] as const))('full size on %s', (_n, b
     which.forEach((k, i) => sel.set(px.subarray(k * per, (k + 1) * per), i * per));
     const e = clip.encodeImages(normalizeCrops(sel, which.length, 224));
     expect(e.shape).toEqual([2, 512]);
-    expectClose(`${backend.name} full-size clip.image_embeds`, e.toArray(), f32(fg, 'clip.image_embeds'));
+    expectClose(`${backend.name} full-size clip.image_embeds`, await e.read(), f32(fg, 'clip.image_embeds'));
     clip.dispose();
   }, 60_000);
 
-  it('MLP mapper prefix embeddings and ten greedy tokens from each prefix (KV cache)', () => {
+  it('MLP mapper prefix embeddings and ten greedy tokens from each prefix (KV cache)', async () => {
     const prefix = backend.upload(f32(fg, 'clip.image_embeds'), [2, 512]);
     const pre = mapper.forward(prefix);
     expectClose(
       `${backend.name} full-size clipcap.prefix_embeds`,
-      pre.toArray(),
+      await pre.read(),
       f32(fg, 'clipcap.prefix_embeds'),
     );
     const cache = gpt2.createCache(2, 20);
     let logits = gpt2.step(pre, cache);
     const tokens: number[][] = [[], []];
     for (let s = 0; s < 10; s++) {
-      const l = logits.toArray() as Float32Array;
+      const l = (await logits.read()) as Float32Array;
       const next = [0, 1].map((r) => {
         let best = 0;
         for (let j = 1; j < 50257; j++) if (l[r * 50257 + j] > l[r * 50257 + best]) best = j;

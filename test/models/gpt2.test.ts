@@ -20,42 +20,50 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
 
     const V = 50257;
 
-    it('logits from input_ids match gpt2.logits', () => {
+    it('logits from input_ids match gpt2.logits', async () => {
       const ids = upload(backend, g, 'gpt2.input_ids');
       const { logits } = model.forward({ ids });
-      expectLogits(`${backend.name} gpt2.logits`, logits!.toArray() as Float32Array, V, g, 'gpt2.logits');
+      expectLogits(
+        `${backend.name} gpt2.logits`,
+        (await logits!.read()) as Float32Array,
+        V,
+        g,
+        'gpt2.logits',
+      );
     });
 
-    it('logits with an attention mask match gpt2.logits_masked', () => {
+    it('logits with an attention mask match gpt2.logits_masked', async () => {
       const ids = upload(backend, g, 'gpt2.input_ids');
       const m = get(g, 'gpt2.attention_mask');
       const mask = backend.upload(Float32Array.from(m.data as Int32Array), m.shape);
       const { logits } = model.forward({ ids, attentionMask: mask });
       expectLogits(
         `${backend.name} gpt2.logits_masked`,
-        logits!.toArray() as Float32Array,
+        (await logits!.read()) as Float32Array,
         V,
         g,
         'gpt2.logits_masked',
       );
     });
 
-    it('logits from inputs_embeds match gpt2.logits_from_embeds', () => {
+    it('logits from inputs_embeds match gpt2.logits_from_embeds', async () => {
       const embeds = upload(backend, g, 'gpt2.inputs_embeds');
       const { logits } = model.forward({ embeds });
       expectLogits(
         `${backend.name} gpt2.logits_from_embeds`,
-        logits!.toArray() as Float32Array,
+        (await logits!.read()) as Float32Array,
         V,
         g,
         'gpt2.logits_from_embeds',
       );
     });
 
-    it('last-position logits and a KV cache (chunked, then one token at a time) equal the full forward', () => {
+    it('last-position logits and a KV cache (chunked, then one token at a time) equal the full forward', async () => {
       const idsHost = i32(g, 'gpt2.input_ids');
       const [B, T] = get(g, 'gpt2.input_ids').shape;
-      const full = model.forward({ ids: backend.upload(idsHost, [B, T]) }).logits!.toArray() as Float32Array;
+      const full = (await model
+        .forward({ ids: backend.upload(idsHost, [B, T]) })
+        .logits!.read()) as Float32Array;
       const rowOf = (t: number): Float32Array => {
         const out = new Float32Array(B * V);
         for (let b = 0; b < B; b++) out.set(full.subarray((b * T + t) * V, (b * T + t + 1) * V), b * V);
@@ -63,7 +71,7 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       };
       const last = model.forward({ ids: backend.upload(idsHost, [B, T]), logits: 'last' }).logits!;
       expect(last.shape).toEqual([B, V]);
-      let worst = expectClose(`${backend.name} logits 'last'`, last.toArray(), rowOf(T - 1));
+      let worst = expectClose(`${backend.name} logits 'last'`, await last.read(), rowOf(T - 1));
       const cache = model.createCache(B, 16);
       const chunk = (t0: number, t1: number): Tensor => {
         const ids = new Int32Array(B * (t1 - t0));
@@ -71,28 +79,31 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
         return model.embed(backend.upload(ids, [B, t1 - t0]));
       };
       let logits = model.step(chunk(0, 3), cache);
-      worst = Math.max(worst, expectClose(`${backend.name} cache step 0..3`, logits.toArray(), rowOf(2)));
+      worst = Math.max(worst, expectClose(`${backend.name} cache step 0..3`, await logits.read(), rowOf(2)));
       for (let t = 3; t < T; t++) {
         logits = model.step(chunk(t, t + 1), cache);
-        worst = Math.max(worst, expectClose(`${backend.name} cache step ${t}`, logits.toArray(), rowOf(t)));
+        worst = Math.max(
+          worst,
+          expectClose(`${backend.name} cache step ${t}`, await logits.read(), rowOf(t)),
+        );
       }
       expect(cache.length).toBe(T);
       // select: reversed rows continue as the reversed batch would.
       const sel = cache.select([1, 0]);
       const next = new Int32Array([11, 7]);
-      const a = model.step(model.embed(backend.upload(next, [2, 1])), sel).toArray();
+      const a = await model.step(model.embed(backend.upload(next, [2, 1])), sel).read();
       const ref = new Int32Array(B * (T + 1));
       for (let b = 0; b < B; b++) {
         ref.set(idsHost.subarray((1 - b) * T, (2 - b) * T), b * (T + 1));
         ref[b * (T + 1) + T] = next[b];
       }
-      const r = model.forward({ ids: backend.upload(ref, [B, T + 1]), logits: 'last' }).logits!.toArray();
+      const r = await model.forward({ ids: backend.upload(ref, [B, T + 1]), logits: 'last' }).logits!.read();
       worst = Math.max(worst, expectClose(`${backend.name} cache select`, a, r));
       console.log(`${backend.name} KV cache worst relative difference ${worst.toExponential(2)}`);
       sel.dispose();
     });
 
-    it('inputs_embeds gradient agrees with a finite difference of the logits', () => {
+    it('inputs_embeds gradient agrees with a finite difference of the logits', async () => {
       // d/dε of sum(logits · R) along a random direction of the embeddings, by central differences.
       const e0 = f32(g, 'gpt2.inputs_embeds');
       const shape = get(g, 'gpt2.inputs_embeds').shape;
@@ -102,8 +113,8 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       const R = new Float32Array(shape[0] * shape[1] * V).map(() => r1());
       const r2 = rng(2);
       const dir = new Float32Array(e0.length).map(() => r2());
-      const objective = (e: Float32Array): number => {
-        const l = model.forward({ embeds: backend.upload(e, shape) }).logits!.toArray();
+      const objective = async (e: Float32Array): Promise<number> => {
+        const l = await model.forward({ embeds: backend.upload(e, shape) }).logits!.read();
         let s = 0;
         for (let i = 0; i < l.length; i++) s += l[i] * R[i];
         return s;
@@ -111,12 +122,12 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       const out = model.forward({ embeds: backend.upload(e0, shape), record: true });
       const dlogits = backend.upload(R, out.logits!.shape);
       const dh = model.lmHeadBackward(dlogits, out.hidden);
-      const de = model.backward(dh).toArray();
+      const de = await model.backward(dh).read();
       let analytic = 0;
       for (let i = 0; i < de.length; i++) analytic += de[i] * dir[i];
       const eps = 1e-2;
-      const plus = objective(e0.map((v, i) => v + eps * dir[i]));
-      const minus = objective(e0.map((v, i) => v - eps * dir[i]));
+      const plus = await objective(e0.map((v, i) => v + eps * dir[i]));
+      const minus = await objective(e0.map((v, i) => v - eps * dir[i]));
       const numeric = (plus - minus) / (2 * eps);
       const rel = Math.abs(analytic - numeric) / Math.abs(numeric);
       console.log(
@@ -127,14 +138,16 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       for (const p of model.parameters()) p.zeroGrad();
     });
 
-    it('train mode with every dropout p = 0 equals eval mode exactly', () => {
+    it('train mode with every dropout p = 0 equals eval mode exactly', async () => {
       // The tiny config has embd/resid/attn_pdrop 0: train mode must not draw or apply anything.
       expect([model.config.embd_pdrop, model.config.resid_pdrop, model.config.attn_pdrop]).toEqual([0, 0, 0]);
       const e0 = f32(g, 'gpt2.inputs_embeds');
       const shape = get(g, 'gpt2.inputs_embeds').shape;
-      const evalLogits = model.forward({ embeds: backend.upload(e0, shape) }).logits!.toArray();
+      const evalLogits = await model.forward({ embeds: backend.upload(e0, shape) }).logits!.read();
       model.setDropoutSeed(5);
-      const trainLogits = model.forward({ embeds: backend.upload(e0, shape), train: true }).logits!.toArray();
+      const trainLogits = await model
+        .forward({ embeds: backend.upload(e0, shape), train: true })
+        .logits!.read();
       const d = relDiff(trainLogits, evalLogits);
       console.log(`${backend.name} GPT-2 train (p = 0) vs eval: relative difference ${d}`);
       expect(d).toBe(0);
@@ -150,18 +163,20 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
         const m = Gpt2Model.fromWeights(backend, { ...config, ...pdrop }, weights, 'gpt2_tiny');
         const e0 = f32(g, 'gpt2.inputs_embeds');
         const shape = get(g, 'gpt2.inputs_embeds').shape;
-        const run = (e: Float32Array, seed: number): Float32Array => {
+        const run = async (e: Float32Array, seed: number): Promise<Float32Array> => {
           m.setDropoutSeed(seed);
-          return m
+          return (await m
             .forward({ embeds: backend.upload(e, shape), train: true })
-            .logits!.toArray() as Float32Array;
+            .logits!.read()) as Float32Array;
         };
         // Eval mode ignores the dropout probabilities: still the golden logits.
-        const evalLogits = m.forward({ embeds: backend.upload(e0, shape) }).logits!.toArray() as Float32Array;
+        const evalLogits = (await m
+          .forward({ embeds: backend.upload(e0, shape) })
+          .logits!.read()) as Float32Array;
         expectLogits(`${backend.name} eval mode with ${what}`, evalLogits, V, g, 'gpt2.logits_from_embeds');
-        const a = run(e0, 7);
-        expect(relDiff(run(e0, 7), a), 'same seed, same masks').toBe(0);
-        expect(relDiff(a, run(e0, 8))).toBeGreaterThan(1e-3);
+        const a = await run(e0, 7);
+        expect(relDiff(await run(e0, 7), a), 'same seed, same masks').toBe(0);
+        expect(relDiff(a, await run(e0, 8))).toBeGreaterThan(1e-3);
         expect(relDiff(a, evalLogits)).toBeGreaterThan(1e-3);
         // Gradient through fixed masks (the same seed for every evaluation) along a random direction.
         const rng = (seed: number) => () =>
@@ -170,16 +185,18 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
         const R = new Float32Array(a.length).map(() => r1());
         const r2 = rng(4);
         const dir = new Float32Array(e0.length).map(() => r2());
-        const objective = (e: Float32Array): number => run(e, 7).reduce((s, x, i) => s + x * R[i], 0);
+        const objective = async (e: Float32Array): Promise<number> =>
+          (await run(e, 7)).reduce((s, x, i) => s + x * R[i], 0);
         m.setDropoutSeed(7);
         const out = m.forward({ embeds: backend.upload(e0, shape), train: true, record: true });
-        const de = m
+        const de = (await m
           .backward(m.lmHeadBackward(backend.upload(R, out.logits!.shape), out.hidden))
-          .toArray() as Float32Array;
+          .read()) as Float32Array;
         const analytic = de.reduce((s, x, i) => s + x * dir[i], 0);
         const eps = 1e-2;
         const numeric =
-          (objective(e0.map((v, i) => v + eps * dir[i])) - objective(e0.map((v, i) => v - eps * dir[i]))) /
+          ((await objective(e0.map((v, i) => v + eps * dir[i]))) -
+            (await objective(e0.map((v, i) => v - eps * dir[i])))) /
           (2 * eps);
         const rel = Math.abs(analytic - numeric) / Math.abs(numeric);
         console.log(

@@ -42,9 +42,9 @@ class FakeClip implements ImageEncoder {
 class FakeMapper implements PrefixModel {
   readonly prefixSize = D;
   constructor(readonly lm: FakeLM) {}
-  prefixEmbeddings(e: Tensor): Tensor {
+  async prefixEmbeddings(e: Tensor): Promise<Tensor> {
     const [n] = e.shape;
-    const x = e.toArray() as Float32Array;
+    const x = (await e.read()) as Float32Array;
     const E = this.lm.width;
     const out = new Float32Array(n * K * E);
     for (let i = 0; i < n; i++)
@@ -89,7 +89,10 @@ describe('ClipCap pipeline', () => {
     const res = await model.caption(inputs, { method: 'beam', beamSize: 3, maxTokens: 10 });
     expect(loads()).toBe(0);
     const emb = lm.store.upload(Float32Array.from(inputs.flatMap((x) => [...x.embedding])), [3, D]);
-    const direct = generate(lm, new FakeMapper(lm).prefixEmbeddings(emb), { beamSize: 3, maxTokens: 10 });
+    const direct = await generate(lm, await new FakeMapper(lm).prefixEmbeddings(emb), {
+      beamSize: 3,
+      maxTokens: 10,
+    });
     const tok = await Gpt2Tokenizer.load();
     res.forEach((r, i) => {
       expect(r.error).toBeUndefined();

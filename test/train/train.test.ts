@@ -244,13 +244,13 @@ describe('clipcap train', () => {
         epochs: 3,
       }),
       {
-        onFinish: (m) => {
+        onFinish: async (m) => {
           worst = 0;
           for (const p of m.gpt2.parameters())
-            worst = Math.max(worst, relDiff(p.value.toArray(), g.get(p.name)!.data));
+            worst = Math.max(worst, relDiff(await p.value.read(), g.get(p.name)!.data));
           const init = initMapperWeights(m.mapper.config, 32, 7);
           for (const p of m.mapper.parameters())
-            mapperMoved = Math.max(mapperMoved, relDiff(p.value.toArray(), init.get(p.name)!.data));
+            mapperMoved = Math.max(mapperMoved, relDiff(await p.value.read(), init.get(p.name)!.data));
         },
       },
     );

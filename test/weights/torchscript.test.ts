@@ -135,7 +135,7 @@ describe.each(cases)('$kind archive', (c) => {
     for (const backend of availableBackends()) {
       const model = ClipVisionModel.fromWeights(backend, config, weights, c.file);
       const out = model.encodeImages(c.pixels());
-      const got = backend.download(out);
+      const got = await backend.download(out);
       backend.free(out);
       model.dispose();
       const d = relDiff(got, ref.data as Float32Array);
@@ -155,7 +155,10 @@ describe('loading an OpenAI CLIP archive as the image encoder', () => {
       expect(enc.imageSize).toBe(224);
       const out = enc.encodeImages(goldenPixels);
       const backend = getBackend('reference');
-      const d = relDiff(backend.download(out), tensor(expected, 'script.image_embeds').data as Float32Array);
+      const d = relDiff(
+        await backend.download(out),
+        tensor(expected, 'script.image_embeds').data as Float32Array,
+      );
       backend.free(out);
       console.log(`loadImageEncoder(ViT-tiny.pt): worst relative difference ${d.toExponential(2)}`);
       expect(d).toBeLessThan(1e-4);

@@ -1,5 +1,5 @@
 /**
- * Shape checks shared by the host backends' ops (host-backend.ts, under the reference and native backends).
+ * Shape checks shared by every backend (checked.ts, the storage-agnostic layer under all of them).
  * Each throws `ShapeError` naming the op and the shapes involved, before any work is done (backend.ts: "bad
  * shapes throw ShapeError before any work").
  */
