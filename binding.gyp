@@ -13,6 +13,7 @@
         "native/attention.cc",
         "native/decoding.cc",
         "native/conv.cc",
+        "native/conv_avx512.cc",
         "native/vecmath_avx2.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

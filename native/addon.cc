@@ -37,6 +37,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"dropout", Dropout},
       {"logSoftmaxTopK", LogSoftmaxTopK},
       {"conv2d", Conv2d},
+      {"setConvKernel", SetConvKernel},
       {"avgPool2d", AvgPool2d},
   };
   for (const auto& f : functions) exports.Set(f.name, Napi::Function::New(env, f.fn, f.name));

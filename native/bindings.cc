@@ -98,6 +98,8 @@ Napi::Value Info(const Napi::CallbackInfo& info) {
   o.Set("threads", num_threads());
   o.Set("gemmKernel", gemm_kernel() == GemmKernel::kAvx2 ? "avx2" : "portable");
   o.Set("avx2", cpu_has_avx2_fma());
+  o.Set("convKernel", conv_kernel() == ConvKernel::kAvx512 ? "avx512" : "gemm");
+  o.Set("avx512", cpu_has_avx512());
   return o;
 }
 
@@ -113,6 +115,15 @@ Napi::Value SetGemmKernel(const Napi::CallbackInfo& info) {
   const std::string name = info[0].As<Napi::String>().Utf8Value();
   if (name != "avx2" && name != "portable") fail(info, "setGemmKernel takes 'avx2' or 'portable'");
   const bool ok = set_gemm_kernel(name == "avx2" ? GemmKernel::kAvx2 : GemmKernel::kPortable);
+  return Napi::Boolean::New(info.Env(), ok);
+}
+
+Napi::Value SetConvKernel(const Napi::CallbackInfo& info) {
+  need_args(info, 1, "setConvKernel");
+  if (!info[0].IsString()) fail(info, "setConvKernel takes 'avx512' or 'gemm'");
+  const std::string name = info[0].As<Napi::String>().Utf8Value();
+  if (name != "avx512" && name != "gemm") fail(info, "setConvKernel takes 'avx512' or 'gemm'");
+  const bool ok = set_conv_kernel(name == "avx512" ? ConvKernel::kAvx512 : ConvKernel::kGemm);
   return Napi::Boolean::New(info.Env(), ok);
 }
 

@@ -10,6 +10,7 @@ namespace clipcap {
 Napi::Value Info(const Napi::CallbackInfo& info);
 Napi::Value SetThreads(const Napi::CallbackInfo& info);
 Napi::Value SetGemmKernel(const Napi::CallbackInfo& info);
+Napi::Value SetConvKernel(const Napi::CallbackInfo& info);
 Napi::Value Gemm(const Napi::CallbackInfo& info);
 Napi::Value GemmQuant(const Napi::CallbackInfo& info);
 Napi::Value Binary(const Napi::CallbackInfo& info);

@@ -13,6 +13,8 @@
 #include "conv.h"
 
 #include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
@@ -55,7 +57,10 @@ void im2col_row(const ConvArgs& a, const float* x, int64_t m, float* dst) {
 
 }  // namespace
 
-void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, const float* residual,
+namespace {
+
+// The portable / AVX2 path: im2col blocks on the shared packed GEMM.
+void conv2d_gemm(const ConvArgs& a, const float* x, const float* w, const float* bias, const float* residual,
                  float* y, bool relu) {
   const int64_t M = a.B * a.Ho * a.Wo;
   const int64_t K = a.kh * a.kw * a.C;
@@ -104,6 +109,48 @@ void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float*
     gemm(g);
     if (relu) relu_rows(g.C, mb, N);
   }
+}
+
+bool conv_avx512_from_env() {
+  const char* v = std::getenv("CLIPCAP_CONV_AVX512");
+  if (v != nullptr && std::strcmp(v, "0") == 0) return false;
+  return cpu_has_avx512();
+}
+
+// Set from the JS thread between kernel calls.
+std::atomic<bool> g_conv_avx512{conv_avx512_from_env()};
+
+}  // namespace
+
+bool cpu_has_avx512() {
+#if CLIPCAP_X86_KERNELS
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && cpu_has_avx2_fma();
+#else
+  return false;
+#endif
+}
+
+ConvKernel conv_kernel() {
+  return g_conv_avx512.load(std::memory_order_relaxed) && gemm_kernel() == GemmKernel::kAvx2 ? ConvKernel::kAvx512
+                                                                                            : ConvKernel::kGemm;
+}
+
+bool set_conv_kernel(ConvKernel kernel) {
+  if (kernel == ConvKernel::kAvx512 && !cpu_has_avx512()) return false;
+  g_conv_avx512.store(kernel == ConvKernel::kAvx512, std::memory_order_relaxed);
+  return true;
+}
+
+void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float* bias, const float* residual,
+                 float* y, bool relu) {
+#if CLIPCAP_X86_KERNELS
+  if (conv_kernel() == ConvKernel::kAvx512) {
+    conv2d_avx512(a, x, w, bias, residual, y, relu);
+    return;
+  }
+#endif
+  conv2d_gemm(a, x, w, bias, residual, y, relu);
 }
 
 void avgpool2d_nhwc(const ConvArgs& a, const float* x, float* y) {

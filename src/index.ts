@@ -53,8 +53,15 @@ export {
   readEmbeddings,
   readEmbeddingsFile,
   type EmbeddingsFile,
-} from './pipeline/embeddings.js';
+} from './data/embeddings.js';
 export { expandInputs, IMAGE_EXTENSIONS, type ExpandedInput } from './pipeline/inputs.js';
+export {
+  ClipCapWorker,
+  type ClipCapWorkerOptions,
+  type WorkerModelInfo,
+  type WorkerModelSpec,
+} from './pipeline/worker.js';
+export { syntheticClipCap, type SyntheticClipCapSpec } from './pipeline/synthetic.js';
 
 // ---- training ----
 export {

@@ -22,7 +22,7 @@
 import path from 'node:path';
 import type { Backend, WeightFormat } from '../engine/backend.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../models/config.js';
+import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../config/models.js';
 import { syntheticGpt2, syntheticMapper, syntheticValues } from '../models/synthetic.js';
 import { ClipCap } from '../pipeline/caption.js';
 import { captionerParts } from '../pipeline/load.js';

@@ -10,9 +10,9 @@
  */
 import type { Backend } from '../engine/backend.js';
 import { ClipResNetVisionModel } from '../models/clip-resnet.js';
-import type { ClipResNetConfig } from '../models/config.js';
+import type { ClipResNetConfig } from '../config/models.js';
 import { syntheticValues } from '../models/synthetic.js';
-import type { ImageEncoder } from '../pipeline/caption.js';
+import type { ImageEncoder } from '../pipeline/parts.js';
 import { clipResNetKeySpec } from '../weights/families/openai-clip.js';
 import type { StateDict } from '../weights/host.js';
 

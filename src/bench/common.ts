@@ -10,18 +10,19 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import type { Backend } from '../engine/backend.js';
-import { loadNativeBackend, NativeBackend } from '../engine/native.js';
-import { ReferenceBackend } from '../engine/reference.js';
+import { backendEntries, type BackendCapabilities, type BackendName } from '../engine/registry.js';
 import { UserError } from '../util/errors.js';
 import { cpuHasAvx2 } from './report.js';
-import type { BenchBackend, BenchRunOptions } from './report.js';
+import type { BenchRunOptions } from './report.js';
 
 // ---- the backend ----
 
 export interface BenchEngine {
   backend: Backend;
-  /** The report's backend name. */
-  name: BenchBackend;
+  /** The report's backend name (a registry name). */
+  name: BackendName;
+  /** What the registry says it can do (the oracle is the slow reference). */
+  capabilities: BackendCapabilities;
   /** Kernel threads (what PyTorch gets too). */
   threads: number;
   avx2: boolean;
@@ -30,34 +31,29 @@ export interface BenchEngine {
 }
 
 /**
- * The native backend with opts.threads, or (saying why, then `fallback`: what is timed instead) the slow
- * reference backend.
+ * The preferred backend of the registry that loads (native), with opts.threads; when the preferred one cannot
+ * load, says why, then `fallback` (what is timed instead), and uses the next that loads (the slow reference).
  */
 export function benchEngine(
   opts: BenchRunOptions,
   fallback = 'timing the slow reference backend',
 ): BenchEngine {
-  const loaded = loadNativeBackend();
-  const native = 'backend' in loaded && loaded.backend instanceof NativeBackend ? loaded.backend : null;
-  if (native) {
-    if (opts.threads !== undefined) native.setThreads(opts.threads);
-    const info = native.info();
-    return {
-      backend: native,
-      name: 'native',
-      threads: info.threads,
-      avx2: info.avx2,
-      extra: { gemm_kernel: info.gemmKernel },
+  for (const entry of backendEntries()) {
+    const loaded = entry.load();
+    if ('error' in loaded) {
+      opts.log(`${entry.name} backend unavailable (${loaded.error}); ${fallback}`);
+      continue;
+    }
+    const backend = loaded.backend;
+    if (opts.threads !== undefined) entry.setThreads?.(backend, opts.threads);
+    const details = entry.details?.(backend) ?? {
+      threads: opts.threads ?? 1,
+      avx2: cpuHasAvx2(),
+      extra: {},
     };
+    return { backend, name: entry.name, capabilities: entry.capabilities, ...details };
   }
-  opts.log(`native backend unavailable (${'error' in loaded ? loaded.error : 'unknown'}); ${fallback}`);
-  return {
-    backend: new ReferenceBackend(),
-    name: 'reference',
-    threads: opts.threads ?? 1,
-    avx2: cpuHasAvx2(),
-    extra: {},
-  };
+  throw new UserError('no backend loads here');
 }
 
 /** --runs, or the bench's default (1 with --smoke). */

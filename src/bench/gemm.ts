@@ -14,7 +14,7 @@
  * dW = Xᵀ·dY (_tA).
  */
 import type { Backend } from '../engine/backend.js';
-import { ReferenceBackend } from '../engine/reference.js';
+import { oracleBackend } from '../engine/registry.js';
 import type { Tensor } from '../engine/tensor.js';
 import { UsageError } from '../util/errors.js';
 import { benchEngine, loadPeers } from './common.js';
@@ -134,8 +134,9 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   const allReference = opts.extra.reference === true;
 
   const eng = benchEngine(opts, 'timing reference only');
-  const native = eng.name === 'native' ? eng.backend : null;
-  const reference = new ReferenceBackend();
+  // The preferred backend (native) against the oracle (reference); when only the oracle loads, it alone.
+  const native = eng.capabilities.oracle ? null : eng.backend;
+  const reference = oracleBackend();
 
   const torch =
     opts.extra.pytorch === true ? await (await loadPeers()).TorchGemmRunner.start(eng.threads) : null;
@@ -160,12 +161,12 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
           torchTimes.push(await torch.runOnce(c, p.reps));
         }
         p.dispose();
-        record(c, 'native', nativeTimes);
+        record(c, eng.name, nativeTimes);
         record(c, 'pytorch', torchTimes);
       } else if (native) {
         const value = timeBackend(native, c, runs);
-        opts.log(`${c.id}: native ${value.toFixed(1)} GFLOP/s`);
-        results.push({ case: c.id, backend: 'native', metric: 'gflops', value, runs });
+        opts.log(`${c.id}: ${eng.name} ${value.toFixed(1)} GFLOP/s`);
+        results.push({ case: c.id, backend: eng.name, metric: 'gflops', value, runs });
       } else if (torch) {
         const reps = Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / (await torch.runOnce(c)))));
         const torchTimes: number[] = [];
@@ -174,8 +175,8 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
       }
       if (allReference || flops(c) <= REFERENCE_MAX_FLOPS) {
         const value = timeBackend(reference, c, runs);
-        opts.log(`${c.id}: reference ${value.toFixed(2)} GFLOP/s`);
-        results.push({ case: c.id, backend: 'reference', metric: 'gflops', value, runs });
+        opts.log(`${c.id}: ${reference.name} ${value.toFixed(2)} GFLOP/s`);
+        results.push({ case: c.id, backend: reference.name, metric: 'gflops', value, runs });
       }
     }
   } finally {

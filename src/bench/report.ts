@@ -8,15 +8,29 @@
  */
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
+import { backendEntries, type BackendName } from '../engine/registry.js';
+
+/** The peers clipcap's backends are compared with (dev-only, bench/peers.ts). */
+export type PeerName = 'pytorch' | 'pytorch_kv' | 'onnxruntime';
+const PEERS: readonly PeerName[] = ['pytorch', 'pytorch_kv', 'onnxruntime'];
 
 /**
- * Who ran a result: clipcap's backends, PyTorch running the official decoders ('pytorch'; other benches:
- * plain PyTorch), PyTorch with a KV cache ('pytorch_kv', bench caption), onnxruntime-node ('onnxruntime').
+ * Who ran a result: one of clipcap's backends (engine/registry.ts), PyTorch running the official decoders
+ * ('pytorch'; other benches: plain PyTorch), PyTorch with a KV cache ('pytorch_kv', bench caption),
+ * onnxruntime-node ('onnxruntime').
  */
-export type BenchBackend = 'native' | 'reference' | 'pytorch' | 'pytorch_kv' | 'onnxruntime';
+export type BenchBackend = BackendName | PeerName;
 
-/** Every backend, in table column order; the peers native is compared with come after 'native'. */
-const BACKENDS: readonly BenchBackend[] = ['native', 'reference', 'pytorch', 'pytorch_kv', 'onnxruntime'];
+/**
+ * Table columns: clipcap's backends in the registry's order of preference, then the peers. The first of
+ * clipcap's backends that is not the oracle (native) is the one whose speed-ups over the others are shown.
+ */
+function tableBackends(results: readonly BenchResult[]): { columns: BenchBackend[]; subject?: BenchBackend } {
+  const present = new Set(results.map((r) => r.backend));
+  const ours = backendEntries().filter((e) => present.has(e.name));
+  const columns: BenchBackend[] = [...ours.map((e) => e.name), ...PEERS.filter((p) => present.has(p))];
+  return { columns, subject: ours.find((e) => !e.capabilities.oracle)?.name };
+}
 
 export interface BenchResult {
   case: string;
@@ -119,22 +133,27 @@ export function speedup(metric: string, value: number, baseline: number): number
 
 /**
  * The text format: one row per case, one column per backend (values in the results' metric), plus how many
- * times faster native is than pytorch and than reference when both were measured (per row, by the row's
+ * times faster native (the preferred backend) is than each peer and than reference when both were measured (per row, by the row's
  * metric: a rate divided, a time inverted). Where every metric is a rate the ratio is the quotient and the
  * column says so ("native/pytorch"); otherwise it is headed "speed-up vs pytorch". Columns are aligned.
  */
 export function formatTable(report: BenchReport): string {
-  const backends = BACKENDS.filter((b) => report.results.some((r) => r.backend === b));
+  const { columns: backends, subject } = tableBackends(report.results);
   const cases = [...new Set(report.results.map((r) => r.case))];
   const metrics = [...new Set(report.results.map((r) => r.metric))];
   const result = (c: string, b: BenchBackend) => report.results.find((r) => r.case === c && r.backend === b);
-  const ratios = (['pytorch', 'pytorch_kv', 'onnxruntime', 'reference'] as const).filter(
-    (b) => backends.includes('native') && backends.includes(b),
-  );
+  // Peers first, then the other backends of clipcap (the oracle among them).
+  const ratios =
+    subject === undefined
+      ? []
+      : [
+          ...backends.filter((b) => PEERS.includes(b as PeerName)),
+          ...backends.filter((b) => !PEERS.includes(b as PeerName) && b !== subject),
+        ];
   const header = [
     'case',
     ...backends.map((b) => `${b} (${metrics.join('/')})`),
-    ...ratios.map((b) => (metrics.every(higherIsBetter) ? `native/${b}` : `speed-up vs ${b}`)),
+    ...ratios.map((b) => (metrics.every(higherIsBetter) ? `${subject}/${b}` : `speed-up vs ${b}`)),
   ];
   const fmt = (v: number | undefined) =>
     v === undefined ? '-' : v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2);
@@ -142,7 +161,7 @@ export function formatTable(report: BenchReport): string {
     c,
     ...backends.map((b) => fmt(result(c, b)?.value)),
     ...ratios.map((b) => {
-      const n = result(c, 'native');
+      const n = subject === undefined ? undefined : result(c, subject);
       const o = result(c, b);
       return n === undefined || o === undefined ? '-' : `${speedup(n.metric, n.value, o.value).toFixed(2)}x`;
     }),

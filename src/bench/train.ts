@@ -9,10 +9,10 @@
  */
 import { ClipCapModel, type ClipCapMode } from '../models/clipcap.js';
 import { FULLSIZE_MLP_MAPPER, syntheticGpt2, syntheticMapper } from '../models/synthetic.js';
-import type { Gpt2Config, MapperConfig } from '../models/config.js';
+import type { Gpt2Config, MapperConfig } from '../config/models.js';
 import { AdamW, CLIPCAP_ADAMW } from '../nn/adamw.js';
 import { mulberry32 } from '../util/random.js';
-import { linearWarmupSchedule } from '../train/schedule.js';
+import { linearWarmupSchedule } from '../nn/schedule.js';
 import { benchEngine, runsOf, timeAsync } from './common.js';
 import { SMOKE_GPT2 } from './caption.js';
 import { machineInfo, median, type BenchReport, type BenchResult, type BenchRunOptions } from './report.js';

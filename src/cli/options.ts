@@ -9,6 +9,7 @@ import type { ClipCapLoadOptions } from '../pipeline/load.js';
 import type { DecodeMethod, DecodeOptions, StopSpec } from '../generate/options.js';
 import { UsageError } from '../util/errors.js';
 import { DEFAULT_PIXEL_LIMIT } from '../image/index.js';
+import { backendEntries, backendNames, type BackendName } from '../engine/registry.js';
 
 export function intArg(name: string, min: number, max = Number.MAX_SAFE_INTEGER): (v: string) => number {
   return (v) => {
@@ -30,13 +31,21 @@ export function floatArg(name: string, ok: (x: number) => boolean, range: string
 
 // ---- one flag, one text ----
 
-export const BACKEND_HELP =
-  'compute backend: native (the C++ addon; threads: CLIPCAP_THREADS, else every core) or reference ' +
-  '(pure TypeScript); also CLIPCAP_BACKEND (default: native when it loads)';
+/** "a (x), b (y) or c (z)" from the backend registry, in order of preference. */
+function backendList(): string {
+  const items = backendEntries().map((e) => `${e.name} (${e.summary})`);
+  return items.length <= 1
+    ? items.join('')
+    : `${items.slice(0, -1).join(', ')} or ${items[items.length - 1]}`;
+}
 
-/** --backend native|reference. */
+export const BACKEND_HELP =
+  `compute backend: ${backendList()}; also CLIPCAP_BACKEND ` +
+  `(default: ${backendNames()[0]} when it loads)`;
+
+/** --backend NAME, one of the registered backends (engine/registry.ts). */
 export function backendOption(): Option {
-  return new Option('--backend <name>', BACKEND_HELP).choices(['native', 'reference']);
+  return new Option('--backend <name>', BACKEND_HELP).choices(backendNames());
 }
 
 export const OFFLINE_HELP =
@@ -120,7 +129,7 @@ export interface ModelCliOptions {
   clipcap?: string;
   clip?: string;
   gpt2?: string;
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
   offline?: boolean;
   normalizePrefix?: boolean;
   weights?: 'f32' | 'bf16' | 'int8';

@@ -41,6 +41,10 @@ export interface NativeInfo {
   gemmKernel: 'avx2' | 'portable';
   /** Whether this CPU has AVX2 and FMA. */
   avx2: boolean;
+  /** The conv2d kernel in use: AVX-512 (native/conv_avx512.cc) or im2col on the GEMM. */
+  convKernel: 'avx512' | 'gemm';
+  /** Whether this CPU has AVX-512F (and AVX2 + FMA). */
+  avx512: boolean;
 }
 
 /** The addon's exports (native/addon.cc). Sizes are element counts; every array is contiguous. */
@@ -61,6 +65,7 @@ interface NativeAddon extends Pick<
   logSoftmaxTopK(x: F32, rows: number, V: number, k: number, t: number, values: F32, indices: I32): void;
   setThreads(threads: number): number;
   setGemmKernel(kernel: 'avx2' | 'portable'): boolean;
+  setConvKernel(kernel: 'avx512' | 'gemm'): boolean;
   gemm(
     A: F32,
     B: F32,
@@ -254,6 +259,17 @@ export class NativeBackend extends HostBackend {
       throw new ShapeError(`setGemmKernel: kernel must be 'avx2' or 'portable', got ${String(kernel)}`);
     }
     return this.addon.setGemmKernel(kernel);
+  }
+
+  /**
+   * Picks the conv2d kernel (tests cover both): 'avx512' (used only while the GEMM kernel is AVX2) or 'gemm'
+   * (im2col on the GEMM's kernel); false when this CPU cannot run AVX-512.
+   */
+  setConvKernel(kernel: 'avx512' | 'gemm'): boolean {
+    if (kernel !== 'avx512' && kernel !== 'gemm') {
+      throw new ShapeError(`setConvKernel: kernel must be 'avx512' or 'gemm', got ${String(kernel)}`);
+    }
+    return this.addon.setConvKernel(kernel);
   }
 }
 

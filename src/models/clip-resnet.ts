@@ -30,7 +30,7 @@ import { Linear } from '../nn/linear.js';
 import { Parameter } from '../nn/parameter.js';
 import { clipResNetKeySpec } from '../weights/families/openai-clip.js';
 import type { HostTensor, StateDict } from '../weights/host.js';
-import type { ClipResNetConfig } from './config.js';
+import type { ClipResNetConfig } from '../config/models.js';
 import { checkWeights } from './weights.js';
 
 /** A convolution and the BatchNorm after it: folded into (weight, bias), or kept apart. */

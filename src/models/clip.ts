@@ -27,7 +27,7 @@ import { Parameter } from '../nn/parameter.js';
 import { clipTextKeySpec, clipVisionKeySpec } from '../weights/families/clip.js';
 import type { KeySpec } from '../weights/families/common.js';
 import type { StateDict } from '../weights/host.js';
-import type { ClipTextConfig, ClipVisionConfig } from './config.js';
+import type { ClipTextConfig, ClipVisionConfig } from '../config/models.js';
 import { checkWeights, uploadParam } from './weights.js';
 
 function buildEncoder(

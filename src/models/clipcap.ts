@@ -21,7 +21,7 @@ import type { Parameter } from '../nn/parameter.js';
 import type { StateDict } from '../weights/host.js';
 import type { ClipcapCheckpoint } from '../weights/keymaps.js';
 import { UserError } from '../util/errors.js';
-import type { Gpt2Config, MapperConfig } from './config.js';
+import type { Gpt2Config, MapperConfig } from '../config/models.js';
 import { Gpt2Model } from './gpt2.js';
 import { createMapper, type Mapper } from './mapper.js';
 import { paramsToStateDict } from './weights.js';

@@ -32,7 +32,7 @@ import type { Parameter } from '../nn/parameter.js';
 import { SeedSequence } from '../nn/random.js';
 import { gpt2KeySpec, isGpt2Buffer } from '../weights/families/gpt2.js';
 import type { StateDict } from '../weights/host.js';
-import type { Gpt2Config } from './config.js';
+import type { Gpt2Config } from '../config/models.js';
 import { checkWeights, uploadParam } from './weights.js';
 
 /** Keys a GPT-2 state dict may carry that are not parameters: causal-mask buffers and the tied head. */

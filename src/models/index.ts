@@ -1,5 +1,5 @@
 /** Model families: typed configs, GPT-2, CLIP towers, ClipCap mappers and the ClipCap model. */
-export * from './config.js';
+export * from '../config/models.js';
 export {
   Gpt2Model,
   Gpt2KvCache,

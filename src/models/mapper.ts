@@ -25,7 +25,7 @@ import type { Parameter } from '../nn/parameter.js';
 import { mapperKeySpec } from '../weights/families/clipcap.js';
 import type { KeySpec } from '../weights/families/common.js';
 import type { StateDict } from '../weights/host.js';
-import type { MapperConfig } from './config.js';
+import type { MapperConfig } from '../config/models.js';
 import { checkWeights, uploadParam } from './weights.js';
 
 /** LayerNorm epsilon of the transformer mapper (torch.nn.LayerNorm's default). */

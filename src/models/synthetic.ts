@@ -21,7 +21,7 @@ import {
   type ClipVisionConfig,
   type Gpt2Config,
   type MapperConfig,
-} from './config.js';
+} from '../config/models.js';
 import { mapperWeightSpec } from './mapper.js';
 
 /** Chris Wellons' lowbias32 integer hash. */

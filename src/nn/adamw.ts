@@ -3,7 +3,7 @@
  * correction, eps added to the bias-corrected sqrt(v)), with an optional learning-rate schedule.
  * The official ClipCap run: lr 2e-5, betas (0.9, 0.999), eps 1e-6, weight decay 0, linear warmup.
  */
-import { constantSchedule, type LrSchedule } from '../train/schedule.js';
+import { constantSchedule, type LrSchedule } from './schedule.js';
 import type { Parameter } from './parameter.js';
 
 export interface AdamWConfig {

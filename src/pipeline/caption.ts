@@ -17,7 +17,6 @@
 import type { Backend } from '../engine/backend.js';
 import type { Tensor } from '../engine/tensor.js';
 import { generate } from '../generate/index.js';
-import type { CausalLM } from '../generate/lm.js';
 import { resolveDecodeOptions, type ResolvedDecodeOptions } from '../generate/options.js';
 import { inputStream } from '../generate/random.js';
 import type { GenerationResult } from '../generate/types.js';
@@ -33,43 +32,8 @@ import type {
   EmbeddingInput,
 } from './types.js';
 
-/** CLIP's image side as the pipeline needs it. */
-export interface ImageEncoder {
-  /** Width D of the projected embedding. */
-  readonly projectionDim: number;
-  /** Side of the square input (224 for ViT-B/32). */
-  readonly imageSize: number;
-  /** pixelValues (N, 3, S, S) as host data -> projected, unnormalized embeddings (N, D) on the backend. */
-  encodeImages(pixelValues: Float32Array): Tensor;
-  dispose(): void;
-}
-
-/** The mapping network side: CLIP embeddings -> GPT-2 prefix. */
-export interface PrefixModel {
-  /** Width D of the CLIP embedding it expects. */
-  readonly prefixSize: number;
-  /** clipEmbeds (N, D) -> prefix embeddings (N, K, E) (normalize_prefix applied when configured). */
-  prefixEmbeddings(clipEmbeds: Tensor): Tensor;
-}
-
-/** Text side: ids -> caption text. */
-export interface TokenDecoder {
-  decode(ids: readonly number[]): string;
-}
-
-/** What a ClipCap instance is assembled from (see ClipCap.load for building one from files). */
-export interface CaptionerParts {
-  backend: Backend;
-  lm: CausalLM;
-  mapper: PrefixModel;
-  tokenizer: TokenDecoder;
-  /** Loads CLIP on first use (null when the model can only caption embeddings). */
-  loadClip: (() => Promise<ImageEncoder>) | null;
-  /** Where the weights came from, for messages (e.g. "coco_weights.pt"). */
-  description: string;
-  /** Release the LM's and mapper's weights. */
-  dispose(): void;
-}
+import type { CaptionerParts, ImageEncoder } from './parts.js';
+export type { CaptionerParts, ImageEncoder, PrefixModel, TokenDecoder } from './parts.js';
 
 const DEFAULT_BATCH_SIZE = 8;
 

@@ -8,8 +8,8 @@ import { preprocessImage } from '../image/index.js';
 import { UserError } from '../util/errors.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { saveSafetensors } from '../weights/safetensors.js';
-import type { ImageEncoder } from './caption.js';
-import { EMBEDDING_TENSOR } from './embeddings.js';
+import type { ImageEncoder } from './parts.js';
+import { EMBEDDING_TENSOR, captionsSidecarPath } from '../data/embeddings.js';
 import { pairCaptions, readCaptionsFile, type CaptionEntry } from '../data/captions.js';
 
 export interface ExtractOptions {
@@ -178,11 +178,6 @@ export async function writeEmbeddings(
   if (meta.rowOffset !== undefined) metadata.row_offset = String(meta.rowOffset);
   if (meta.inputsDigest !== undefined) metadata.inputs_digest = meta.inputsDigest;
   await saveSafetensors(out, { [EMBEDDING_TENSOR]: { shape: [n, dim], data: rows } }, metadata);
-}
-
-/** The sidecar path: FILE.safetensors -> FILE.captions.jsonl. */
-export function captionsSidecarPath(out: string): string {
-  return out.replace(/\.safetensors$/i, '') + '.captions.jsonl';
 }
 
 export async function writeCaptionsSidecar(

@@ -16,7 +16,7 @@ import type { Backend, WeightFormat } from '../engine/backend.js';
 import { getBackend, type BackendName } from '../engine/index.js';
 import { ClipVisionModel } from '../models/clip.js';
 import { ClipCapModel } from '../models/clipcap.js';
-import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../models/config.js';
+import type { ClipVisionConfig, Gpt2Config, MapperConfig } from '../config/models.js';
 import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
 import { UserError } from '../util/errors.js';
 import type { StateDict } from '../weights/host.js';
@@ -32,8 +32,9 @@ import {
 import { loadOpenAIClip, type OpenAIClipVision } from '../weights/families/openai-clip.js';
 import { isOpenAIClipName, openaiClipFile } from '../weights/openai-clip-hub.js';
 import { ClipResNetVisionModel } from '../models/clip-resnet.js';
-import type { CaptionerParts, ImageEncoder } from './caption.js';
+import type { CaptionerParts, ImageEncoder } from './parts.js';
 import { hubFile, missingOfflineFiles, offlineMissingError, type HubFileOptions } from '../weights/hub.js';
+import { bundledClip, bundledGpt2Dir, isBundled } from '../weights/bundled.js';
 
 export const DEFAULT_CLIP = 'openai/clip-vit-base-patch32';
 export const DEFAULT_GPT2 = 'openai-community/gpt2';
@@ -93,6 +94,7 @@ export function looksLikeRepoId(s: string): boolean {
 
 /** A file of a model given as a local directory or a hub repo id -> a local path. */
 export async function modelFile(spec: string, file: string, o: SourceOptions, what: string): Promise<string> {
+  if (isBundled(spec)) spec = bundledGpt2Dir(spec);
   if (await isDirectory(spec)) {
     const p = path.join(spec, file);
     if (!(await exists(p)))
@@ -175,6 +177,52 @@ interface ResolvedClipcap {
   mapperWeights: StateDict;
   gpt2: { config: Gpt2Config; weights: StateDict };
   normalizePrefix: boolean;
+  /** The GPT-2 its tokenizer comes from (given, recorded by training, or the default). */
+  gpt2Source: string;
+  /** The CLIP the checkpoint recorded (resolved), when it did. */
+  clip?: string;
+}
+
+/**
+ * A model reference a checkpoint recorded (config.json "sources"), as a spec the loaders take: `bundled:` names
+ * and hub ids as they are, local paths relative to the checkpoint directory.
+ */
+export async function resolveRecordedSource(ref: string, checkpointDir: string): Promise<string> {
+  if (isBundled(ref)) return ref;
+  const local = path.resolve(checkpointDir, ref);
+  if (await exists(local)) return local;
+  if (looksLikeRepoId(ref) && !path.isAbsolute(ref)) return ref;
+  throw new UserError(
+    `${checkpointDir}: it was trained with ${ref}, which is not at ${local}; give the model with --clip / --gpt2`,
+  );
+}
+
+/**
+ * The tokenizer of a GPT-2: its directory's own vocab.json + merges.txt when it has them (e.g. the bundled
+ * demo GPT-2), else GPT-2's standard one.
+ */
+export async function loadGpt2Tokenizer(spec: string): Promise<Gpt2Tokenizer> {
+  const dir = isBundled(spec) ? bundledGpt2Dir(spec) : spec;
+  if ((await isDirectory(dir)) && (await Gpt2Tokenizer.directoryHasTokenizer(dir))) {
+    try {
+      return await Gpt2Tokenizer.fromDirectory(dir);
+    } catch (e) {
+      throw new UserError(`GPT-2 ${spec}: ${(e as Error).message}`);
+    }
+  }
+  return Gpt2Tokenizer.load();
+}
+
+/**
+ * Every id the model can emit must decode: a GPT-2 with a larger vocabulary than its tokenizer (e.g. a custom
+ * vocabulary whose files are missing) is refused, as is a directory's own tokenizer of another size.
+ */
+function checkTokenizer(tok: Gpt2Tokenizer, config: Gpt2Config, spec: string): void {
+  if (config.vocab_size > tok.vocabSize || (tok.vocabSize !== 50257 && tok.vocabSize !== config.vocab_size))
+    throw new UserError(
+      `GPT-2 ${spec}: the model has a ${config.vocab_size}-token vocabulary but its tokenizer ${tok.vocabSize} tokens; ` +
+        'give a GPT-2 directory with its vocab.json and merges.txt',
+    );
 }
 
 /**
@@ -189,18 +237,23 @@ async function resolveClipcap(
 ): Promise<ResolvedClipcap> {
   if (await isDirectory(file)) {
     const dir = await loadClipcapDir(file);
-    const gpt2 = dir.gpt2
-      ? { config: dir.config.gpt2, weights: dir.gpt2 }
-      : await loadGpt2(gpt2Spec ?? DEFAULT_GPT2, o);
+    // A checkpoint from clipcap train names the GPT-2 and CLIP it was trained with: no flag needed.
+    const recorded = async (ref: string | undefined): Promise<string | undefined> =>
+      ref === undefined ? undefined : resolveRecordedSource(ref, file);
+    const gpt2Source = gpt2Spec ?? (await recorded(dir.sources?.gpt2)) ?? DEFAULT_GPT2;
+    const gpt2 = dir.gpt2 ? { config: dir.config.gpt2, weights: dir.gpt2 } : await loadGpt2(gpt2Source, o);
     if (gpt2.config.n_embd !== dir.config.gpt2.n_embd)
       throw new UserError(
-        `${file}: the mapper was made for GPT-2 width ${dir.config.gpt2.n_embd} but ${gpt2Spec ?? DEFAULT_GPT2} is ${gpt2.config.n_embd} wide`,
+        `${file}: the mapper was made for GPT-2 width ${dir.config.gpt2.n_embd} but ${gpt2Source} is ${gpt2.config.n_embd} wide`,
       );
+    const clip = await recorded(dir.sources?.clip);
     return {
       mapper: dir.config.mapper,
       mapperWeights: dir.mapperWeights,
       gpt2,
       normalizePrefix: dir.config.normalize_prefix,
+      gpt2Source,
+      ...(clip !== undefined ? { clip } : {}),
     };
   }
   if (!(await exists(file))) throw new UserError(`ClipCap checkpoint ${file}: no such file; check the path`);
@@ -218,7 +271,13 @@ async function resolveClipcap(
         `${file}: its mapper makes ${ckpt.width}-wide prefixes but GPT-2 ${gpt2Spec ?? DEFAULT_GPT2} is ${gpt2.config.n_embd} wide; give the GPT-2 it was trained with (--gpt2)`,
       );
   }
-  return { mapper: ckpt.mapper, mapperWeights: ckpt.mapperWeights, gpt2, normalizePrefix: false };
+  return {
+    mapper: ckpt.mapper,
+    mapperWeights: ckpt.mapperWeights,
+    gpt2,
+    normalizePrefix: false,
+    gpt2Source: gpt2Spec ?? DEFAULT_GPT2,
+  };
 }
 
 // ---- CLIP ----
@@ -236,6 +295,12 @@ export async function loadImageEncoder(
   if (isOpenAIClipName(spec) && !(await exists(spec))) {
     const file = await openaiClipFile(spec, { offline: o.offline });
     return openaiImageEncoder(await loadOpenAIClip(file), file, o.backend);
+  }
+  if (isBundled(spec)) {
+    const { config, weights } = bundledClip(spec);
+    const { vision } = clipWeights(weights, config, spec);
+    if (!vision) throw new Error(`${spec}: the bundled model has no vision tower`);
+    return imageEncoder(vision, spec, o.backend);
   }
   await checkOfflineClip(spec, { offline: o.offline, revision: o.revision });
   if (/\.pt$/i.test(spec) || (await fs.stat(spec).catch(() => null))?.isFile()) {
@@ -379,10 +444,13 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
     file,
   );
   if (weights !== 'f32') model.gpt2.quantizeWeights(weights);
-  const clipSpec = o.clip ?? defaultClipFor(ck.mapper.prefix_size);
+  const clipSpec = o.clip ?? ck.clip ?? defaultClipFor(ck.mapper.prefix_size);
+  const tokenizer = await loadGpt2Tokenizer(ck.gpt2Source);
+  checkTokenizer(tokenizer, ck.gpt2.config, ck.gpt2Source);
   return captionerParts(model, {
     description: path.basename(file),
     loadClip: () => loadImageEncoder(clipSpec, { ...src, backend }),
+    tokenizer,
   });
 }
 
@@ -392,13 +460,13 @@ export async function loadCaptionerParts(o: ClipCapLoadOptions = {}): Promise<Ca
  */
 export async function captionerParts(
   model: ClipCapModel,
-  o: { description: string; loadClip?: () => Promise<ImageEncoder> },
+  o: { description: string; loadClip?: () => Promise<ImageEncoder>; tokenizer?: Gpt2Tokenizer },
 ): Promise<CaptionerParts> {
   return {
     backend: model.backend,
     lm: model.gpt2,
     mapper: model,
-    tokenizer: await Gpt2Tokenizer.load(),
+    tokenizer: o.tokenizer ?? (await Gpt2Tokenizer.load()),
     loadClip: o.loadClip ?? null,
     description: o.description,
     dispose: () => model.dispose(),

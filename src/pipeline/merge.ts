@@ -5,8 +5,8 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
-import { readEmbeddings } from './embeddings.js';
-import { captionsSidecarPath, writeCaptionsSidecar, writeEmbeddings, type CaptionRecord } from './extract.js';
+import { captionsSidecarPath, readEmbeddings } from '../data/embeddings.js';
+import { writeCaptionsSidecar, writeEmbeddings, type CaptionRecord } from './extract.js';
 
 export interface MergeResult {
   rows: number;

@@ -1,7 +1,8 @@
 /**
- * `clipcap train` as a library call: options, files and sources. The loop itself (official train.py recipe,
- * checkpoints, resume) lives in train/loop.ts; this file reads the data (several files and globs: shards),
- * loads GPT-2 through the same path captioning uses, builds a fresh or resumed model, and records in every
+ * `clipcap train` as a library call: options, files and sources. The training itself lives in train/: the run
+ * (model, run directory, export) in train/session.ts, the loop (official train.py recipe, checkpoints, resume)
+ * in train/loop.ts. This file resolves the options, reads the data (several files and globs: shards) and the
+ * checkpoint to resume, loads GPT-2 through the same path captioning uses (loadGpt2), and records in every
  * checkpoint what it needs to be used and continued: the CLIP model the features came from and the GPT-2
  * (config.json "sources"), the mapper config, the training options and the data's digest.
  */
@@ -11,16 +12,9 @@ import path from 'node:path';
 import { getBackend, type BackendName } from '../engine/index.js';
 import type { Backend } from '../engine/backend.js';
 import { ClipCapModel, type ClipCapLossMode, type ClipCapMode } from '../models/clipcap.js';
-import type { MapperConfig } from '../models/config.js';
+import type { MapperConfig } from '../config/models.js';
 import { CLIPCAP_ADAMW } from '../nn/adamw.js';
-import { Gpt2Tokenizer } from '../text/gpt2-tokenizer.js';
-import {
-  cleanStaleTemps,
-  findResumePoint,
-  liveEntries,
-  readOptimizerState,
-  truncateMetrics,
-} from '../train/checkpoint.js';
+import { findResumePoint, liveEntries, readOptimizerState } from '../train/checkpoint.js';
 import {
   officialMaxSeqLen,
   readTrainingFiles,
@@ -28,11 +22,9 @@ import {
   TrainingSetBuilder,
   type TrainingSet,
 } from '../train/data.js';
-import { initMapperWeights } from '../train/init.js';
 import {
   LOSS_CHART_FILE,
   METRICS_FILE,
-  runTrainingLoop,
   type LoopResult,
   type ResumeFrom,
   type TrainEvent,
@@ -40,10 +32,10 @@ import {
 import { UserError } from '../util/errors.js';
 import { loadClipcapDir, OFFICIAL_MAPPER_HEADS } from '../weights/families/clipcap.js';
 import type { StateDict } from '../weights/host.js';
-import { saveTorchStateDict } from '../weights/torch-write.js';
-import { captionsSidecarPath } from './extract.js';
+import { trainModel } from '../train/session.js';
+import { captionsSidecarPath } from '../data/embeddings.js';
 import { expandGlob, hasGlobMagic } from './inputs.js';
-import { DEFAULT_GPT2, loadGpt2, looksLikeRepoId } from './load.js';
+import { DEFAULT_GPT2, loadGpt2, loadGpt2Tokenizer, looksLikeRepoId } from './load.js';
 
 export type { TrainEvent } from '../train/loop.js';
 
@@ -275,7 +267,8 @@ async function readSets(
   nPositions: number,
   warn: (m: string) => void,
 ): Promise<{ train: TrainingSet; val?: TrainingSet; clipModels: string[] }> {
-  const tok = await Gpt2Tokenizer.load();
+  // The GPT-2's own vocabulary when its directory carries one (vocab.json + merges.txt), else GPT-2's.
+  const tok = await loadGpt2Tokenizer(r.gpt2);
   const b = new TrainingSetBuilder(tok);
   const { clipModels } = await readTrainingFiles(r.data, b).catch((e: unknown) => {
     b.close();
@@ -383,92 +376,67 @@ export async function train(o: TrainOptions, control: TrainControl = {}): Promis
         `${resume.dir}: saved with max_seq_len ${resume.state.max_seq_len}, the data now gives ${sets.train.maxSeqLen}`,
       );
     const backend = typeof o.backend === 'object' ? o.backend : getBackend(o.backend);
-    let parts: { mapperWeights: StateDict; gpt2: typeof gpt2 };
+    let resumed: { mapperWeights: StateDict; gpt2Weights?: StateDict } | undefined;
     if (resume) {
       const ck = await loadClipcapDir(resume.dir);
       if (JSON.stringify(ck.config.mapper) !== JSON.stringify(mapper))
         throw new UserError(`${resume.dir}: its mapper config does not match the recorded options`);
-      parts = {
-        mapperWeights: ck.mapperWeights,
-        gpt2: ck.gpt2 ? { config: gpt2.config, weights: ck.gpt2 } : gpt2,
-      };
-    } else parts = { mapperWeights: initMapperWeights(mapper, gpt2.config.n_embd, r.seed), gpt2 };
-    const model = ClipCapModel.create(
+      resumed = { mapperWeights: ck.mapperWeights, gpt2Weights: ck.gpt2 ?? undefined };
+    }
+    const clip = sets.clipModels[0];
+    const options: Record<string, unknown> = { ...r };
+    delete options.out;
+    const result = await trainModel({
       backend,
-      {
+      model: {
         mapper,
-        mapperWeights: parts.mapperWeights,
-        gpt2: parts.gpt2,
+        gpt2,
         mode,
         normalizePrefix: r.normalizePrefix,
+        seed: r.seed,
+        resumed,
+        source: r.gpt2,
       },
-      r.gpt2,
-    );
-    try {
-      await fs.mkdir(r.out, { recursive: true });
-      if (!resume)
-        for (const f of [METRICS_FILE, LOSS_CHART_FILE]) await fs.rm(path.join(r.out, f), { force: true });
-      for (const t of await cleanStaleTemps(r.out)) warn(`removed ${t}, left by an interrupted save`);
-      if (resume)
-        await truncateMetrics(
-          path.join(r.out, METRICS_FILE),
-          resume.state.step,
-          resume.state.val_losses.some((v) => v.step === resume?.state.step),
-        );
-      const clip = sets.clipModels[0];
-      const options: Record<string, unknown> = { ...r };
-      delete options.out;
-      const result = await runTrainingLoop(
-        model,
-        sets.train,
-        sets.val,
-        {
-          out: r.out,
-          epochs: r.epochs,
-          batchSize: r.batchSize,
-          lr: r.lr,
-          warmup: r.warmup,
-          seed: r.seed,
-          lossMode: r.loss,
-          maxSteps: r.maxSteps,
-          saveEvery: r.saveEvery,
-          saveEverySteps: r.saveEverySteps,
-          keepLast: r.keepLast,
-        },
-        {
-          config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
-          source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
-          extraConfig: {
-            sources: {
-              ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
-              gpt2: sourceRef(r.gpt2, r.out),
-            },
-            training: options,
-            data: {
-              files: r.data,
-              digest,
-              captions: sets.train.count,
-              images: sets.train.rows,
-              max_seq_len: sets.train.maxSeqLen,
-            },
+      train: sets.train,
+      val: sets.val,
+      loop: {
+        out: r.out,
+        epochs: r.epochs,
+        batchSize: r.batchSize,
+        lr: r.lr,
+        warmup: r.warmup,
+        seed: r.seed,
+        lossMode: r.loss,
+        maxSteps: r.maxSteps,
+        saveEvery: r.saveEvery,
+        saveEverySteps: r.saveEverySteps,
+        keepLast: r.keepLast,
+      },
+      record: {
+        config: { mapper, gpt2: gpt2.config, normalize_prefix: r.normalizePrefix },
+        source: `clipcap train ${r.data.map((f) => path.basename(f)).join(' ')}`,
+        extraConfig: {
+          sources: {
+            ...(clip !== undefined ? { clip: sourceRef(clip, r.out) } : {}),
+            gpt2: sourceRef(r.gpt2, r.out),
           },
-          options,
-          dataDigest: digest,
+          training: options,
+          data: {
+            files: r.data,
+            digest,
+            captions: sets.train.count,
+            images: sets.train.rows,
+            max_seq_len: sets.train.maxSeqLen,
+          },
         },
-        resume,
-        { onEvent: control.onEvent, signal: control.signal },
-      );
-      if (!result.interrupted && r.exportTorch !== undefined) {
-        // Every official key (clip_project.*, gpt.transformer.*, gpt.lm_head.weight tied to wte), also for a
-        // model trained with GPT-2 frozen: ClipCaptionPrefix.state_dict() holds GPT-2 too.
-        await saveTorchStateDict(r.exportTorch, model.stateDict());
-        emit({ type: 'checkpoint', path: r.exportTorch, step: result.steps, reason: 'final' });
-      }
-      if (!result.interrupted) control.onFinish?.(model);
-      return { ...result, out: r.out };
-    } finally {
-      model.dispose();
-    }
+        options,
+        dataDigest: digest,
+      },
+      resume,
+      exportTorch: r.exportTorch,
+      control,
+    });
+    return { ...result, out: r.out };
   } finally {
     // File handles of on-disk features (the validation split shares the training store).
     sets.train.features.close();

@@ -11,9 +11,14 @@
  */
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../pipeline/types.js';
 
-/** What the server needs from a model: ClipCap satisfies it; tests may wrap one. */
+/**
+ * What the server needs from a model: ClipCap satisfies it, and ClipCapWorker (the model on its own thread, so
+ * the server's event loop stays free while a batch runs); tests may wrap one.
+ */
 export interface CaptionModel {
   caption(inputs: readonly CaptionInput[], options?: CaptionOptions): Promise<CaptionResult[]>;
+  /** What the model says about itself in /health (ClipCapWorker has it; a ClipCap is asked by its fields). */
+  describe?(): { description?: string; embeddingSize?: number; backend?: string };
 }
 
 /** A request that ran out of time before its model calls finished. */

@@ -48,6 +48,7 @@ function describeModel(model: CaptionModel): Record<string, unknown> {
   const info: Record<string, unknown> = {};
   const m = model as unknown as Record<string, unknown>;
   try {
+    if (model.describe) return { ...model.describe() };
     const parts = m.parts as Record<string, unknown> | undefined;
     if (parts && typeof parts.description === 'string') info.description = parts.description;
     if (typeof m.embeddingSize === 'number') info.embeddingSize = m.embeddingSize;
@@ -376,6 +377,8 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
 
   /** Requests whose headers have arrived, per socket (the headers deadline's progress mark). */
   const requestsOn = new WeakMap<Socket, number>();
+  /** The pending headers deadline of each connection. */
+  const headersTimers = new WeakMap<Socket, NodeJS.Timeout>();
 
   /**
    * The headers deadline of a connection, from its start and again after each answer: no complete request
@@ -384,6 +387,11 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
    */
   function armHeadersDeadline(socket: Socket): void {
     const mark = requestsOn.get(socket) ?? 0;
+    // One deadline per connection: a kept-alive connection re-arms it after every answer, so the previous
+    // timer goes and the close listener is added once (one per request would pile up on a busy connection).
+    const previous = headersTimers.get(socket);
+    if (previous) clearTimeout(previous);
+    else socket.once('close', () => clearTimeout(headersTimers.get(socket)));
     const timer = setTimeout(
       () =>
         setImmediate(() => {
@@ -400,7 +408,7 @@ export function createServer(model: CaptionModel, options: ServerOptions = {}): 
       timeouts.headersMs,
     );
     timer.unref();
-    socket.once('close', () => clearTimeout(timer));
+    headersTimers.set(socket, timer);
   }
 
   const server = http.createServer(

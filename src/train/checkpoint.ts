@@ -13,7 +13,7 @@
 import { randomBytes } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
-import type { ClipCapConfig } from '../models/config.js';
+import type { ClipCapConfig } from '../config/models.js';
 import { UserError } from '../util/errors.js';
 import { moveDirIntoPlace, writeFileAtomic } from '../util/atomic.js';
 import { CLIPCAP_CONFIG_FILE, CLIPCAP_WEIGHTS_FILE, saveClipcapDir } from '../weights/families/clipcap.js';

@@ -8,8 +8,7 @@
  * or a `clipcap extract` safetensors file with its FILE.captions.jsonl sidecar ({caption, embedding}).
  */
 import { promises as fs } from 'node:fs';
-import { captionsSidecarPath } from '../pipeline/extract.js';
-import { EMBEDDING_TENSOR, readEmbeddings } from '../pipeline/embeddings.js';
+import { EMBEDDING_TENSOR, captionsSidecarPath, readEmbeddings } from '../data/embeddings.js';
 import { UserError } from '../util/errors.js';
 import { loadSafetensors } from '../weights/safetensors.js';
 import {

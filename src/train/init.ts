@@ -4,7 +4,7 @@
  * nn.LayerNorm weight 1 and bias 0, and the transformer mapper's prefix_const ~ N(0, 1) (torch.randn).
  * The values differ from a torch run (another generator); the distributions are the same.
  */
-import type { MapperConfig } from '../models/config.js';
+import type { MapperConfig } from '../config/models.js';
 import { mapperWeightSpec } from '../models/mapper.js';
 import type { StateDict } from '../weights/host.js';
 import { mulberry32 } from '../util/random.js';

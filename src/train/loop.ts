@@ -14,7 +14,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { ClipCapLossMode, ClipCapModel } from '../models/clipcap.js';
-import type { ClipCapConfig } from '../models/config.js';
+import type { ClipCapConfig } from '../config/models.js';
 import { paramsToStateDict } from '../models/weights.js';
 import { AdamW, CLIPCAP_ADAMW } from '../nn/adamw.js';
 import type { Parameter } from '../nn/parameter.js';
@@ -31,7 +31,7 @@ import {
   type TrainState,
 } from './checkpoint.js';
 import { makeBatch, type TrainingSet } from './data.js';
-import { linearWarmupSchedule } from './schedule.js';
+import { linearWarmupSchedule } from '../nn/schedule.js';
 
 /** Stream keys of deriveSeed (arbitrary distinct constants). */
 const SHUFFLE = 0x5348;

@@ -5,7 +5,7 @@
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import { UserError } from '../util/errors.js';
-import type { ClipCapConfig } from '../models/config.js';
+import type { ClipCapConfig } from '../config/models.js';
 import type { StateDict } from './host.js';
 import { readSafetensors } from './safetensors.js';
 import { loadTorchCheckpoint } from './torch.js';

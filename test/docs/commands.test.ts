@@ -48,7 +48,15 @@ const NOT_RUN: Record<string, string> = {
     "downloads OpenAI's RN50x4 file (no network here); test/models extracts through the tiny RN tower",
   'clipcap caption --clipcap coco_prefix_transformer.pt photo.jpg':
     'needs the published Transformer checkpoint and RN50x4 (not downloadable here); test/models runs the RN tower with the tiny Transformer checkpoint',
-  'npx clipcap demo': 'test/cli/demo.test.ts runs the demo',
+  'npm run demo':
+    'the full demo takes minutes; test/cli/demo.test.ts runs a reduced one, test/docs/setup.test.ts the script',
+  'npm link':
+    'changes the global npm prefix; test/docs/setup.test.ts checks what it links (package.json bin)',
+  'clipcap demo --out demo-run': 'the full demo takes minutes; test/cli/demo.test.ts runs a reduced one',
+  'clipcap caption --model demo-run/model fresh/images --format coco --references fresh/annotations.json --out fresh.json':
+    "needs the demo's checkpoint; test/cli/demo.test.ts captions with a reduced demo's model and no other flag",
+  'clipcap eval --references fresh/annotations.json --predictions fresh.json': 'needs the captions above',
+  'clipcap serve --model demo-run/model': 'a long-running server; test/server runs createServer',
   'clipcap train --data feats.safetensors --out runs/coco':
     'full training (10 epochs of batch 40) needs a real data set; test/train runs clipcap train on fixtures',
   'clipcap train --data feats.safetensors --out runs/tr --mapping-type transformer':

@@ -530,35 +530,53 @@ for (const simd of kernels())
       check('indexSelect', 'repeats', nat.indexSelect(a[0], [1, 0, 1]), ref.indexSelect(a[1], [1, 0, 1]));
     });
 
-    it('conv2d (ResNet CLIP shapes: stem, 3x3, 1x1 + residual, several im2col blocks) and avgPool2d, any thread count', () => {
+    // AVX2 mode runs conv2d on the AVX-512 kernel where the CPU has it, and on im2col + the AVX2 GEMM;
+    // portable mode only on im2col + the portable GEMM.
+    const convKernels: Array<'avx512' | 'gemm'> =
+      simd === 'avx2' && nat.info().avx512 ? ['avx512', 'gemm'] : ['gemm'];
+    it(`conv2d (ResNet CLIP shapes and every tiling edge) on ${convKernels.join(' and ')}, any thread count`, () => {
       const cases: [string, number[], number[], { stride?: number; padding?: number; relu?: boolean }][] = [
         ['stem 3x3 s2', [2, 33, 33, 3], [16, 3, 3, 3], { stride: 2, padding: 1, relu: true }],
-        ['3x3 pad 1, 2 im2col blocks', [1, 34, 34, 1000], [8, 3, 3, 1000], { padding: 1, relu: true }],
+        // K = 9000: several depth blocks (KC 384 AVX-512, 256 GEMM) and several im2col blocks (GEMM path)
+        ['3x3 pad 1, K blocks', [1, 34, 34, 1000], [8, 3, 3, 1000], { padding: 1, relu: true }],
         ['1x1', [2, 9, 9, 320], [80, 1, 1, 320], {}],
+        // M = 81 (12-row tiles end in 9), N = 40 and 23 (16- and 32-column tiles end part-way)
+        ['3x3 N=40', [1, 9, 9, 64], [40, 3, 3, 64], { padding: 1 }],
+        ['1x1 N=23', [1, 9, 9, 50], [23, 1, 1, 50], {}],
+        // N > 256: several column tiles share each im2col row (AVX-512: shared im2col in two blocks of rows,
+        // 2^20 floats each for K = 2700)
+        ['3x3 N=270, 2 shared im2col blocks', [1, 20, 20, 300], [270, 3, 3, 300], { padding: 1 }],
+        ['1x1 N=300 s1', [1, 7, 5, 33], [300, 1, 1, 33], {}],
       ];
-      for (const [name, xs, ws, o] of cases) {
-        const x = pair(xs, 140);
-        const w = pair(ws, 141);
-        const bias = pair([ws[0]], 142);
-        const yN = nat.conv2d(x[0], w[0], { ...o, bias: bias[0] });
-        check('conv2d', name, yN, ref.conv2d(x[1], w[1], { ...o, bias: bias[1] }));
-        const res = pair(yN.shape, 143);
-        const opts = { ...o, bias: bias[0], residual: res[0], relu: true };
-        const withRes = nat.conv2d(x[0], w[0], opts);
-        check(
-          'conv2d',
-          `${name} + residual`,
-          withRes,
-          ref.conv2d(x[1], w[1], { ...o, bias: bias[1], residual: res[1], relu: true }),
-        );
-        nat.setThreads(1);
-        const single = nat.download(nat.conv2d(x[0], w[0], opts));
-        nat.setThreads(3);
-        const three = nat.download(nat.conv2d(x[0], w[0], opts));
-        nat.setThreads(DEFAULT_THREADS);
-        expect(mismatches(nat.download(withRes), single), `${name}: 1 thread`).toBe(0);
-        expect(mismatches(three, single), `${name}: 3 threads`).toBe(0);
+      for (const kern of convKernels) {
+        expect(nat.setConvKernel(kern)).toBe(true);
+        expect(nat.info().convKernel).toBe(kern);
+        for (const [id, xs, ws, o] of cases) {
+          const name = `${id} (${kern})`;
+          const x = pair(xs, 140);
+          const w = pair(ws, 141);
+          const bias = pair([ws[0]], 142);
+          const yN = nat.conv2d(x[0], w[0], { ...o, bias: bias[0] });
+          check('conv2d', name, yN, ref.conv2d(x[1], w[1], { ...o, bias: bias[1] }));
+          const res = pair(yN.shape, 143);
+          const opts = { ...o, bias: bias[0], residual: res[0], relu: true };
+          const withRes = nat.conv2d(x[0], w[0], opts);
+          check(
+            'conv2d',
+            `${name} + residual`,
+            withRes,
+            ref.conv2d(x[1], w[1], { ...o, bias: bias[1], residual: res[1], relu: true }),
+          );
+          nat.setThreads(1);
+          const single = nat.download(nat.conv2d(x[0], w[0], opts));
+          nat.setThreads(3);
+          const three = nat.download(nat.conv2d(x[0], w[0], opts));
+          nat.setThreads(DEFAULT_THREADS);
+          expect(mismatches(nat.download(withRes), single), `${name}: 1 thread`).toBe(0);
+          expect(mismatches(three, single), `${name}: 3 threads`).toBe(0);
+        }
       }
+      nat.setConvKernel(convKernels[0]);
       const p = pair([2, 9, 7, 33], 144);
       check('avgPool2d', '2x2', nat.avgPool2d(p[0], { kernel: 2 }), ref.avgPool2d(p[1], { kernel: 2 }));
     });

@@ -9,7 +9,7 @@ import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import { ClipCapModel } from '../../src/models/clipcap.js';
-import { GPT2_SMALL } from '../../src/models/config.js';
+import { GPT2_SMALL } from '../../src/config/models.js';
 import { syntheticGpt2, syntheticMapper } from '../../src/models/synthetic.js';
 import { ClipCap } from '../../src/pipeline/caption.js';
 import { captionerParts } from '../../src/pipeline/load.js';

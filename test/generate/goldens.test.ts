@@ -10,7 +10,7 @@ import path from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import { beamDecode, greedyDecode } from '../../src/generate/index.js';
-import type { Gpt2Config, MapperConfig } from '../../src/models/config.js';
+import type { Gpt2Config, MapperConfig } from '../../src/config/models.js';
 import { ClipCapModel } from '../../src/models/clipcap.js';
 import { Gpt2Tokenizer } from '../../src/text/gpt2-tokenizer.js';
 import type { StateDict } from '../../src/weights/host.js';

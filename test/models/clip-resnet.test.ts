@@ -16,7 +16,7 @@ import { availableBackends } from '../../src/engine/index.js';
 import type { Tensor } from '../../src/engine/tensor.js';
 import { preprocessImage } from '../../src/image/index.js';
 import { ClipResNetVisionModel } from '../../src/models/clip-resnet.js';
-import type { ClipResNetConfig } from '../../src/models/config.js';
+import type { ClipResNetConfig } from '../../src/config/models.js';
 import { loadOpenAIClip } from '../../src/weights/families/openai-clip.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, f32, fixture, get, readAll, readJson } from './helpers.js';

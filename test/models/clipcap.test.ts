@@ -3,7 +3,7 @@ import { availableBackends } from '../../src/engine/index.js';
 import type { Backend } from '../../src/engine/backend.js';
 import { ClipCapModel } from '../../src/models/clipcap.js';
 import { AdamW } from '../../src/nn/adamw.js';
-import { linearWarmupSchedule } from '../../src/train/schedule.js';
+import { linearWarmupSchedule } from '../../src/nn/schedule.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, expectLogits, f32, get, i32, loadGoldens, relDiff } from './helpers.js';
 import { tinyClipcap, tinyClipcapGpt2Weights } from './loaders.js';

@@ -1,7 +1,7 @@
 /** The tiny fixture models, read through the weights layer's key maps (as the library loads real ones). */
 import type { Backend } from '../../src/engine/backend.js';
 import { ClipCapModel } from '../../src/models/clipcap.js';
-import type { ClipTextConfig, ClipVisionConfig, Gpt2Config } from '../../src/models/config.js';
+import type { ClipTextConfig, ClipVisionConfig, Gpt2Config } from '../../src/config/models.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { clipcapCheckpoint, clipWeights, gpt2Weights, type ConfigSource } from '../../src/weights/keymaps.js';
 import { loadTorchCheckpoint } from '../../src/weights/torch.js';

@@ -1,5 +1,5 @@
 import { describe, it, expect } from 'vitest';
-import { linearWarmupSchedule } from '../../src/train/schedule.js';
+import { linearWarmupSchedule } from '../../src/nn/schedule.js';
 
 describe('linear warmup schedule (transformers get_linear_schedule_with_warmup)', () => {
   it('starts at 0, rises for the warmup steps, then decays linearly to 0 at the total', () => {

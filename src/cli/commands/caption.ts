@@ -6,7 +6,7 @@ import { Option, type Command } from 'commander';
 import cliProgress from 'cli-progress';
 import { ClipCap } from '../../pipeline/caption.js';
 import { expandInputs, type ExpandedInput } from '../../pipeline/inputs.js';
-import { readCaptionEmbeddings } from '../../pipeline/embeddings.js';
+import { readCaptionEmbeddings } from '../../data/embeddings.js';
 import { checkOfflineFiles } from '../../pipeline/load.js';
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../../pipeline/types.js';
 import { imageIdForPath, readReferences, sample, type ReferenceSet } from '../../eval/readers.js';

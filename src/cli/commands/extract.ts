@@ -25,6 +25,7 @@ import { writeFileAtomic } from '../../util/atomic.js';
 import { loadSafetensors } from '../../weights/safetensors.js';
 import { processContext, progressBar, type CliContext, type CliIO } from './caption.js';
 import { backendOption, batchSizeOption, clipOption, maxPixelsOption, offlineOption } from '../options.js';
+import type { BackendName } from '../../engine/registry.js';
 
 interface ExtractCliOptions {
   out: string;
@@ -34,7 +35,7 @@ interface ExtractCliOptions {
   clip?: string;
   batchSize: number;
   shard?: string;
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
   offline?: boolean;
   maxPixels?: number;
   applyExif?: boolean;

@@ -1,10 +1,12 @@
 /**
  * `clipcap serve`: load the model once and caption images over HTTP (API in server/index.ts and DESIGN.md).
- * Runs until SIGINT/SIGTERM, then stops accepting, answers what is in flight and disposes the model.
+ * The model lives on a worker thread (ClipCapWorker), so the server keeps answering (`GET /health`, new
+ * connections) while a batch computes. Runs until SIGINT/SIGTERM, then stops accepting, answers what is in
+ * flight and terminates the model thread.
  */
 import net from 'node:net';
 import { Option, type Command } from 'commander';
-import { ClipCap } from '../../pipeline/caption.js';
+import { ClipCapWorker } from '../../pipeline/worker.js';
 import { createServer, DEFAULT_LIMITS, DEFAULT_TIMEOUTS } from '../../server/index.js';
 import { UsageError, UserError } from '../../util/errors.js';
 import {
@@ -85,7 +87,11 @@ async function checkCanListen(host: string, port: number): Promise<void> {
 export async function runServe(o: ServeCliOptions): Promise<void> {
   checkDefaultsFit(o);
   await checkCanListen(o.host, o.port);
-  const model = await ClipCap.load(loadOptionsFromCli(o));
+  const { backend, ...load } = loadOptionsFromCli(o);
+  const model = await ClipCapWorker.start({
+    load,
+    backend: typeof backend === 'string' ? backend : undefined,
+  });
   let srv;
   let addr;
   try {
@@ -116,7 +122,7 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
     });
     addr = await srv.listen(o.port, o.host);
   } catch (e) {
-    model.dispose();
+    await model.close();
     if (e instanceof UserError && /port is in use/.test(e.message))
       throw new UserError(
         `${e.message}: choose another --port (0 picks a free one) or stop the other server`,
@@ -125,18 +131,16 @@ export async function runServe(o: ServeCliOptions): Promise<void> {
   }
   const server = srv;
   const host = addr.family === 'IPv6' ? `[${addr.address}]` : addr.address;
-  process.stderr.write(
-    `clipcap serve: ${model.parts.description} listening on http://${host}:${addr.port}\n`,
-  );
+  process.stderr.write(`clipcap serve: ${model.description} listening on http://${host}:${addr.port}\n`);
   await new Promise<void>((resolve) => {
     const stop = (signal: string): void => {
       process.off('SIGINT', onInt);
       process.off('SIGTERM', onTerm);
       process.stderr.write(`clipcap serve: ${signal}: finishing requests in flight\n`);
-      server.close().finally(() => {
-        model.dispose();
-        resolve();
-      });
+      server
+        .close()
+        .finally(() => model.close())
+        .finally(resolve);
     };
     const onInt = (): void => stop('SIGINT');
     const onTerm = (): void => stop('SIGTERM');

@@ -10,6 +10,7 @@ import { train, type TrainEvent, type TrainOptions } from '../../pipeline/train.
 import { UsageError } from '../../util/errors.js';
 import { floatArg, intArg, processContext, type CliContext, type CliIO } from './caption.js';
 import { backendOption, DEFAULT_GPT2_SPEC, offlineOption } from '../options.js';
+import type { BackendName } from '../../engine/registry.js';
 
 interface TrainCliOptions {
   data?: string[];
@@ -37,7 +38,7 @@ interface TrainCliOptions {
   maxSteps?: number;
   exportTorch?: string;
   logEvery: number;
-  backend?: 'native' | 'reference';
+  backend?: BackendName;
   offline?: boolean;
   format: 'text' | 'json';
 }

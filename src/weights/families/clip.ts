@@ -12,7 +12,7 @@
  * (every released CLIP tower follows it).
  */
 import { UserError } from '../../util/errors.js';
-import type { ClipTextConfig, ClipVisionConfig } from '../../models/config.js';
+import type { ClipTextConfig, ClipVisionConfig } from '../../config/models.js';
 import type { StateDict } from '../host.js';
 import { agree, checkKeys, countLayers, intField, numField, shapeOf } from './common.js';
 import type { ConfigSource, KeySpec } from './common.js';

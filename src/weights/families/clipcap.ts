@@ -18,7 +18,7 @@ import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import { UserError } from '../../util/errors.js';
 import { moveDirIntoPlace } from '../../util/atomic.js';
-import type { ClipCapConfig, Gpt2Config, MapperConfig } from '../../models/config.js';
+import type { ClipCapConfig, Gpt2Config, MapperConfig } from '../../config/models.js';
 import type { StateDict } from '../host.js';
 import { readSafetensors, saveSafetensors } from '../safetensors.js';
 import { agree, checkKeys, countLayers, fmtShape, intField, shapeOf } from './common.js';
@@ -259,6 +259,11 @@ export interface ClipcapDir {
   /** Canonical GPT-2 weights, when the directory holds them. */
   gpt2?: StateDict;
   source?: string;
+  /**
+   * The CLIP and GPT-2 it was trained with, as `clipcap train` records them (config.json "sources"): hub ids,
+   * `bundled:` names, or local paths relative to the checkpoint directory.
+   */
+  sources?: { clip?: string; gpt2?: string };
 }
 
 /**
@@ -360,5 +365,20 @@ export async function loadClipcapDir(dir: string): Promise<ClipcapDir> {
     mapperWeights: ck.mapperWeights,
     gpt2: ck.gpt2,
     source: typeof raw.source === 'string' ? raw.source : undefined,
+    sources: recordedSources(raw.sources, cfgPath),
   };
+}
+
+function recordedSources(v: unknown, cfgPath: string): ClipcapDir['sources'] {
+  if (v === undefined) return undefined;
+  if (!isObject(v)) throw new UserError(`${cfgPath}: "sources" must be an object {clip, gpt2}`);
+  const out: { clip?: string; gpt2?: string } = {};
+  for (const k of ['clip', 'gpt2'] as const) {
+    const s = v[k];
+    if (s === undefined) continue;
+    if (typeof s !== 'string' || s === '')
+      throw new UserError(`${cfgPath}: sources.${k} must be a model name or path, got ${JSON.stringify(s)}`);
+    out[k] = s;
+  }
+  return out;
 }

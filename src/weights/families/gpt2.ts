@@ -11,7 +11,7 @@
  * h.N.attn.masked_bias, and lm_head.weight when it equals wte.weight (tied, as in every GPT-2).
  */
 import { UserError } from '../../util/errors.js';
-import type { Gpt2Config } from '../../models/config.js';
+import type { Gpt2Config } from '../../config/models.js';
 import type { StateDict } from '../host.js';
 import {
   agree,

@@ -38,7 +38,7 @@
 import { UserError } from '../../util/errors.js';
 import { promises as fs } from 'node:fs';
 import yauzl from 'yauzl';
-import type { ClipResNetConfig, ClipVisionConfig } from '../../models/config.js';
+import type { ClipResNetConfig, ClipVisionConfig } from '../../config/models.js';
 import type { HostTensor, StateDict } from '../host.js';
 import { loadTorchCheckpoint } from '../torch.js';
 import { loadTorchScript, type TorchScriptModule } from '../torchscript.js';

@@ -11,6 +11,11 @@ import { UserError } from '../util/errors.js';
 
 export const EMBEDDING_TENSOR = 'clip_embedding';
 
+/** The captions sidecar of an embeddings file: FILE.safetensors -> FILE.captions.jsonl. */
+export function captionsSidecarPath(out: string): string {
+  return out.replace(/\.safetensors$/i, '') + '.captions.jsonl';
+}
+
 export interface EmbeddingsFile {
   /** (N, D) row-major. */
   data: Float32Array;
