@@ -1,5 +1,6 @@
 #include "threadpool.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #if defined(__x86_64__) || defined(__i386__)
@@ -37,22 +38,46 @@ int64_t spin_ns_from_env() {
 }
 const int64_t kSpinNs = spin_ns_from_env();
 
-// Spins until done() or kSpinNs have passed (the clock is read every 64 pauses); returns done().
+// How long a wait may spin, learnt per waiting site: a wait that ended within kSpinNs (spinning would have
+// caught it) doubles the budget back towards kSpinNs; a longer one (the other thread was descheduled: on a
+// shared, overloaded machine it may not run again for tens of milliseconds) halves it, down to nothing.
+// Spinning through such waits burns this process's share of the CPU for nothing, and the scheduler then
+// treats its threads as CPU hogs, queued behind the ones that sleep; on an idle machine waits are short and
+// the budget stays at kSpinNs.
+class SpinBudget {
+ public:
+  int64_t ns() const { return ns_.load(std::memory_order_relaxed); }
+  void learn(int64_t waited_ns) {
+    const int64_t b = ns();
+    const int64_t next = waited_ns <= kSpinNs ? std::min<int64_t>(kSpinNs, 2 * b + 1000) : b / 2;
+    ns_.store(next, std::memory_order_relaxed);
+  }
+
+ private:
+  std::atomic<int64_t> ns_{kSpinNs};
+};
+
+int64_t now_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Spins until done() or budget_ns have passed (the clock is read every 64 pauses); returns done().
 template <typename Done>
-bool spin_until(Done done) {
+bool spin_until(Done done, int64_t budget_ns) {
   if (done()) return true;
-  const auto start = std::chrono::steady_clock::now();
+  if (budget_ns <= 0) return false;
+  const int64_t start = now_ns();
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (done()) return true;
       cpu_relax();
     }
-    if (std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start).count() >=
-        kSpinNs)
-      return done();
+    if (now_ns() - start >= budget_ns) return done();
   }
 }
 
+SpinBudget g_dispatch_spin;  // the caller waiting for a job's last tasks
 
 int threads_from_env() {
   const char* s = std::getenv("CLIPCAP_THREADS");
@@ -115,15 +140,18 @@ void ThreadPool::worker_main(int index) {
   (void)index;
   t_in_parallel = true;
   uint32_t seen = 0;
+  SpinBudget budget;  // this worker's wait for the next job
   for (;;) {
-    // Spin a little for the next job (see kSpinNs), then block so idle threads do not burn shared cores.
-    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; });
+    // Spin a little for the next job (see SpinBudget), then block so idle threads do not burn shared cores.
+    const int64_t idle_from = now_ns();
+    spin_until([&] { return generation_.load(std::memory_order_acquire) != seen; }, budget.ns());
     {
       std::unique_lock<std::mutex> lock(mutex_);
       wake_.wait(lock, [&] { return stop_ || generation_.load() != seen; });
       if (stop_) return;
       seen = generation_.load();
     }
+    budget.learn(now_ns() - idle_from);
     work(seen);
   }
 }
@@ -164,11 +192,13 @@ void ThreadPool::dispatch(int64_t ntasks, void* ctx, Thunk thunk) {
   t_in_parallel = true;
   work(gen);
   t_in_parallel = false;
-  spin_until([&] { return finished_.load(std::memory_order_acquire) == ntasks; });
+  const int64_t wait_from = now_ns();
+  spin_until([&] { return finished_.load(std::memory_order_acquire) == ntasks; }, g_dispatch_spin.ns());
   std::exception_ptr error;
   {
     std::unique_lock<std::mutex> lock(mutex_);
     done_.wait(lock, [&] { return finished_.load() == ntasks; });
+    g_dispatch_spin.learn(now_ns() - wait_from);
     error = error_;
     error_ = nullptr;
   }

@@ -10,11 +10,12 @@ import { describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import { ClipCapModel } from '../../src/models/clipcap.js';
 import { GPT2_SMALL } from '../../src/config/models.js';
-import { syntheticGpt2, syntheticMapper } from '../../src/models/synthetic.js';
 import { ClipCap } from '../../src/pipeline/caption.js';
 import { captionerParts } from '../../src/pipeline/load.js';
 import type { CaptionSuccess } from '../../src/pipeline/types.js';
 import { loadSafetensors } from '../../src/weights/safetensors.js';
+import { syntheticGpt2Yielding, syntheticMapperYielding } from '../models/synthetic-yielding.js';
+import { yieldToLoop } from '../yield.js';
 
 const FIX = fileURLToPath(new URL('../fixtures/', import.meta.url));
 
@@ -27,9 +28,12 @@ describe('full-size greedy decoding', () => {
     const embeds = (await f.tensor('clip.image_embeds')).data as Float32Array; // (2, 512)
     const greedy10 = (await f.tensor('clipcap.greedy10')).data as Int32Array; // (2, 10)
     await f.close();
-    const g = syntheticGpt2(GPT2_SMALL);
-    const m = syntheticMapper();
+    // Yield between the heavy synchronous steps (see test/yield.ts).
+    const g = await syntheticGpt2Yielding(GPT2_SMALL);
+    const m = await syntheticMapperYielding();
+    await yieldToLoop();
     const model = ClipCapModel.create(backend, { mapper: m.config, mapperWeights: m.weights, gpt2: g });
+    await yieldToLoop();
     const captioner = new ClipCap(
       await captionerParts(model, { description: 'synthetic full-size ClipCap' }),
     );

@@ -9,10 +9,15 @@ import type { Backend } from '../../src/engine/backend.js';
 import { ClipVisionModel } from '../../src/models/clip.js';
 import { Gpt2Model } from '../../src/models/gpt2.js';
 import { createMapper, type Mapper } from '../../src/models/mapper.js';
-import { syntheticClipVision, syntheticGpt2, syntheticMapper } from '../../src/models/synthetic.js';
 import type { StateDict } from '../../src/weights/host.js';
 import { expectClose, expectLogits, f32, fixture, get, i32, loadGoldens, readAll } from './helpers.js';
 import { normalizeCrops } from './pixels.js';
+import {
+  syntheticClipVisionYielding,
+  syntheticGpt2Yielding,
+  syntheticMapperYielding,
+} from './synthetic-yielding.js';
+import { yieldToLoop } from '../yield.js';
 
 const native = availableBackends().filter((b) => b.name !== 'reference');
 
@@ -22,9 +27,11 @@ describe.each(native.map((b) => [b.name, b] as const))('full size on %s', (_n, b
   let mapper: Mapper;
   beforeAll(async () => {
     fg = await readAll(fixture('fullsize_goldens.safetensors'));
-    const g = syntheticGpt2();
+    // Yield between the heavy synchronous steps (see test/yield.ts).
+    const g = await syntheticGpt2Yielding();
     gpt2 = Gpt2Model.fromWeights(backend, g.config, g.weights, 'synthetic GPT-2 small');
-    const m = syntheticMapper();
+    await yieldToLoop();
+    const m = await syntheticMapperYielding();
     mapper = createMapper(backend, m.config, m.weights, gpt2.width, 'synthetic MLP mapper');
   }, 120_000);
   afterAll(() => {
@@ -46,7 +53,8 @@ describe.each(native.map((b) => [b.name, b] as const))('full size on %s', (_n, b
 
   it('CLIP ViT-B/32 image embeddings of the two photos', async () => {
     const g = await loadGoldens();
-    const v = syntheticClipVision();
+    const v = await syntheticClipVisionYielding();
+    await yieldToLoop();
     const clip = ClipVisionModel.fromWeights(backend, v.config, v.weights, 'synthetic CLIP ViT-B/32');
     // clip.images lists indices into the sorted images: the golden crops of the tiny fixtures cover them.
     const which = [...i32(fg, 'clip.images')];
@@ -73,6 +81,7 @@ describe.each(native.map((b) => [b.name, b] as const))('full size on %s', (_n, b
     let logits = gpt2.step(pre, cache);
     const tokens: number[][] = [[], []];
     for (let s = 0; s < 10; s++) {
+      await yieldToLoop();
       const l = (await logits.read()) as Float32Array;
       const next = [0, 1].map((r) => {
         let best = 0;

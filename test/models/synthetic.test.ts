@@ -1,6 +1,15 @@
 import { describe, it, expect } from 'vitest';
-import { fnv1a32, lowbias32, syntheticValues } from '../../src/models/synthetic.js';
+import { GPT2_SMALL } from '../../src/config/models.js';
+import type { StateDict } from '../../src/weights/host.js';
+import {
+  fnv1a32,
+  lowbias32,
+  syntheticGpt2,
+  syntheticMapper,
+  syntheticValues,
+} from '../../src/models/synthetic.js';
 import { expectClose, fixture, readJson } from './helpers.js';
+import { syntheticGpt2Yielding, syntheticMapperYielding } from './synthetic-yielding.js';
 
 describe('full-size weight rule', () => {
   it('hash primitives match their published test vectors', () => {
@@ -19,5 +28,23 @@ describe('full-size weight rule', () => {
       const got = syntheticValues(name, ref.length, { zeroAttnBias: false });
       expectClose(`rule ${name}`, got, ref, 1e-7);
     }
+  });
+
+  it('the yielding builders of the tests give the same state dicts as the one-shot ones', async () => {
+    const small = { ...GPT2_SMALL, n_layer: 1 };
+    const same = (a: StateDict, b: StateDict): void => {
+      expect([...a.keys()]).toEqual([...b.keys()]);
+      for (const [k, t] of a) {
+        expect(t.shape, k).toEqual(b.get(k)!.shape);
+        expect(
+          Buffer.from((t.data as Float32Array).buffer).equals(
+            Buffer.from((b.get(k)!.data as Float32Array).buffer),
+          ),
+          k,
+        ).toBe(true);
+      }
+    };
+    same((await syntheticGpt2Yielding(small)).weights, syntheticGpt2(small).weights);
+    same((await syntheticMapperYielding()).weights, syntheticMapper().weights);
   });
 });
