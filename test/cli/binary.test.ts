@@ -2,28 +2,27 @@
  * The real `clipcap` entry point (src/cli/main.ts, run through vite-node as a separate process): exit codes and
  * one-line errors on stderr exactly as a user sees them.
  */
-import { spawnSync } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { afterAll, describe, expect, it } from 'vitest';
+import { run } from '../process.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const FIX = path.join(ROOT, 'test', 'fixtures');
 const tmp = mkdtempSync(path.join(tmpdir(), 'clipcap-bin-'));
 afterAll(() => rmSync(tmp, { recursive: true, force: true }));
 
-function clipcap(args: string[]): { code: number | null; out: string; err: string } {
-  const r = spawnSync(
+async function clipcap(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const r = await run(
     path.join(ROOT, 'node_modules', '.bin', 'vite-node'),
     ['src/cli/main.ts', '--', ...args],
     {
       cwd: ROOT,
-      encoding: 'utf8',
       // Never touch the network or the user's cache.
       env: { ...process.env, HF_HUB_OFFLINE: '1', HF_HUB_CACHE: path.join(tmp, 'cache') },
-      timeout: 120_000,
+      timeoutMs: 120_000,
     },
   );
   // Without a built native addon the library says so once on stderr; that line is not under test here.
@@ -44,19 +43,19 @@ const TINY = [
 ];
 
 describe('clipcap binary', () => {
-  it('bad usage: exit 2 with one line', () => {
-    const r = clipcap(['caption']);
+  it('bad usage: exit 2 with one line', async () => {
+    const r = await clipcap(['caption']);
     expect(r.code).toBe(2);
     expect(r.err).toBe('clipcap: give image files, directories or globs to caption (or --embeddings FILE)\n');
   });
 
-  it('weights that cannot load: exit 1 with one line naming the file', () => {
-    const r = clipcap(['caption', '--clipcap', path.join(tmp, 'nope.pt'), path.join(FIX, 'images')]);
+  it('weights that cannot load: exit 1 with one line naming the file', async () => {
+    const r = await clipcap(['caption', '--clipcap', path.join(tmp, 'nope.pt'), path.join(FIX, 'images')]);
     expect(r.code).toBe(1);
     expect(r.err).toBe(
       `clipcap: ClipCap checkpoint ${path.join(tmp, 'nope.pt')}: no such file; check the path\n`,
     );
-    const offline = clipcap(['caption', '--model', 'coco', path.join(FIX, 'images')]);
+    const offline = await clipcap(['caption', '--model', 'coco', path.join(FIX, 'images')]);
     expect(offline.code).toBe(1);
     expect(offline.err.split('\n').length).toBe(2); // one line + the final newline
     expect(offline.err).toMatch(
@@ -64,10 +63,10 @@ describe('clipcap binary', () => {
     );
   });
 
-  it('one bad image among good ones: its entry has the error, the rest are captioned, exit 1', () => {
+  it('one bad image among good ones: its entry has the error, the rest are captioned, exit 1', async () => {
     const bad = path.join(tmp, 'bad.png');
     writeFileSync(bad, 'not a png');
-    const r = clipcap([
+    const r = await clipcap([
       'caption',
       ...TINY,
       '--format',

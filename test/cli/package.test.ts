@@ -3,11 +3,11 @@
  * allowScripts entry for every dependency with an install script (npm >= 11.16 warns about the others), and
  * `clipcap --version` agreeing with package.json. Needs the build that `npm test` runs first.
  */
-import { spawnSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { describe, expect, it } from 'vitest';
+import { run } from '../process.js';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as {
@@ -18,14 +18,11 @@ const pkg = JSON.parse(readFileSync(path.join(ROOT, 'package.json'), 'utf8')) as
 };
 
 describe('the npm package', () => {
-  it('ships LICENSE (MIT, as package.json says), the bin, and no .map without its source', () => {
+  it('ships LICENSE (MIT, as package.json says), the bin, and no .map without its source', async () => {
     expect(pkg.license).toBe('MIT');
     expect(readFileSync(path.join(ROOT, 'LICENSE'), 'utf8')).toMatch(/^MIT License\n/);
     // --ignore-scripts: list what would be packed without running the prepare build again.
-    const r = spawnSync('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], {
-      cwd: ROOT,
-      encoding: 'utf8',
-    });
+    const r = await run('npm', ['pack', '--dry-run', '--json', '--ignore-scripts'], { cwd: ROOT });
     expect(r.status, r.stderr).toBe(0);
     const files = (JSON.parse(r.stdout) as Array<{ files: Array<{ path: string }> }>)[0].files.map(
       (f) => f.path,
@@ -49,10 +46,8 @@ describe('the npm package', () => {
     expect(Object.keys(pkg.allowScripts ?? {}).sort()).toEqual(withScripts);
   });
 
-  it('clipcap --version prints the package version', () => {
-    const r = spawnSync(process.execPath, [path.join(ROOT, pkg.bin.clipcap), '--version'], {
-      encoding: 'utf8',
-    });
+  it('clipcap --version prints the package version', async () => {
+    const r = await run(process.execPath, [path.join(ROOT, pkg.bin.clipcap), '--version']);
     expect(r.status, r.stderr).toBe(0);
     expect(r.stdout.trim()).toBe(pkg.version);
   });

@@ -4,8 +4,8 @@
  * clean per-image UserError or a correct result, in memory that follows the crop.
  */
 import { describe, expect, it } from 'vitest';
+import { run } from '../process.js';
 import sharp from 'sharp';
-import { execFileSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -220,16 +220,15 @@ describe('decoding memory follows the crop, not the input (#13)', () => {
       writeFileSync(
         script,
         `import { preprocessImage } from ${JSON.stringify(lib)};
-        import { execFileSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
-import { fileURLToPath, pathToFileURL } from 'node:url';
+        import { readFileSync } from 'node:fs';
         const r = await preprocessImage(${JSON.stringify(file)}, { size: 288 });
         const hwm = Number(/VmHWM:\\s+(\\d+)/.exec(readFileSync('/proc/self/status', 'utf8'))[1]) / 1024;
         console.log(JSON.stringify({ w: r.width, h: r.height, first: Array.from(r.uint8.subarray(0, 3)), hwm }));`,
       );
-      const out = execFileSync(process.execPath, [script], { encoding: 'utf8' });
+      // Not execFileSync: the child takes seconds, and the test worker's loop must keep turning (test/yield.ts).
+      const child = await run(process.execPath, [script]);
+      expect(child.status, child.stderr).toBe(0);
+      const out = child.stdout;
       const r = JSON.parse(out.trim().split('\n').pop() as string) as {
         w: number;
         h: number;

@@ -98,6 +98,53 @@ describe('checkpoint sources', () => {
     }
   });
 
+  it('an MLP checkpoint with GPT-2 fine-tuned (its weights inside) also needs no flag: CLIP and tokenizer come from its sources', async () => {
+    const out = path.join(base, 'run-mlp');
+    await train({
+      data: path.join(base, 'feats.safetensors'),
+      out,
+      gpt2: path.join(base, 'my-gpt2'),
+      mappingType: 'mlp',
+      prefixLength: 2,
+      epochs: 1,
+      batchSize: 20,
+      maxSteps: 2,
+      warmup: 0,
+      lr: 1e-3,
+      saveEvery: 0,
+    });
+    const cfg = JSON.parse(readFileSync(path.join(out, 'final', 'config.json'), 'utf8')) as {
+      sources: Record<string, string>;
+      gpt2_weights: boolean;
+    };
+    expect(cfg.gpt2_weights).toBe(true);
+    expect(cfg.sources).toEqual({ clip: 'bundled:demo-clip', gpt2: path.join('..', '..', 'my-gpt2') });
+    const run = await cli(['caption', '--model', path.join(out, 'final'), image, '--format', 'json']);
+    expect(run.err).toBe('');
+    expect(run.code).toBe(0);
+    const [r] = JSON.parse(run.out) as Array<{ caption: string; tokens: number[] }>;
+    // The GPT-2 weights are the checkpoint's, but the text is decoded with the recorded directory's vocabulary.
+    const tok = await loadGpt2Tokenizer(path.join(base, 'my-gpt2'));
+    expect(r.tokens.length).toBeGreaterThan(0);
+    expect(r.tokens.every((t) => t < tok.vocabSize)).toBe(true);
+    expect(r.caption).toBe(tok.decode(r.tokens));
+    // The same caption as with the sources given by hand.
+    const given = await cli([
+      'caption',
+      '--model',
+      path.join(out, 'final'),
+      image,
+      '--format',
+      'json',
+      '--clip',
+      'bundled:demo-clip',
+      '--gpt2',
+      path.join(base, 'my-gpt2'),
+    ]);
+    expect(given.code).toBe(0);
+    expect((JSON.parse(given.out) as Array<{ caption: string }>)[0].caption).toBe(r.caption);
+  }, 120_000);
+
   it('a recorded GPT-2 that is gone: one line naming it and what to do', async () => {
     renameSync(path.join(base, 'my-gpt2'), path.join(base, 'gone'));
     try {
