@@ -11,6 +11,7 @@ import { ClipCap } from '../../src/pipeline/caption.js';
 import type { CaptionInput, CaptionOptions, CaptionResult } from '../../src/pipeline/types.js';
 import { createServer, type CaptionServer } from '../../src/server/index.js';
 import { parseMultipart } from '../../src/server/multipart.js';
+import { multipart } from './multipart-body.js';
 
 const FIX = path.resolve(__dirname, '../fixtures');
 const NAMES = (JSON.parse(readFileSync(path.join(FIX, 'goldens.json'), 'utf8')) as { images: string[] })
@@ -81,25 +82,6 @@ async function post(
     headers: contentType ? { 'content-type': contentType } : {},
   });
   return { status: res.status, json: (await res.json()) as { results?: Entry[]; error?: string } };
-}
-
-function multipart(files: Buffer[], fields: Record<string, string> = {}): { body: Buffer; type: string } {
-  const boundary = '----clipcapTestBoundary42';
-  const chunks: Buffer[] = [];
-  for (const [k, v] of Object.entries(fields))
-    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
-  files.forEach((f, i) => {
-    chunks.push(
-      Buffer.from(
-        `--${boundary}\r\nContent-Disposition: form-data; name="image"; filename="p${i}.jpg"\r\n` +
-          `Content-Type: image/jpeg\r\n\r\n`,
-      ),
-      f,
-      Buffer.from('\r\n'),
-    );
-  });
-  chunks.push(Buffer.from(`--${boundary}--\r\n`));
-  return { body: Buffer.concat(chunks), type: `multipart/form-data; boundary=${boundary}` };
 }
 
 describe('clipcap serve HTTP API', () => {

@@ -18,6 +18,7 @@ import { GPT2_SMALL, type Gpt2Config, type MapperConfig } from '../../src/config
 import { ClipCapWorker } from '../../src/pipeline/worker.js';
 import { createServer, type CaptionModel, type CaptionServer } from '../../src/server/index.js';
 import { fixture } from '../cli/harness.js';
+import { multipart } from './multipart-body.js';
 
 interface Answer {
   status: number;
@@ -44,25 +45,6 @@ function request(
     req.on('error', reject);
     req.end(body);
   });
-}
-
-function multipart(files: Buffer[], fields: Record<string, string>): { body: Buffer; type: string } {
-  const boundary = '----clipcapWorkerTest';
-  const chunks: Buffer[] = [];
-  for (const [k, v] of Object.entries(fields))
-    chunks.push(Buffer.from(`--${boundary}\r\nContent-Disposition: form-data; name="${k}"\r\n\r\n${v}\r\n`));
-  files.forEach((f, i) => {
-    chunks.push(
-      Buffer.from(
-        `--${boundary}\r\nContent-Disposition: form-data; name="image"; filename="p${i}.jpg"\r\n` +
-          `Content-Type: image/jpeg\r\n\r\n`,
-      ),
-      f,
-      Buffer.from('\r\n'),
-    );
-  });
-  chunks.push(Buffer.from(`--${boundary}--\r\n`));
-  return { body: Buffer.concat(chunks), type: `multipart/form-data; boundary=${boundary}` };
 }
 
 function percentile(sorted: readonly number[], p: number): number {
