@@ -56,8 +56,9 @@ describe('Gpt2Tokenizer.fromDirectory (vocab.json + merges.txt)', () => {
       for (const [t, id] of Object.entries(full)) if (id < 256) vocab[t] = id;
       vocab['Ġre'] = 256;
       vocab['Ġred'] = 257;
-      vocab['ed'] = 258;
-      vocab['re'] = 259;
+      // re's id is below ed's, though "e d" merges first: ordering merges by id would give " red" -> Ġred.
+      vocab['re'] = 258;
+      vocab['ed'] = 259;
       writeFileSync(path.join(small, 'vocab.json'), JSON.stringify(vocab));
       // "e d" before "Ġ r": " red" -> Ġ r ed (no "Ġr" token) instead of Ġre d.
       writeFileSync(path.join(small, 'merges.txt'), '#version: 0.2\ne d\nr e\nĠ re\nĠre d\n');
@@ -65,7 +66,7 @@ describe('Gpt2Tokenizer.fromDirectory (vocab.json + merges.txt)', () => {
       expect(tok.vocabSize).toBe(260);
       expect(tok.eosTokenId).toBe(-1);
       // " red": merges e+d first (rank 0), so "Ġ", "r", "ed"; "r ed" is no merge.
-      expect(tok.encode(' red')).toEqual([vocab['Ġ'], vocab.r, 258]);
+      expect(tok.encode(' red')).toEqual([vocab['Ġ'], vocab.r, vocab.ed]);
       // " re": r+e (rank 1) then Ġ+re (rank 2).
       expect(tok.encode(' re.')).toEqual([256, 13]);
       expect(tok.decode(tok.encode(' red re!'))).toBe(' red re!');
