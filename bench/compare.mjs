@@ -65,18 +65,22 @@ function run(cmd, argv) {
   return JSON.parse(r.stdout.slice(r.stdout.indexOf('{')));
 }
 
+/** `clipcap bench WHAT` from this checkout's build, JSON, at the shared thread count. */
+const clipcapBench = (what, ...extra) =>
+  run(process.execPath, [
+    'dist/src/cli/main.js',
+    'bench',
+    what,
+    '--format',
+    'json',
+    '--threads',
+    threads,
+    ...extra,
+  ]);
+
 const contestants = {
   clip: {
-    clipcap: () =>
-      run(process.execPath, [
-        'dist/src/cli/main.js',
-        'bench',
-        'clip',
-        '--format',
-        'json',
-        '--threads',
-        threads,
-      ]),
+    clipcap: () => clipcapBench('clip'),
     pytorch: () =>
       run(python, [
         'bench/pytorch_clip.py',
@@ -95,16 +99,7 @@ const contestants = {
       run(process.execPath, ['bench/ort_bench.mjs', '--what', 'clip', '--threads', threads, '--runs', '5']),
   },
   caption: {
-    clipcap: () =>
-      run(process.execPath, [
-        'dist/src/cli/main.js',
-        'bench',
-        'caption',
-        '--format',
-        'json',
-        '--threads',
-        threads,
-      ]),
+    clipcap: () => clipcapBench('caption'),
     pytorch_kv: () =>
       run(python, [
         'bench/pytorch_caption.py',
@@ -129,34 +124,14 @@ const contestants = {
       ]),
   },
   train: {
-    clipcap: () =>
-      run(process.execPath, [
-        'dist/src/cli/main.js',
-        'bench',
-        'train',
-        '--format',
-        'json',
-        '--threads',
-        threads,
-      ]),
+    clipcap: () => clipcapBench('train'),
     pytorch: () =>
       run(python, ['bench/pytorch_train.py', '--threads', threads, '--runs', '3', '--fixtures', fixtures]),
   },
 };
 
 for (const w of weights) {
-  contestants.caption[`clipcap_${w}`] = () =>
-    run(process.execPath, [
-      'dist/src/cli/main.js',
-      'bench',
-      'caption',
-      '--format',
-      'json',
-      '--threads',
-      threads,
-      '--weights',
-      w,
-    ]);
+  contestants.caption[`clipcap_${w}`] = () => clipcapBench('caption', '--weights', w);
 }
 /** clipcap's own contestants (f32 and any --weights): not peers, and their ratios are against the peers. */
 const isClipcap = (name) => name === 'clipcap' || name.startsWith('clipcap_');
