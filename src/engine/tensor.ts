@@ -126,6 +126,11 @@ export class Tensor {
     this.backend.free(this);
   }
 
+  /** `using t = backend.matmul(...)` frees t when the block ends (explicit resource management). */
+  [Symbol.dispose](): void {
+    this.backend.free(this);
+  }
+
   toString(): string {
     return `Tensor(${this.backend.name}, ${this.dtype}, [${this.shape.join(', ')}])`;
   }

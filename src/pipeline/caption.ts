@@ -352,6 +352,11 @@ export class ClipCap {
     );
   }
 
+  /** `using model = await ClipCap.load(...)` disposes the model when the block ends. */
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
   private checkAlive(): void {
     if (this.disposed) throw new Error('ClipCap: used after dispose()');
   }

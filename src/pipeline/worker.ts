@@ -224,6 +224,11 @@ export class ClipCapWorker {
     if (t) await t.worker.terminate();
   }
 
+  /** `await using worker = await ClipCapWorker.start(...)` closes the thread when the block ends. */
+  [Symbol.asyncDispose](): Promise<void> {
+    return this.close();
+  }
+
   /** close() without waiting (ClipCap's dispose()). */
   dispose(): void {
     void this.close();

@@ -138,6 +138,24 @@ function memoryTests(be: Backend): void {
     expect(be.memory().tensors).toBe(before.tensors + 1);
   });
 
+  it('`using` frees a tensor when its block ends, also when the block throws', async () => {
+    const before = be.memory();
+    const x = be.upload(new Float32Array([1, -2, 3, -4]), [2, 2]);
+    {
+      using t = be.activation('relu', x);
+      expect(Array.from(await be.download(t))).toEqual([1, 0, 3, 0]);
+      expect(be.memory().tensors).toBe(before.tensors + 2);
+    }
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+    expect(() => {
+      using t = be.zeros([100]);
+      throw new Error(`boom ${t.size}`);
+    }).toThrow('boom 100');
+    expect(be.memory().tensors).toBe(before.tensors + 1);
+    be.free(x);
+    expect(be.memory()).toEqual(before);
+  });
+
   it('upload and download copy, zeros/fill/clone keep dtypes', async () => {
     const src = new Float32Array([1, 2, 3, 4, 5, 6]);
     const t = be.upload(src, [2, 3]);
