@@ -856,7 +856,8 @@ export class DeviceBackend<S> implements Backend {
     const W = this.s(op, 'w', w, 'f32');
     requireRank(op, 'w', w, 2);
     const transB = opts?.transB;
-    if (typeof transB !== 'boolean') throw new ShapeError(`${op}: transB must be a boolean, got ${String(transB)}`);
+    if (typeof transB !== 'boolean')
+      throw new ShapeError(`${op}: transB must be a boolean, got ${String(transB)}`);
     const [rows, cols] = w.shape;
     const device = this.device as Required<Device<S>>;
     const packed = device.packWeight(W, rows, cols, transB);
