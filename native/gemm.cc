@@ -459,7 +459,27 @@ void gemm(const GemmArgs& g) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, ntile - jp));
           const float* bp = packedB + jp * kc;
           const float* bias = first && g.bias != nullptr ? g.bias + j0 + jp : nullptr;
+          // A prepacked B is a model's weight, streamed from memory, not cache: while this panel is in use,
+          // fetch the next one (this tile's next panel, else its first panel in the next depth block) into
+          // L2, a slice before each row panel, instead of leaving the first row panel to stall on demand
+          // misses. next: kcNext rows of NR floats = kcNext 64-byte lines.
+          const float* next = nullptr;
+          int64_t kcNext = kc;
+          if (g.packedB) {
+            if (jp + kNR < ntile) {
+              next = bp + kNR * kc;
+            } else if (p0 + kc < K) {
+              kcNext = std::min(kKC, K - p0 - kc);
+              next = packed_b_start(g.B) + (p0 + kc) * Npad + j0 * kcNext;
+            }
+          }
+          const int64_t rowPanels = (i1 - i0 + kMR - 1) / kMR;
+          int64_t fetched = 0;
           for (int64_t i = i0; i < i1; i += kMR) {
+            if (next != nullptr) {
+              const int64_t upto = kcNext * ((i - i0) / kMR + 1) / rowPanels;
+              for (; fetched < upto; ++fetched) __builtin_prefetch(next + fetched * kNR, 0, 2);
+            }
             const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i));
             const float* ap = itemA + Mpad * p0 + (i / kMR) * kMR * kc;
             kernel(kc, ap, bp, C + i * g.ldc + j0 + jp, g.ldc, g.alpha, loadC, bias, mr, nr);
