@@ -18,6 +18,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"setGemmKernel", SetGemmKernel},
       {"gemm", Gemm},
       {"gemmQuant", GemmQuant},
+      {"packB", PackB},
+      {"unpackB", UnpackB},
       {"binary", Binary},
       {"scale", Scale},
       {"axpy", Axpy},

@@ -127,10 +127,13 @@ Napi::Value SetConvKernel(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), ok);
 }
 
-// gemm(A, B, C, bias|null, M, N, K, transA, transB, alpha, accumulate, batch, strideA, strideB, strideC)
-// Operands are contiguous matrices: lda = transA ? M : K, ldb = transB ? K : N, ldc = N.
+// gemm(A, B, C, bias|null, M, N, K, transA, transB, alpha, accumulate, batch, strideA, strideB, strideC,
+//      packedB)
+// Operands are contiguous matrices: lda = transA ? M : K, ldb = transB ? K : N, ldc = N. With packedB, B is
+// packB's layout of op(B) (packed_b_buffer_size(K, N) floats), shared by every batch.
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  need_args(info, 15, "gemm");
+  need_args(info, 16, "gemm");
+  const bool packedB = flag(info, 15, "packedB");
   GemmArgs g;
   g.M = integer(info, 4, "M");
   g.N = integer(info, 5, "N");
@@ -147,7 +150,12 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   const int64_t sizeA = checked_mul(info, g.M, g.K), sizeB = checked_mul(info, g.K, g.N);
   const int64_t sizeC = checked_mul(info, g.M, g.N);
   const int64_t needA = g.batch > 0 ? checked_mul(info, last, g.strideA) + sizeA : 0;
-  const int64_t needB = g.batch > 0 ? checked_mul(info, last, g.strideB) + sizeB : 0;
+  if (packedB) {
+    g.packedB = true;
+    g.strideB = 0;
+  }
+  const int64_t needB =
+      g.batch <= 0 ? 0 : packedB ? packed_b_buffer_size(g.K, g.N) : checked_mul(info, last, g.strideB) + sizeB;
   const int64_t needC = g.batch > 0 ? checked_mul(info, last, g.strideC) + sizeC : 0;
   if (g.batch > 1 && g.strideC < sizeC) fail(info, "gemm: output batches overlap");
   g.A = f32(info, 0, "A", needA);
@@ -159,6 +167,33 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   g.ldb = g.transB ? g.K : g.N;
   g.ldc = g.N;
   gemm(g);
+  return info.Env().Undefined();
+}
+
+// packB(W, rows, cols, transB, out): out = pack_b of op(W), W stored (rows, cols) contiguous; op(W) is
+// (K, N) = (rows, cols), or (cols, rows) with transB. out holds packed_b_buffer_size(K, N) floats.
+Napi::Value PackB(const Napi::CallbackInfo& info) {
+  need_args(info, 5, "packB");
+  const int64_t rows = integer(info, 1, "rows"), cols = integer(info, 2, "cols");
+  const bool transB = flag(info, 3, "transB");
+  const int64_t K = transB ? cols : rows, N = transB ? rows : cols;
+  const float* w = f32(info, 0, "W", checked_mul(info, rows, cols));
+  float* out = f32(info, 4, "out", packed_b_buffer_size(K, N));
+  if (overlap(out, packed_b_buffer_size(K, N), w, rows * cols)) fail(info, "packB: out overlaps W");
+  pack_b(w, cols, transB, K, N, out);
+  return info.Env().Undefined();
+}
+
+// unpackB(P, rows, cols, transB, out): the inverse of packB, out (rows, cols).
+Napi::Value UnpackB(const Napi::CallbackInfo& info) {
+  need_args(info, 5, "unpackB");
+  const int64_t rows = integer(info, 1, "rows"), cols = integer(info, 2, "cols");
+  const bool transB = flag(info, 3, "transB");
+  const int64_t K = transB ? cols : rows, N = transB ? rows : cols;
+  const float* p = f32(info, 0, "P", packed_b_buffer_size(K, N));
+  float* out = f32(info, 4, "out", checked_mul(info, rows, cols));
+  if (overlap(out, rows * cols, p, packed_b_buffer_size(K, N))) fail(info, "unpackB: out overlaps P");
+  unpack_b(p, transB, K, N, out);
   return info.Env().Undefined();
 }
 

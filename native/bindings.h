@@ -13,6 +13,8 @@ Napi::Value SetGemmKernel(const Napi::CallbackInfo& info);
 Napi::Value SetConvKernel(const Napi::CallbackInfo& info);
 Napi::Value Gemm(const Napi::CallbackInfo& info);
 Napi::Value GemmQuant(const Napi::CallbackInfo& info);
+Napi::Value PackB(const Napi::CallbackInfo& info);
+Napi::Value UnpackB(const Napi::CallbackInfo& info);
 Napi::Value Binary(const Napi::CallbackInfo& info);
 Napi::Value Scale(const Napi::CallbackInfo& info);
 Napi::Value Axpy(const Napi::CallbackInfo& info);

@@ -8,7 +8,8 @@
 //      each MC-row block of its chunk (L2-resident packed A) runs the micro-kernel over 16-column panels
 //      (L1-resident) and 6-row panels.
 // Packing B per task costs KC·NT copies per (chunk rows)·KC·NT multiply-adds and lets every task run
-// without synchronisation. Products with at most kSkinnyM rows (decoding, the LM head) skip packing and
+// without synchronisation. A prepacked B (pack_b, for constant weights) skips that step: tasks read their
+// tile of it in place. Products with at most kSkinnyM rows (decoding, the LM head) skip packing and
 // stream B instead (gemm_skinny).
 #include "gemm.h"
 
@@ -385,7 +386,7 @@ void gemm(const GemmArgs& g) {
     gemm_k0(g);
     return;
   }
-  if (g.M <= kSkinnyM) {
+  if (g.M <= kSkinnyM && !g.packedB) {
     gemm_skinny(g);
     return;
   }
@@ -394,6 +395,7 @@ void gemm(const GemmArgs& g) {
   const int64_t panelsM = (M + kMR - 1) / kMR;
   const int64_t Mpad = panelsM * kMR;
   const int64_t blocksK = (K + kKC - 1) / kKC;
+  const int64_t Npad = (N + kNR - 1) / kNR * kNR;  // columns of a prepacked B
   const double flops = 2.0 * static_cast<double>(M) * N * K * g.batch;
   // Below ~1 MFLOP the pool's wake-up costs more than it saves.
   const bool parallel = flops >= 1e6 && num_threads() > 1 && !in_parallel_region();
@@ -439,10 +441,15 @@ void gemm(const GemmArgs& g) {
     const float* B = g.B + b * g.strideB;
     float* C = g.C + b * g.strideC;
     const float* itemA = packedA + b * packedPerItem;
-    float* packedB = t_packed_b.get(static_cast<size_t>(kKC * nt));
+    float* scratchB = g.packedB ? nullptr : t_packed_b.get(static_cast<size_t>(kKC * nt));
     for (int64_t p0 = 0; p0 < K; p0 += kKC) {
       const int64_t kc = std::min(kKC, K - p0);
-      pack_b_tile(g, B, p0, kc, j0, ntile, packedB);
+      const float* packedB = scratchB;
+      if (g.packedB) {
+        packedB = packed_b_start(g.B) + p0 * Npad + j0 * kc;  // this tile of the prepacked B (see gemm.h)
+      } else {
+        pack_b_tile(g, B, p0, kc, j0, ntile, scratchB);
+      }
       // The first depth block writes (or adds to the caller's C) and adds the bias; later ones add.
       const bool first = p0 == 0;
       const bool loadC = !first || g.accumulate;
@@ -452,7 +459,27 @@ void gemm(const GemmArgs& g) {
           const int nr = static_cast<int>(std::min<int64_t>(kNR, ntile - jp));
           const float* bp = packedB + jp * kc;
           const float* bias = first && g.bias != nullptr ? g.bias + j0 + jp : nullptr;
+          // A prepacked B is a model's weight, streamed from memory, not cache: while this panel is in use,
+          // fetch the next one (this tile's next panel, else its first panel in the next depth block) into
+          // L2, a slice before each row panel, instead of leaving the first row panel to stall on demand
+          // misses. next: kcNext rows of NR floats = kcNext 64-byte lines.
+          const float* next = nullptr;
+          int64_t kcNext = kc;
+          if (g.packedB) {
+            if (jp + kNR < ntile) {
+              next = bp + kNR * kc;
+            } else if (p0 + kc < K) {
+              kcNext = std::min(kKC, K - p0 - kc);
+              next = packed_b_start(g.B) + (p0 + kc) * Npad + j0 * kcNext;
+            }
+          }
+          const int64_t rowPanels = (i1 - i0 + kMR - 1) / kMR;
+          int64_t fetched = 0;
           for (int64_t i = i0; i < i1; i += kMR) {
+            if (next != nullptr) {
+              const int64_t upto = kcNext * ((i - i0) / kMR + 1) / rowPanels;
+              for (; fetched < upto; ++fetched) __builtin_prefetch(next + fetched * kNR, 0, 2);
+            }
             const int mr = static_cast<int>(std::min<int64_t>(kMR, M - i));
             const float* ap = itemA + Mpad * p0 + (i / kMR) * kMR * kc;
             kernel(kc, ap, bp, C + i * g.ldc + j0 + jp, g.ldc, g.alpha, loadC, bias, mr, nr);
@@ -467,6 +494,47 @@ void gemm(const GemmArgs& g) {
   } else {
     for (int64_t t = 0; t < aTasks; ++t) packA(t);
     for (int64_t t = 0; t < cTasks; ++t) compute(t);
+  }
+}
+
+int64_t packed_b_size(int64_t K, int64_t N) { return K * ((N + kNR - 1) / kNR * kNR); }
+
+void pack_b(const float* B, int64_t ldb, bool transB, int64_t K, int64_t N, float* buffer) {
+  if (K <= 0 || N <= 0) return;
+  float* dst = const_cast<float*>(packed_b_start(buffer));
+  GemmArgs g;
+  g.B = B;
+  g.ldb = ldb;
+  g.transB = transB;
+  g.K = K;
+  g.N = N;
+  const int64_t Npad = (N + kNR - 1) / kNR * kNR;
+  const int64_t blocksK = (K + kKC - 1) / kKC;
+  const int64_t tilesN = (N + kNT - 1) / kNT;
+  // Task (depth block, NT-column tile): pack_b_tile's output for that tile, at its place in the layout.
+  auto task = [&](int64_t t) {
+    const int64_t p0 = (t / tilesN) * kKC, j0 = (t % tilesN) * kNT;
+    const int64_t kc = std::min(kKC, K - p0);
+    pack_b_tile(g, B, p0, kc, j0, std::min(kNT, N - j0), dst + p0 * Npad + j0 * kc);
+  };
+  if (num_threads() > 1 && !in_parallel_region() && K * N >= (1 << 16)) {
+    pool().run(blocksK * tilesN, task);
+  } else {
+    for (int64_t t = 0; t < blocksK * tilesN; ++t) task(t);
+  }
+}
+
+void unpack_b(const float* buffer, bool transB, int64_t K, int64_t N, float* out) {
+  const float* packed = packed_b_start(buffer);
+  const int64_t Npad = (N + kNR - 1) / kNR * kNR;
+  for (int64_t p0 = 0; p0 < K; p0 += kKC) {
+    const int64_t kc = std::min(kKC, K - p0);
+    for (int64_t p = 0; p < kc; ++p)
+      for (int64_t j = 0; j < N; ++j) {
+        const float v = packed[p0 * Npad + (j / kNR) * kNR * kc + p * kNR + j % kNR];
+        if (transB) out[j * K + p0 + p] = v;  // stored (N, K)
+        else out[(p0 + p) * N + j] = v;       // stored (K, N)
+      }
   }
 }
 

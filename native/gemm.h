@@ -36,9 +36,29 @@ struct GemmArgs {
   // Batch: `batch` products, operands advanced by these element strides (0 = shared by every batch).
   int64_t batch = 1;
   int64_t strideA = 0, strideB = 0, strideC = 0;
+  // B is a buffer pack_b filled with op(B) (ldb, transB and strideB are then unused: one B for every batch).
+  bool packedB = false;
 };
 
 void gemm(const GemmArgs& args);
+
+// Prepacked constant weights (Backend.packWeight): op(B) (K, N) laid out once as the blocked GEMM reads it,
+// so products skip packing B and stream it instead. Layout: depth block p0 = kb·KC (kc = min(KC, K - p0)
+// rows) starts at p0·Npad (Npad = N rounded up to NR); inside it, the NR-column panel of column j0 holds kc
+// rows of NR values at j0·kc (zero past N). Any column tile of a block is therefore one contiguous run.
+// The micro-kernel loads B panels with aligned loads, and the buffer comes from JS (a Float32Array, only
+// 4-byte aligned in general): the layout starts at the first 64-byte boundary of the buffer, which therefore
+// holds packed_b_size + 15 floats. Off-heap ArrayBuffers never move, so the offset stays the same.
+int64_t packed_b_size(int64_t K, int64_t N);
+inline int64_t packed_b_buffer_size(int64_t K, int64_t N) { return packed_b_size(K, N) + 15; }
+inline const float* packed_b_start(const float* buffer) {
+  const auto at = reinterpret_cast<uintptr_t>(buffer);
+  return reinterpret_cast<const float*>((at + 63) & ~uintptr_t{63});
+}
+// Packs op(B) into buffer (packed_b_buffer_size floats): B stored (K, N), or (N, K) when transB, row stride ldb.
+void pack_b(const float* B, int64_t ldb, bool transB, int64_t K, int64_t N, float* buffer);
+// The inverse: writes op(B)'s values back in the stored layout, (K, N) or (N, K) when transB, contiguous.
+void unpack_b(const float* buffer, bool transB, int64_t K, int64_t N, float* out);
 
 enum class GemmKernel { kPortable, kAvx2 };
 // The kernel in use: AVX2 when the CPU supports AVX2 and FMA unless CLIPCAP_GEMM_PORTABLE=1.

@@ -21,10 +21,59 @@ __attribute__((target("avx2,fma"), always_inline)) inline __m256 epilogue(__m256
 }
 }  // namespace
 
+namespace {
+// The bottom panel of an M that is not a multiple of 6 (M = 50 rows per image: 8 panels and 2 rows): only
+// its R <= 6 valid rows are computed, each with the same sum order as in the full kernel, instead of paying
+// for 6. a is still packed MR values per k.
+template <int R>
+__attribute__((target("avx2,fma"))) void micro_kernel_short(int64_t kc, const float* a, const float* b, float* c,
+                                                           int64_t ldc, float alpha, bool load_c,
+                                                           const float* bias, int mr, int nr) {
+  __m256 acc[R][2];
+  for (int r = 0; r < R; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+#pragma GCC unroll 4
+  for (int64_t p = 0; p < kc; ++p) {
+    const __m256 b0 = _mm256_load_ps(b);
+    const __m256 b1 = _mm256_load_ps(b + 8);
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const __m256 av = _mm256_broadcast_ss(a + r);
+      acc[r][0] = _mm256_fmadd_ps(av, b0, acc[r][0]);
+      acc[r][1] = _mm256_fmadd_ps(av, b1, acc[r][1]);
+    }
+    a += kMR;
+    b += kNR;
+  }
+  const __m256 va = _mm256_set1_ps(alpha);
+  alignas(32) float tile[R][kNR];
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(tile[r], _mm256_mul_ps(acc[r][0], va));
+    _mm256_store_ps(tile[r] + 8, _mm256_mul_ps(acc[r][1], va));
+  }
+  for (int r = 0; r < mr; ++r) {
+    float* row = c + r * ldc;
+    for (int j = 0; j < nr; ++j) {
+      float v = tile[r][j];
+      if (load_c) v += row[j];
+      if (bias != nullptr) v += bias[j];
+      row[j] = v;
+    }
+  }
+}
+}  // namespace
+
 // 6 rows x 16 columns: 12 ymm accumulators, 2 for the B row, 1 for the A broadcast (15 of 16 registers).
 __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c,
                                                            int64_t ldc, float alpha, bool load_c,
                                                            const float* bias, int mr, int nr) {
+  if (mr <= 2) {
+    micro_kernel_short<2>(kc, a, b, c, ldc, alpha, load_c, bias, mr, nr);
+    return;
+  }
+  if (mr <= 4) {
+    micro_kernel_short<4>(kc, a, b, c, ldc, alpha, load_c, bias, mr, nr);
+    return;
+  }
   // Start fetching the C tile now: it is read (or written) only after the k loop, and with K split into
   // KC blocks it is usually out of cache by then; waiting for it at the end costs ~15% of the kernel.
   for (int r = 0; r < mr; ++r) {

@@ -5,6 +5,10 @@
  * alternating single native and PyTorch runs so that both see the same machine load.
  *
  * Case ids are MxKxN: op(A) (M, K) · op(B) (K, N). `_tA`: A is stored (K, M); `_tB`: B is stored (N, K).
+ * `_pB` (native): B is a constant weight prepacked with Backend.packWeight, as inference models use theirs.
+ * `_cold`: the products cycle through copies of B filling 128 MiB, so each reads its B from memory, not
+ * cache, as a model's layers do (a lone product repeated on one B measures it cache-warm). PyTorch runs
+ * a case without these two suffixes.
  * Each value is the median of `runs` timed runs after a warm-up; a run times one product into a
  * preallocated output, or for products shorter than 50 ms enough back-to-back products to fill 50 ms
  * (steady state, as a model issues them; after one untimed product), divided by their number.
@@ -50,21 +54,38 @@ export interface GemmCase {
   n: number;
   transA: boolean;
   transB: boolean;
+  /** B prepacked (packWeight). */
+  packedB: boolean;
+  /** B read from memory: products cycle through copies filling COLD_BYTES. */
+  cold: boolean;
 }
 
-/** Parses "MxKxN[_tA][_tB]". */
+/** Parses "MxKxN[_tA][_tB][_pB][_cold]". */
 export function parseGemmCase(id: string): GemmCase {
-  const m = /^(\d+)x(\d+)x(\d+)((?:_tA|_tB)*)$/.exec(id.trim());
+  const m = /^(\d+)x(\d+)x(\d+)((?:_tA|_tB|_pB|_cold)*)$/.exec(id.trim());
   if (!m)
     throw new UsageError(`bad gemm case "${id}": use MxKxN with optional _tA / _tB, e.g. 1200x768x3072_tB`);
   const [M, K, N] = [m[1], m[2], m[3]].map(Number);
   if (![M, K, N].every((d) => d >= 1 && d <= 1e6)) {
     throw new UsageError(`bad gemm case "${id}": each dimension must be from 1 to 1000000`);
   }
-  return { id: id.trim(), m: M, k: K, n: N, transA: m[4].includes('_tA'), transB: m[4].includes('_tB') };
+  const has = (suffix: string) => m[4].includes(suffix);
+  return {
+    id: id.trim(),
+    m: M,
+    k: K,
+    n: N,
+    transA: has('_tA'),
+    transB: has('_tB'),
+    packedB: has('_pB'),
+    cold: has('_cold'),
+  };
 }
 
 const flops = (c: GemmCase) => 2 * c.m * c.k * c.n;
+
+/** `_cold` cases cycle through copies of B filling this much memory (well past the last-level cache). */
+const COLD_BYTES = 128 * 2 ** 20;
 
 /** Short products are timed this many seconds at a time (back to back, as a model issues them). */
 const MIN_RUN_SECONDS = 0.05;
@@ -89,9 +110,21 @@ function prepareCase(
     return a;
   };
   const a = be.upload(fill(c.m * c.k, 1), c.transA ? [c.k, c.m] : [c.m, c.k]);
-  const b = be.upload(fill(c.k * c.n, 2), c.transB ? [c.n, c.k] : [c.k, c.n]);
+  const copies = c.cold ? Math.max(2, Math.ceil(COLD_BYTES / (4 * c.k * c.n))) : 1;
+  const bs = Array.from({ length: copies }, (_, i) => {
+    const b = be.upload(fill(c.k * c.n, 2 + i), c.transB ? [c.n, c.k] : [c.k, c.n]);
+    if (!c.packedB) return b;
+    const packed = be.packWeight(b, { transB: c.transB });
+    be.free(b);
+    return packed;
+  });
   const out: Tensor = be.zeros([c.m, c.n]);
-  const product = () => be.matmul(a, b, { transA: c.transA, transB: c.transB, out });
+  let next = 0;
+  const product = () => {
+    const b = bs[next];
+    next = (next + 1) % copies;
+    be.matmul(a, b, { transA: c.transA, transB: c.transB, out });
+  };
   const run = (reps: number) => {
     // Short products: one untimed product first wakes the threads (after a pause they sleep, and the
     // first call would measure the wake-up, not the GEMM). The PyTorch side does the same.
@@ -109,7 +142,7 @@ function prepareCase(
   return {
     run,
     reps: Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / Math.max(estimate, 1e-6)))),
-    dispose: () => [a, b, out].forEach((t) => be.free(t)),
+    dispose: () => [a, ...bs, out].forEach((t) => be.free(t)),
   };
 }
 
@@ -148,17 +181,19 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
   };
   try {
     for (const c of cases) {
+      if (c.packedB && !native) throw new UsageError(`gemm case ${c.id}: _pB needs the native backend`);
       if (native && torch) {
         // Alternate single runs, pausing at each switch.
         const p = prepareCase(native, c);
         const nativeTimes: number[] = [];
         const torchTimes: number[] = [];
-        await torch.runOnce(c); // operands and warm-up on PyTorch's side
+        const plain = { id: c.id.replace(/_pB|_cold/g, '') }; // PyTorch: one B, as it is stored
+        await torch.runOnce(plain); // operands and warm-up on PyTorch's side
         for (let r = 0; r < runs; r++) {
           await settle();
           nativeTimes.push(p.run(p.reps));
           await settle();
-          torchTimes.push(await torch.runOnce(c, p.reps));
+          torchTimes.push(await torch.runOnce(plain, p.reps));
         }
         p.dispose();
         record(c, eng.name, nativeTimes);
@@ -168,12 +203,13 @@ export async function runGemmBench(opts: BenchRunOptions): Promise<BenchReport> 
         opts.log(`${c.id}: ${eng.name} ${value.toFixed(1)} GFLOP/s`);
         results.push({ case: c.id, backend: eng.name, metric: 'gflops', value, runs });
       } else if (torch) {
-        const reps = Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / (await torch.runOnce(c)))));
+        const plain = { id: c.id.replace(/_pB|_cold/g, '') };
+        const reps = Math.max(1, Math.min(1000, Math.ceil(MIN_RUN_SECONDS / (await torch.runOnce(plain)))));
         const torchTimes: number[] = [];
-        for (let r = 0; r < runs; r++) torchTimes.push(await torch.runOnce(c, reps));
+        for (let r = 0; r < runs; r++) torchTimes.push(await torch.runOnce(plain, reps));
         record(c, 'pytorch', torchTimes);
       }
-      if (allReference || flops(c) <= REFERENCE_MAX_FLOPS) {
+      if (!c.packedB && (allReference || flops(c) <= REFERENCE_MAX_FLOPS)) {
         const value = timeBackend(reference, c, runs);
         opts.log(`${c.id}: ${reference.name} ${value.toFixed(2)} GFLOP/s`);
         results.push({ case: c.id, backend: reference.name, metric: 'gflops', value, runs });

@@ -46,7 +46,8 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
       {
         flags: '--cases <LIST>',
-        description: 'gemm: comma-separated MxKxN[_tA][_tB] cases instead of the default set',
+        description:
+          'gemm: comma-separated MxKxN[_tA][_tB][_pB][_cold] cases instead of the default set (_pB: B prepacked with packWeight; _cold: B read from memory, cycling through 128 MiB of copies)',
       },
     ],
     run: async (opts) => (await import('./gemm.js')).runGemmBench(opts),

@@ -129,6 +129,12 @@ export interface TopKResult {
 /** Weight-only reduced precision (quantizeWeight): bf16, or int8 with one scale per output channel. */
 export type WeightFormat = 'bf16' | 'int8';
 
+/** packWeight options. */
+export interface PackWeightOptions {
+  /** The transB of the products that will read the weight (true: w is (N, K), nn.Linear's layout). */
+  transB: boolean;
+}
+
 /** conv2d options. Pairs are (height, width); a single number applies to both. */
 export interface Conv2dOptions {
   /** Default 1. */
@@ -183,6 +189,7 @@ export const OPS = [
   'logSoftmaxTopK',
   'copyRows',
   'quantizeWeight',
+  'packWeight',
   'conv2d',
   'avgPool2d',
 ] as const;
@@ -332,6 +339,15 @@ export interface Backend {
    * write to it throws ShapeError (use it as matmul's b, an embedding table, or download it).
    */
   quantizeWeight(w: Tensor, format: WeightFormat, channelAxis: 0 | 1): Tensor;
+  /**
+   * A constant weight w (rank 2) handed to the device for products: a new read-only tensor with w's shape
+   * and values whose storage the device lays out as its GEMM reads B (native: the blocked GEMM's panels,
+   * so products stop repacking the weight on every call; reference: a plain copy). It may only be used as
+   * matmul's b with the given transB (2-D, not a view of another shape) and downloaded (which gives w's
+   * values); every other use throws ShapeError. Products give the same values as with w, up to the order
+   * of the sums. The caller may free w afterwards (inference models do, so memory does not double).
+   */
+  packWeight(w: Tensor, opts: PackWeightOptions): Tensor;
   // ---- convolution and pooling (image towers: OpenAI's ModifiedResNet CLIP); forward only ----
   // Images are NHWC (channels last), so a 1x1 convolution is one GEMM over pixels and per-channel vectors
   // broadcast as suffixes (binary).

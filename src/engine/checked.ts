@@ -24,6 +24,7 @@ import type {
   MatmulOptions,
   MemoryInfo,
   OpName,
+  PackWeightOptions,
   Pool2dOptions,
   TopKResult,
   WeightFormat,
@@ -31,7 +32,7 @@ import type {
 import type { AttentionDims, Conv2dDims, Device, LossArgs } from './device.js';
 import { registerAllocation } from './memory.js';
 import { Allocation, Tensor, shapeSize } from './tensor.js';
-import type { DType } from './tensor.js';
+import type { DType, PackedLayout } from './tensor.js';
 import {
   fmt,
   isSuffix,
@@ -58,6 +59,7 @@ export class DeviceBackend<S> implements Backend {
 
   supports(op: OpName): boolean {
     if (!OPS.includes(op)) return false;
+    if (op === 'packWeight' && (!this.device.packWeight || !this.device.readPacked)) return false;
     return this.device.supports ? this.device.supports(op) : true;
   }
 
@@ -91,7 +93,29 @@ export class DeviceBackend<S> implements Backend {
       throw new ShapeError(`${op}: ${what} ${fmt(t.shape)} must be ${dtype}, got ${t.dtype}`);
     }
     if (!t.allocation.live) throw new Error(`${op}: ${what} ${fmt(t.shape)} was used after free()`);
+    const packed = t.allocation.packed;
+    if (packed) {
+      throw new ShapeError(
+        `${op}: ${what} ${fmt(t.shape)} is a packed weight (packWeight), which only matmul reads (as b with transB ${packed.transB}) and download copies out`,
+      );
+    }
     return t.allocation.storage as S;
+  }
+
+  /** The storage of a packed weight used as matmul's b, after checking the product reads it as packed. */
+  private packedB(op: string, b: Tensor, transB: boolean): S {
+    const p = b.allocation.packed as PackedLayout;
+    if (!this.mine(b)) throw new Error(`${op}: b belongs to the ${b.backend.name} backend, not ${this.name}`);
+    if (!b.allocation.live) throw new Error(`${op}: b ${fmt(b.shape)} was used after free()`);
+    if (!sameShape(b.shape, [p.rows, p.cols]))
+      throw new ShapeError(
+        `${op}: b ${fmt(b.shape)} is a view of a packed weight ${fmt([p.rows, p.cols])} (packWeight); use it in its own shape`,
+      );
+    if (transB !== p.transB)
+      throw new ShapeError(
+        `${op}: b ${fmt(b.shape)} is a weight packed for transB ${p.transB} (packWeight), used with transB ${transB}`,
+      );
+    return b.allocation.storage as S;
   }
 
   /** `s(op, key, tensor, 'f32')` for each entry, in order: the keys name the tensors in errors. */
@@ -101,8 +125,9 @@ export class DeviceBackend<S> implements Backend {
     return out;
   }
 
-  private wrap(storage: S, shape: readonly number[], dtype: DType): Tensor {
-    const a = new Allocation(storage, shapeSize(shape) * 4);
+  /** `size`: the elements the storage holds when not the shape's (a packed weight's padding). */
+  private wrap(storage: S, shape: readonly number[], dtype: DType, size = shapeSize(shape)): Tensor {
+    const a = new Allocation(storage, size * 4);
     this.liveTensors++;
     this.liveBytes += a.bytes;
     registerAllocation(a, this.releaseFn);
@@ -129,10 +154,12 @@ export class DeviceBackend<S> implements Backend {
     }
   }
 
-  /** Throws when t is a quantized weight (quantizeWeight), which no op may write to. */
+  /** Throws when t is a quantized or packed weight (quantizeWeight, packWeight), which no op may write to. */
   private writable(op: string, what: string, t: Tensor): void {
-    if (t.allocation.readOnly)
-      throw new ShapeError(`${op}: ${what} is a quantized weight (quantizeWeight), which is read-only`);
+    if (t.allocation.readOnly) {
+      const kind = t.allocation.packed ? 'packed weight (packWeight)' : 'quantized weight (quantizeWeight)';
+      throw new ShapeError(`${op}: ${what} is a ${kind}, which is read-only`);
+    }
   }
 
   // ---------------------------------------------------------------- memory
@@ -155,6 +182,12 @@ export class DeviceBackend<S> implements Backend {
 
   /** Bad arguments throw here, synchronously; the promise is only the data. */
   download(t: Tensor): Promise<Float32Array | Int32Array> {
+    const p = t instanceof Tensor ? t.allocation.packed : null;
+    if (p && this.device.readPacked) {
+      // the packed storage as the (rows, cols) values it stands for; a view of it reshapes those values
+      const b = this.packedB('download', t.view([p.rows, p.cols]), p.transB);
+      return this.device.readPacked(b, p.rows, p.cols, p.transB);
+    }
     return this.device.read(this.s('download', 'tensor', t), t.size, t.dtype);
   }
 
@@ -186,9 +219,11 @@ export class DeviceBackend<S> implements Backend {
    */
   matmul(a: Tensor, b: Tensor, opts: MatmulOptions = {}): Tensor {
     const op = 'matmul';
-    const { A, B } = this.f32s(op, { A: a, B: b });
     const transA = opts.transA ?? false;
     const transB = opts.transB ?? false;
+    const A = this.s(op, 'A', a, 'f32');
+    const packedB = b instanceof Tensor && b.allocation.packed !== null;
+    const B = packedB ? this.packedB(op, b, transB) : this.s(op, 'B', b, 'f32');
     const alpha = opts.alpha ?? 1;
     this.device.checkScalar(op, 'alpha', alpha, 'real');
     const shapes = `A ${fmt(a.shape)}${transA ? 'ᵀ' : ''} · B ${fmt(b.shape)}${transB ? 'ᵀ' : ''}`;
@@ -239,6 +274,7 @@ export class DeviceBackend<S> implements Backend {
       sharedB: b.rank === 2,
       alpha,
       accumulate: opts.accumulate ?? false,
+      packedB,
     });
     return out;
   }
@@ -808,6 +844,26 @@ export class DeviceBackend<S> implements Backend {
       throw e;
     }
     y.allocation.readOnly = true;
+    return y;
+  }
+
+  // ---------------------------------------------------------------- packed weights
+
+  /** w (rows, cols) laid out as the device's GEMM reads B (see backend.ts), as a new read-only tensor. */
+  packWeight(w: Tensor, opts: PackWeightOptions): Tensor {
+    const op = 'packWeight';
+    this.need(op);
+    const W = this.s(op, 'w', w, 'f32');
+    requireRank(op, 'w', w, 2);
+    const transB = opts?.transB;
+    if (typeof transB !== 'boolean')
+      throw new ShapeError(`${op}: transB must be a boolean, got ${String(transB)}`);
+    const [rows, cols] = w.shape;
+    const device = this.device as Required<Device<S>>;
+    const packed = device.packWeight(W, rows, cols, transB);
+    const y = this.wrap(packed.storage, [rows, cols], 'f32', packed.size);
+    y.allocation.readOnly = true;
+    y.allocation.packed = { rows, cols, transB };
     return y;
   }
 }

@@ -34,6 +34,8 @@ export interface GemmArgs<S> {
   alpha: number;
   /** C += the product instead of C = it. */
   accumulate: boolean;
+  /** B is a packWeight storage (packed for this transB; sharedB). */
+  packedB: boolean;
 }
 
 /** Resolved attention geometry, shared by the forward and backward passes. */
@@ -210,4 +212,12 @@ export interface Device<S> {
    * that in products instead, until it releases y.
    */
   quantizeWeight(w: S, rows: number, cols: number, format: WeightFormat, channelAxis: 0 | 1, y: S): void;
+  /**
+   * Optional (a device without it declines 'packWeight'): new storage standing for w (rows, cols) as gemm's
+   * B with `transB`, laid out as the device likes, and its size in elements. The checked layer then passes
+   * it only to gemm (as B, packedB true, with that transB) and to readPacked, and releases it like any other.
+   */
+  packWeight?(w: S, rows: number, cols: number, transB: boolean): { storage: S; size: number };
+  /** The (rows, cols) values of a packWeight storage, row-major. */
+  readPacked?(s: S, rows: number, cols: number, transB: boolean): Promise<Float32Array>;
 }

@@ -136,6 +136,14 @@ export interface HostKernels {
   keepCompact?(values: F32, compact: CompactWeight): void;
   /** Optional: forget the compact copy of `values` (their storage is being released). */
   dropCompact?(values: F32): void;
+  /**
+   * Optional (Backend.packWeight): w (rows, cols) laid out as this backend's gemm reads a packed B with
+   * `transB` (gemm then gets packedB). Without it a packed weight is a plain copy, which gemm reads as
+   * any B.
+   */
+  packWeight?(w: F32, rows: number, cols: number, transB: boolean): F32;
+  /** With packWeight: writes the (rows, cols) values of a packed weight into out. */
+  unpackWeight?(packed: F32, rows: number, cols: number, transB: boolean, out: F32): void;
 }
 
 const f32 = (s: Storage): F32 => s as F32;
@@ -331,6 +339,18 @@ export class HostDevice implements Device<Storage> {
 
   avgPool2d(x: Storage, y: Storage, d: Conv2dDims): void {
     this.k.avgPool2d(f32(x), f32(y), d);
+  }
+
+  packWeight(w: Storage, rows: number, cols: number, transB: boolean): { storage: Storage; size: number } {
+    const storage = this.k.packWeight ? this.k.packWeight(f32(w), rows, cols, transB) : w.slice();
+    return { storage, size: storage.length };
+  }
+
+  readPacked(s: Storage, rows: number, cols: number, transB: boolean): Promise<Float32Array> {
+    if (!this.k.unpackWeight) return Promise.resolve(f32(s).slice());
+    const out = new Float32Array(rows * cols);
+    this.k.unpackWeight(f32(s), rows, cols, transB, out);
+    return Promise.resolve(out);
   }
 
   /** Rounds on the host (quantize.ts), so every host backend has the same values; kernels may keep the compact copy. */

@@ -76,7 +76,13 @@ interface NativeAddon extends Pick<
     strideA: number,
     strideB: number,
     strideC: number,
+    /** B is packB's layout of op(B), shared by every batch (strideB unused). */
+    packedB: boolean,
   ): void;
+  /** native/gemm.cc: out (packedSize floats) = op(W) packed as the blocked GEMM reads B; W (rows, cols). */
+  packB(W: F32, rows: number, cols: number, transB: boolean, out: F32): void;
+  /** The inverse of packB: out (rows, cols). */
+  unpackB(P: F32, rows: number, cols: number, transB: boolean, out: F32): void;
   /** native/quant.cc: C = alpha·A·dequant(W) (+ bias) (+ C), A (M <= 8, K); format 0 int8, 1 bf16. */
   gemmQuant(
     A: F32,
@@ -302,7 +308,7 @@ function nativeKernels(addon: NativeAddon): HostKernels {
       if (kind === 'int32') requireInteger(op, what, value, -(2 ** 31), 2 ** 31 - 1);
       else requireFinite(op, what, value);
     },
-    gemm({ A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate }) {
+    gemm({ A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate, packedB }) {
       const q = sharedB && !transA && batches * M <= SKINNY_ROWS ? compact.get(B) : undefined;
       // A decoding step (a few rows) streams the compact weight; int8 needs its channels to be the outputs.
       if (q && (q.format === 'bf16' || q.channelAxis === (transB ? 0 : 1))) {
@@ -310,12 +316,22 @@ function nativeKernels(addon: NativeAddon): HostKernels {
         addon.gemmQuant(A, q.data, q.scales, C, bias, batches * M, N, K, transB, alpha, accumulate, format);
       } else if (sharedB && !transA) {
         // A shared B: A's rows of every batch are one (batches·M, K) matrix, which blocks better.
-        addon.gemm(A, B, C, bias, batches * M, N, K, false, transB, alpha, accumulate, 1, 0, 0, 0);
+        addon.gemm(A, B, C, bias, batches * M, N, K, false, transB, alpha, accumulate, 1, 0, 0, 0, packedB);
       } else {
         const strideB = sharedB ? 0 : K * N;
-        addon.gemm(A, B, C, bias, M, N, K, transA, transB, alpha, accumulate, batches, M * K, strideB, M * N);
+        const strides = [M * K, strideB, M * N] as const;
+        addon.gemm(A, B, C, bias, M, N, K, transA, transB, alpha, accumulate, batches, ...strides, packedB);
       }
     },
+    // Prepacked weights: the blocked GEMM's B panels (native/gemm.h pack_b), N rounded up to 16 columns.
+    packWeight(w, rows, cols, transB) {
+      const [K, N] = transB ? [cols, rows] : [rows, cols];
+      // + 15: the layout starts at the buffer's first 64-byte boundary (native/gemm.h packed_b_buffer_size)
+      const out = new Float32Array(K * Math.ceil(N / 16) * 16 + 15);
+      addon.packB(w, rows, cols, transB, out);
+      return out;
+    },
+    unpackWeight: (p, rows, cols, transB, out) => addon.unpackB(p, rows, cols, transB, out),
     binary: (kind, a, b, y) => addon.binary(kind === 'add' ? BinaryOp.Add : BinaryOp.Mul, a, b, y),
     axpy: (a, b, alpha) => addon.axpy(a, b, alpha),
     sumRows: (x, rows, cols, out, accumulate) => addon.sumRows(x, rows, cols, out, accumulate),

@@ -57,7 +57,8 @@ const referenceKernels: HostKernels = {
 
   /**
    * C = alpha·op(A)·op(B) + bias (added to C with accumulate), per batch. A (M, K) [stored (K, M) with
-   * transA]; B (K, N) [stored (N, K) with transB]; C (M, N).
+   * transA]; B (K, N) [stored (N, K) with transB]; C (M, N). A packed B (packWeight) is read the same way:
+   * these kernels have no packWeight, so HostDevice packs a weight as a plain copy.
    */
   gemm({ A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate }) {
     const bStride = sharedB ? 0 : K * N; // a 2-D B is shared by every batch

@@ -13,6 +13,13 @@ export function shapeSize(shape: readonly number[]): number {
   return n;
 }
 
+/** What a packed weight stands for: a (rows, cols) tensor, used as matmul's B with `transB`. */
+export interface PackedLayout {
+  readonly rows: number;
+  readonly cols: number;
+  readonly transB: boolean;
+}
+
 /**
  * One allocation of a backend: the storage handle every tensor viewing it shares. Scopes (memory.ts) and
  * the backend's live-memory count work on allocations, so a view or a reshape never frees (or leaks) twice.
@@ -25,6 +32,11 @@ export class Allocation {
    * copy that stands for these values.
    */
   readOnly = false;
+  /**
+   * A packed weight (Backend.packWeight): the storage holds the device's layout of matmul's B, not row-major
+   * values, so only matmul (as B, with this transB) and download may read it. Packed weights are read-only.
+   */
+  packed: PackedLayout | null = null;
 
   constructor(
     readonly storage: unknown,

@@ -135,6 +135,8 @@ export class ClipVisionModel {
     this.postLn = ln('vision_model.post_layernorm');
     this.projection = new Linear(get('visual_projection.weight'), null, 'out_in');
     this.params = [...names].map(get);
+    // Inference only: every Linear weight prepacked for the GEMM (Linear.pack, Backend.packWeight).
+    for (const lin of [this.patch, ...this.blocks.flatMap((bl) => bl.linears()), this.projection]) lin.pack();
   }
 
   /** From HF weights (vision_model.* and visual_projection.weight); every key and shape is checked. */

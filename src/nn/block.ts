@@ -8,6 +8,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { SelfAttention, type AttentionContext } from './attention.js';
 import { Dropout } from './dropout.js';
 import type { LayerNorm } from './layernorm.js';
+import { Linear } from './linear.js';
 import type { FeedForward } from './mlp.js';
 import type { SeedSequence } from '../util/random.js';
 
@@ -31,6 +32,12 @@ export class PreLnBlock {
   ) {
     this.dropAttn = new Dropout(residDropout);
     this.dropMlp = new Dropout(residDropout);
+  }
+
+  /** Every Linear of the block: the attention projections, then the MLP's (to pack them for inference). */
+  linears(): Linear[] {
+    const proj = Object.values(this.attn.proj).filter((v): v is Linear => v instanceof Linear);
+    return [...proj, this.mlp.fc1, this.mlp.fc2];
   }
 
   /** x: (B, T, C) -> (B, T, C). x itself is left alive (the caller owns it). */

@@ -32,6 +32,22 @@ export class Linear {
       );
   }
 
+  /**
+   * Inference only: replaces the weight by its packed form (Backend.packWeight), which products read
+   * without repacking it on every call, and frees the f32 copy (memory does not double). The weight no
+   * longer requires gradients, and backward or any use of the weight other than forward's product throws.
+   * A backend without packWeight keeps the weight as it is.
+   */
+  pack(): void {
+    const w = this.weight;
+    const b = w.value.backend;
+    if (!b.supports('packWeight') || w.value.allocation.packed) return;
+    const packed = b.packWeight(w.value, { transB: this.layout === 'out_in' });
+    b.free(w.value);
+    w.value = packed;
+    w.requiresGrad = false;
+  }
+
   /** x: (..., in) -> (..., out). With `record`, keeps x for backward. */
   forward(x: Tensor, record = false): Tensor {
     if (x.cols !== this.inFeatures)

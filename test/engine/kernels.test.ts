@@ -19,6 +19,7 @@ import { Tensor } from '../../src/engine/tensor.js';
 import * as naive from './naive.js';
 import { AsyncTestBackend } from './async-backend.js';
 import { quantizeTests } from './quantize-suite.js';
+import { packTests } from './pack-suite.js';
 import { keep, scope } from '../../src/engine/memory.js';
 
 const FWD_TOL = 1e-5;
@@ -74,6 +75,7 @@ for (const be of [...availableBackends(), new AsyncTestBackend()]) {
     describe('layout', () => layoutTests(be, check, rand));
     describe('conv2d and avgPool2d', () => convTests(be, check, rand));
     describe('quantizeWeight', () => quantizeTests(be));
+    describe('packWeight', () => packTests(be));
     describe('backward kernels vs finite differences', () => finiteDifferenceTests(be, check, rand));
   });
 }

@@ -17,6 +17,13 @@ describe('bench gemm', () => {
       n: 3072,
       transA: false,
       transB: false,
+      packedB: false,
+      cold: false,
+    });
+    expect(parseGemmCase('50x3072x768_tB_pB_cold')).toMatchObject({
+      transB: true,
+      packedB: true,
+      cold: true,
     });
     expect(parseGemmCase('768x1200x3072_tA')).toMatchObject({
       m: 768,

@@ -626,9 +626,9 @@ describe('native addon switches and errors', () => {
     const raw = createRequire(import.meta.url)(ADDON) as Raw;
     const f = (n: number) => new Float32Array(n);
     // A is 2x3 but the call claims M = 4
-    expect(() => raw.gemm(f(6), f(6), f(8), null, 4, 2, 3, false, false, 1, false, 1, 0, 0, 0)).toThrow(
-      RangeError,
-    );
+    expect(() =>
+      raw.gemm(f(6), f(6), f(8), null, 4, 2, 3, false, false, 1, false, 1, 0, 0, 0, false),
+    ).toThrow(RangeError);
     // C overlaps A
     const shared = f(64);
     expect(() =>
@@ -648,18 +648,30 @@ describe('native addon switches and errors', () => {
         0,
         0,
         0,
+        false,
       ),
     ).toThrow(RangeError);
     expect(() =>
-      raw.gemm(new Int32Array(6), f(6), f(4), null, 2, 2, 3, false, false, 1, false, 1, 0, 0, 0),
+      raw.gemm(new Int32Array(6), f(6), f(4), null, 2, 2, 3, false, false, 1, false, 1, 0, 0, 0, false),
     ).toThrow(RangeError);
-    expect(() => raw.gemm(f(6), f(6), f(4), null, -2, 2, 3, false, false, 1, false, 1, 0, 0, 0)).toThrow(
-      RangeError,
-    );
-    expect(() => raw.gemm(f(6), f(6), f(4), null, 2.5, 2, 3, false, false, 1, false, 1, 0, 0, 0)).toThrow(
-      RangeError,
-    );
+    expect(() =>
+      raw.gemm(f(6), f(6), f(4), null, -2, 2, 3, false, false, 1, false, 1, 0, 0, 0, false),
+    ).toThrow(RangeError);
+    expect(() =>
+      raw.gemm(f(6), f(6), f(4), null, 2.5, 2, 3, false, false, 1, false, 1, 0, 0, 0, false),
+    ).toThrow(RangeError);
     expect(() => raw.gemm(f(6))).toThrow(RangeError);
+    // the old argument count (no packedB)
+    expect(() => raw.gemm(f(6), f(6), f(4), null, 2, 2, 3, false, false, 1, false, 1, 0, 0, 0)).toThrow(
+      /16 arguments/,
+    );
+    // a packed B (packB) holds K·N rounded up to 16 columns, plus 15 floats of alignment slack
+    expect(() => raw.gemm(f(6), f(48), f(4), null, 2, 2, 3, false, true, 1, false, 1, 0, 0, 0, true)).toThrow(
+      RangeError,
+    );
+    expect(() => raw.packB(f(6), 2, 3, true, f(47))).toThrow(RangeError);
+    expect(() => raw.unpackB(f(47), 2, 3, true, f(6))).toThrow(RangeError);
+    expect(() => raw.unpackB(f(63), 2, 3, true, f(5))).toThrow(RangeError);
     expect(() => raw.layerNorm(f(10), f(5), f(5), 3, 5, 1e-5, f(15), f(3), f(3))).toThrow(RangeError);
     expect(() => raw.embedding(Int32Array.from([0, 9]), f(10), f(4), 5, 2)).toThrow(/outside the table/);
     expect(() => raw.crossEntropy(f(10), Int32Array.from([1, 7]), 2, 5, -1)).toThrow(/outside the classes/);
@@ -694,6 +706,7 @@ describe('native addon switches and errors', () => {
       0,
       0,
       0,
+      false,
     );
     expect(c[0]).toBe(6);
   });
