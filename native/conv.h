@@ -21,7 +21,7 @@ void conv2d_nhwc(const ConvArgs& a, const float* x, const float* w, const float*
 
 // The kernel conv2d_nhwc uses: kAvx512 (conv_avx512.cc) where the CPU has AVX-512F and the GEMM kernel is
 // AVX2 (CLIPCAP_GEMM_PORTABLE=1 forces every portable path), unless CLIPCAP_CONV_AVX512=0; otherwise kGemm:
-// im2col on the shared packed GEMM (gemm.cc, AVX2 or portable).
+// Winograd F(2x2, 3x3) or im2col on the shared packed GEMM (gemm.cc, AVX2 or portable).
 enum class ConvKernel { kGemm, kAvx512 };
 ConvKernel conv_kernel();
 // Forces a kernel (tests cover both); returns false when the CPU cannot run it.

@@ -1353,6 +1353,54 @@ function convTests(be: Backend, check: Check, rand: Rand): void {
       relu: true,
       residual: true,
     },
+    // Winograd F(2x2, 3x3) on the native GEMM path (3x3 stride 1, C and O >= 16, >= 64 2x2 output tiles):
+    // odd output sides (partial edge tiles), channel counts off the 8-lane transform vectors, residual + ReLU
+    {
+      id: '3x3 winograd',
+      batch: 2,
+      H: 11,
+      W: 13,
+      C: 19,
+      O: 21,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: true,
+      relu: true,
+      residual: true,
+    },
+    // uneven padding (tiles reading 0 and 2 columns of padding)
+    {
+      id: '3x3 winograd p(0,2)',
+      batch: 2,
+      H: 13,
+      W: 10,
+      C: 16,
+      O: 17,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [0, 2],
+      bias: false,
+      relu: false,
+    },
+    // several native tile blocks (2^21 floats of transformed input + output: 48 tiles a block for C + O = 2736)
+    {
+      id: '3x3 winograd multi-block',
+      batch: 1,
+      H: 16,
+      W: 16,
+      C: 16,
+      O: 2720,
+      kh: 3,
+      kw: 3,
+      stride: [1, 1],
+      padding: [1, 1],
+      bias: true,
+      relu: false, // (the suite's ReLU check spreads all 700k outputs into Math.min's arguments)
+      residual: true,
+    },
   ];
   let seed = 7000;
   for (const c of cases) {

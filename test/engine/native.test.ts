@@ -547,6 +547,9 @@ for (const simd of kernels())
         // 2^20 floats each for K = 2700)
         ['3x3 N=270, 2 shared im2col blocks', [1, 20, 20, 300], [270, 3, 3, 300], { padding: 1 }],
         ['1x1 N=300 s1', [1, 7, 5, 33], [300, 1, 1, 33], {}],
+        // GEMM path: Winograd F(2x2, 3x3) (>= 64 tiles of 2x2 outputs), partial edge tiles, 2 tile blocks
+        ['3x3 winograd', [2, 11, 13, 24], [20, 3, 3, 24], { padding: 1 }],
+        ['3x3 winograd, 2 tile blocks', [1, 16, 16, 16], [2720, 3, 3, 16], { padding: 1 }],
       ];
       for (const kern of convKernels) {
         expect(nat.setConvKernel(kern)).toBe(true);
