@@ -149,15 +149,51 @@ export interface HostKernels {
 const f32 = (s: Storage): F32 => s as F32;
 const i32 = (s: Storage): I32 => s as I32;
 
+/**
+ * Released f32 buffers of at least POOL_MIN_ELEMENTS are kept for the next allocation of the same size,
+ * up to POOL_MAX_BYTES in all: a model run allocates the same activation shapes over and over, and a fresh
+ * large Float32Array costs a page fault per 4 KiB when first written plus an munmap when dropped (with the
+ * kernels' threads running, each munmap also interrupts them to flush their TLBs). Zeroing a reused buffer
+ * costs a fraction of that. Smaller arrays are V8's business.
+ */
+const POOL_MIN_ELEMENTS = 64 * 1024;
+const POOL_MAX_BYTES = 128 * 2 ** 20;
+
 /** The host device: typed-array storage, arithmetic from `kernels`. */
 export class HostDevice implements Device<Storage> {
+  /** Released buffers by element count, most recently released last. */
+  private readonly pool = new Map<number, Float32Array[]>();
+  private pooledBytes = 0;
+  /** Buffers that alloc made (only those go back to the pool: uploads and packed weights are not reused). */
+  private readonly poolable = new WeakSet<Float32Array>();
+
   constructor(
     readonly name: string,
     private readonly k: HostKernels,
   ) {}
 
   alloc(size: number, dtype: DType): Storage {
-    return dtype === 'i32' ? new Int32Array(size) : new Float32Array(size);
+    if (dtype === 'i32') return new Int32Array(size);
+    if (size < POOL_MIN_ELEMENTS) return new Float32Array(size);
+    const reused = this.pool.get(size)?.pop();
+    if (reused) {
+      this.pooledBytes -= reused.byteLength;
+      return reused.fill(0); // alloc promises zeros
+    }
+    const fresh = new Float32Array(size);
+    this.poolable.add(fresh);
+    return fresh;
+  }
+
+  /** Bytes of released buffers kept for reuse (not counted by Backend.memory(), which counts live tensors). */
+  pooledMemory(): number {
+    return this.pooledBytes;
+  }
+
+  /** Drops every pooled buffer (the GC reclaims them). */
+  trimPool(): void {
+    this.pool.clear();
+    this.pooledBytes = 0;
   }
 
   upload(data: Float32Array | Int32Array): Storage {
@@ -169,11 +205,22 @@ export class HostDevice implements Device<Storage> {
   }
 
   /**
-   * Releases the memory now by detaching the ArrayBuffer (transferring it to a clone that is dropped): a
-   * stale typed-array reference then reads as empty instead of keeping the memory alive.
+   * Keeps a large buffer alloc made for reuse (the pool, above) while the pool has room; otherwise
+   * releases the memory now by detaching the ArrayBuffer (transferring it to a clone that is dropped): a
+   * stale typed-array reference then reads as empty instead of keeping the memory alive. (The checked
+   * layer refuses a released tensor, so a pooled buffer is reachable only through its next tensor.)
    */
   release(s: Storage): void {
-    if (s instanceof Float32Array) this.k.dropCompact?.(s);
+    if (s instanceof Float32Array) {
+      this.k.dropCompact?.(s);
+      if (this.poolable.has(s) && this.pooledBytes + s.byteLength <= POOL_MAX_BYTES) {
+        let list = this.pool.get(s.length);
+        if (!list) this.pool.set(s.length, (list = []));
+        list.push(s);
+        this.pooledBytes += s.byteLength;
+        return;
+      }
+    }
     const buffer = s.buffer;
     if (buffer.byteLength === 0 || !(buffer instanceof ArrayBuffer)) return;
     structuredClone(buffer, { transfer: [buffer] });

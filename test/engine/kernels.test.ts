@@ -140,6 +140,24 @@ function memoryTests(be: Backend): void {
     expect(be.memory().tensors).toBe(before.tensors + 1);
   });
 
+  it('a released large buffer comes back zero-filled, and live memory counts only live tensors', async () => {
+    const before = be.memory();
+    const n = 70_001; // above the host devices' pooling threshold (64 Ki elements)
+    const x = be.upload(new Float32Array(n).fill(3), [n]);
+    for (let round = 0; round < 3; round++) {
+      const dirty = be.activation('relu', x); // an alloc'd buffer full of 3s
+      expect((await dirty.read())[n - 1]).toBe(3);
+      be.free(dirty);
+      const z = be.zeros([n]); // may reuse dirty's buffer: must read as zeros
+      const host = await z.read();
+      expect(host.every((v) => v === 0)).toBe(true);
+      expect(be.memory().tensors).toBe(before.tensors + 2);
+      be.free(z);
+    }
+    be.free(x);
+    expect(be.memory()).toEqual(before);
+  });
+
   it('`using` frees a tensor when its block ends, also when the block throws', async () => {
     const before = be.memory();
     const x = be.upload(new Float32Array([1, -2, 3, -4]), [2, 2]);
