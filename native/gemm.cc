@@ -22,6 +22,7 @@
 #include <memory>
 #include <new>
 
+#include "gemv.h"
 #include "threadpool.h"
 
 namespace clipcap {
@@ -285,6 +286,13 @@ void gemm_skinny_nn_split_k(const GemmArgs& g, const float* At, SkinnyKernel ker
     s.alpha = 1.0f;
     s.load_c = false;
     s.bias = nullptr;
+#if CLIPCAP_X86_KERNELS
+    // Same values as skinny_nn_avx2 (alpha 1, no bias: the partial is the accumulator), B read once.
+    if (kernel == skinny_nn_avx2) {
+      gemv_nn_rows_avx2(M, s.K, s.A, s.B, s.ldb, N, s.C);
+      return;
+    }
+#endif
     kernel(s, 0, N, t_packed_b.get(static_cast<size_t>(M * N)));
   };
   // Epilogue over column blocks: C = alpha·Σ partials (+ C) (+ bias), same order as store_row.
@@ -350,7 +358,7 @@ void gemm_skinny(const GemmArgs& g) {
   const int64_t blocks = (N + W - 1) / W;
 #if CLIPCAP_X86_KERNELS
   const bool avx2 = gemm_kernel() == GemmKernel::kAvx2;
-  const SkinnyKernel kernel = nt ? (avx2 ? skinny_nt_avx2 : skinny_nt_portable) : (avx2 ? skinny_nn_avx2 : skinny_nn_portable);
+  const SkinnyKernel kernel = nt ? (avx2 ? gemv_nt_avx2 : skinny_nt_portable) : (avx2 ? skinny_nn_avx2 : skinny_nn_portable);
 #else
   const SkinnyKernel kernel = nt ? skinny_nt_portable : skinny_nn_portable;
 #endif
