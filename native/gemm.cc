@@ -21,6 +21,7 @@
 #include <cstring>
 #include <memory>
 #include <new>
+#include <thread>
 
 #include "gemv.h"
 #include "threadpool.h"
@@ -313,8 +314,23 @@ void gemm_skinny_nn_split_k(const GemmArgs& g, const float* At, SkinnyKernel ker
     }
   };
   if (parallel) {
-    pool().run(chunks, chunkTask);
-    pool().run(colBlocks, reduceTask);
+    // One job: tasks [0, chunks) make the partials, the rest reduce column blocks once every partial is done.
+    // The pool hands tasks out in index order, so a reduce task waits only for chunks that running threads have
+    // claimed (never for one that needs a thread it holds): one fork-join per product instead of two, ~100
+    // fewer per decoded token.
+    std::atomic<int64_t> made{0};
+    pool().run(chunks + colBlocks, [&](int64_t t) {
+      if (t < chunks) {
+        chunkTask(t);
+        made.fetch_add(1, std::memory_order_release);
+        return;
+      }
+      for (int spins = 0; made.load(std::memory_order_acquire) < chunks; ++spins) {
+        if (spins < 4096) cpu_pause();
+        else std::this_thread::yield();  // the other thread lost its core: let it have ours
+      }
+      reduceTask(t - chunks);
+    });
   } else {
     for (int64_t c = 0; c < chunks; ++c) chunkTask(c);
     for (int64_t t = 0; t < colBlocks; ++t) reduceTask(t);
