@@ -20,8 +20,9 @@ namespace clipcap {
 void gemv_nn_rows_avx2(int64_t M, int64_t K, const float* At, const float* B, int64_t ldb, int64_t N, float* out);
 
 // skinny_nt_avx2's contract (SkinnyArgs, columns [j0, j1), acc scratch of M·(j1 - j0) floats) and results, with
-// every row of A against a pair of B rows per pass (skinny_nt_avx2 takes rows of A two at a time, so M = 5
-// reads each B row three times and M = 1 does twice the multiply-adds).
+// every row of A against a few B rows per pass (4 for M <= 2 down to 1 for M >= 7: M·rows accumulators) and
+// the B rows eight ahead prefetched. skinny_nt_avx2 takes rows of A two at a time, so at M = 5 it reads each
+// B row three times, and at M = 1 it does twice the multiply-adds.
 void gemv_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc);
 #endif
 
