@@ -8,6 +8,7 @@
         "native/threadpool.cc",
         "native/gemm.cc",
         "native/gemm_avx2.cc",
+        "native/gemv.cc",
         "native/quant.cc",
         "native/kernels.cc",
         "native/attention.cc",

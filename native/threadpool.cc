@@ -3,9 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdlib>
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#endif
 #include <memory>
 #include <stdexcept>
 
@@ -13,14 +10,6 @@ namespace clipcap {
 
 namespace {
 thread_local bool t_in_parallel = false;
-
-inline void cpu_relax() {
-#if defined(__x86_64__) || defined(__i386__)
-  _mm_pause();
-#elif defined(__aarch64__) && defined(__GNUC__)
-  asm volatile("yield");
-#endif
-}
 
 // How long an idle thread spins before it blocks: CLIPCAP_SPIN_US microseconds (default 1000). Model code
 // issues kernels back to back with short gaps of JS in between; a worker that went to sleep must be woken
@@ -71,7 +60,7 @@ bool spin_until(Done done, int64_t budget_ns) {
   for (;;) {
     for (int i = 0; i < 64; ++i) {
       if (done()) return true;
-      cpu_relax();
+      cpu_pause();
     }
     if (now_ns() - start >= budget_ns) return done();
   }

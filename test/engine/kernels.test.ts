@@ -242,6 +242,10 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     { lead: [3], m: 7, k: 9, n: 5, bBatched: false }, // one B shared by every batch
     { lead: [2, 3], m: 5, k: 7, n: 3, bBatched: false }, // leading axes of A flattened against a 2-D B
     { lead: [2, 3], m: 5, k: 7, n: 3, bBatched: true },
+    // Decoding's skinny products (native/gemv.cc), M = 1..8: K >= 256 splits B (K, N) into 128-row chunks
+    // (8-row passes, then single rows: K % 8 != 0), N past whole register tiles and vectors (N % 8 != 0);
+    // transposed B takes rows of B in passes of 1 to 4 (N not a multiple) with K % 8 != 0.
+    ...[1, 2, 3, 4, 5, 6, 7, 8].map((m) => ({ lead: [], m, k: 257 + 2 * m, n: 61 + 6 * m, bBatched: false })),
   ];
   let seed = 100;
   for (const c of cases) {
