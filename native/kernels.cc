@@ -219,7 +219,15 @@ void softmax_rows(const float* x, int64_t rows, int64_t cols, float* y, bool log
 
 void layernorm_forward(const float* x, const float* weight, const float* bias, int64_t rows, int64_t C, float eps,
                        float* y, float* mean, float* rstd) {
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
   parallel_for(rows, 8.0 * static_cast<double>(C), [&](int64_t r0, int64_t r1, int64_t) {
+#if CLIPCAP_X86_KERNELS
+    if (simd) {
+      for (int64_t r = r0; r < r1; ++r)
+        layernorm_row_avx2(x + r * C, weight, bias, C, eps, y + r * C, mean + r, rstd + r);
+      return;
+    }
+#endif
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
