@@ -23,7 +23,7 @@ namespace clipcap {
 namespace {
 constexpr int64_t kQueryBlock = 16;
 
-// ---- the three inner loops, portable and AVX2 (selected per call by simd_avx2(), as the GEMM is) ----
+// ---- the inner loops, portable and AVX2 (selected per call by simd_avx2(), as the GEMM is) ----
 
 // s[j] = (q · k_j) · scale for keys j in [0, n); key j starts at k + j·ldk. Eight independent partial
 // sums per dot product (vectorizable without reassociating a single chain).
@@ -49,10 +49,6 @@ void weighted_sum_portable(const float* w, const float* v, int64_t ldv, int64_t 
     const float* vj = v + j * ldv;
     for (int64_t d = 0; d < hd; ++d) acc[d] += w[j] * vj[d];
   }
-}
-
-inline void axpy_portable(float* y, float a, const float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] += a * x[i];
 }
 
 #if CLIPCAP_X86_KERNELS
@@ -136,13 +132,6 @@ CLIPCAP_AVX2_FN void weighted_sum_avx2(const float* w, const float* v, int64_t l
   }
 }
 
-CLIPCAP_AVX2_FN void axpy_avx2(float* y, float a, const float* x, int64_t n) {
-  const __m256 va = _mm256_set1_ps(a);
-  int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
-  for (; i < n; ++i) y[i] += a * x[i];
-}
-
 // Largest score (NaN skipped, as `>` does), vectorized: max_ps returns its second operand on NaN.
 CLIPCAP_AVX2_FN float row_max_avx2(const float* p, int64_t n) {
   __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
@@ -181,12 +170,6 @@ struct AttnOps {
     if (simd) return weighted_sum_avx2(w, v, ldv, n, hd, acc);
 #endif
     weighted_sum_portable(w, v, ldv, n, hd, acc);
-  }
-  void axpy(float* y, float a, const float* x) const {
-#if CLIPCAP_X86_KERNELS
-    if (simd) return axpy_avx2(y, a, x, hd);
-#endif
-    axpy_portable(y, a, x, hd);
   }
   float max(const float* p, int64_t n) const {
 #if CLIPCAP_X86_KERNELS
@@ -313,36 +296,43 @@ void attention_backward(const AttentionArgs& a, const float* dout, const float* 
   // From P (masking is already in it: disallowed keys have p = 0):
   // dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - rowsum(P ⊙ dP)); dQ = scale·dS·K; dK = scale·dSᵀ·Q.
   // With dropout mask M (regenerated from the seed): dV = (P ⊙ M)ᵀ·dO and dP = (dO·Vᵀ) ⊙ M.
+  // Per (batch, head): the rows of P ⊙ M and dS go to scratch (Tq, kv_len) first, so every output row is one
+  // weighted sum of input rows (dq_i over keys, dk_j and dv_j over queries) kept in registers.
   const AttnOps ops = attn_ops(a);
   const int64_t hd = ops.hd;
-  const double cost = 8.0 * static_cast<double>(a.Tq) * a.kv_len * hd;
+  const int64_t kv = a.kv_len;
+  const double cost = 8.0 * static_cast<double>(a.Tq) * kv * hd;
   const float keep_scale = dropout_keep_scale(a);
   parallel_for(a.B * a.n_head, cost, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float>& dp = t_scores;
-    std::vector<float>& ds = t_weights;
-    if (dp.size() < static_cast<size_t>(a.kv_len)) dp.resize(static_cast<size_t>(a.kv_len));
-    if (ds.size() < static_cast<size_t>(a.kv_len)) ds.resize(static_cast<size_t>(a.kv_len));
+    std::vector<float>& col = t_weights;
+    std::vector<float>& mats = t_row;  // P ⊙ M then dS, each (Tq, kv) row-major
+    const size_t mat = static_cast<size_t>(a.Tq * kv);
+    if (dp.size() < static_cast<size_t>(kv)) dp.resize(static_cast<size_t>(kv));
+    if (col.size() < static_cast<size_t>(a.Tq)) col.resize(static_cast<size_t>(a.Tq));
+    if (mats.size() < 2 * mat) mats.resize(2 * mat);
+    float* pm = mats.data();
+    float* dsm = mats.data() + mat;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t h = t % a.n_head;
       const int64_t b = t / a.n_head;
       const float* kb = a.k + b * a.Tk * a.C + h * hd;
       const float* vb = a.v + b * a.Tk * a.C + h * hd;
-      for (int64_t j = 0; j < a.Tk; ++j) {
-        std::fill_n(dk + (b * a.Tk + j) * a.C + h * hd, hd, 0.0f);
-        std::fill_n(dv + (b * a.Tk + j) * a.C + h * hd, hd, 0.0f);
-      }
+      const float* qb = a.q + b * a.Tq * a.C + h * hd;
+      const float* dob = dout + b * a.Tq * a.C + h * hd;
       for (int64_t i = 0; i < a.Tq; ++i) {
-        const int64_t qoff = (b * a.Tq + i) * a.C + h * hd;
-        const float* doi = dout + qoff;
-        const float* qi = a.q + qoff;
+        const float* doi = dob + i * a.C;
         const int64_t pbase = ((b * a.n_head + h) * a.Tq + i) * a.Tk;
         const float* pi = probs + pbase;
+        float* pmi = pm + i * kv;
+        float* dsi = dsm + i * kv;
         // Keys past the last nonzero probability contribute nothing (causal rows end early).
-        int64_t n = a.kv_len;
+        int64_t n = kv;
         while (n > 0 && pi[n - 1] == 0.0f) --n;
-        if (n > 0) ops.scores(doi, vb, a.C, n, 1.0f, dp.data());  // dO·Vᵀ for every key, zeros included
+        if (n > 0) ops.scores(doi, vb, a.C, n, 1.0f, dp.data());  // dO·Vᵀ
         double row_dot = 0;  // Σ_j p_ij dP_ij
         for (int64_t j = 0; j < n; ++j) {
+          pmi[j] = 0.0f;
           if (pi[j] == 0.0f) continue;  // a disallowed (or underflowed) key contributes nothing
           const float m = dropout_factor(a, keep_scale, pbase + j);
           if (m == 0.0f) {
@@ -350,14 +340,28 @@ void attention_backward(const AttentionArgs& a, const float* dout, const float* 
             continue;
           }
           dp[j] *= m;
-          ops.axpy(dv + (b * a.Tk + j) * a.C + h * hd, pi[j] * m, doi);
+          pmi[j] = pi[j] * m;
           row_dot += static_cast<double>(pi[j]) * dp[j];
         }
         for (int64_t j = 0; j < n; ++j)
-          ds[j] = pi[j] == 0.0f ? 0.0f : static_cast<float>(pi[j] * (dp[j] - row_dot) * a.scale);
-        ops.weighted_sum(ds.data(), kb, a.C, n, dq + qoff);
-        for (int64_t j = 0; j < n; ++j)
-          if (ds[j] != 0.0f) ops.axpy(dk + (b * a.Tk + j) * a.C + h * hd, ds[j], qi);
+          dsi[j] = pi[j] == 0.0f ? 0.0f : static_cast<float>(pi[j] * (dp[j] - row_dot) * a.scale);
+        std::fill(pmi + n, pmi + kv, 0.0f);
+        std::fill(dsi + n, dsi + kv, 0.0f);
+        ops.weighted_sum(dsi, kb, a.C, n, dq + (b * a.Tq + i) * a.C + h * hd);  // dq_i = Σ_j ds_ij k_j
+      }
+      // dv_j = Σ_i pm_ij do_i and dk_j = Σ_i ds_ij q_i: the columns of the scratch matrices as weights.
+      for (int64_t j = 0; j < a.Tk; ++j) {
+        float* dvj = dv + (b * a.Tk + j) * a.C + h * hd;
+        float* dkj = dk + (b * a.Tk + j) * a.C + h * hd;
+        if (j >= kv) {
+          std::fill_n(dvj, hd, 0.0f);
+          std::fill_n(dkj, hd, 0.0f);
+          continue;
+        }
+        for (int64_t i = 0; i < a.Tq; ++i) col[i] = pm[i * kv + j];
+        ops.weighted_sum(col.data(), dob, a.C, a.Tq, dvj);
+        for (int64_t i = 0; i < a.Tq; ++i) col[i] = dsm[i * kv + j];
+        ops.weighted_sum(col.data(), qb, a.C, a.Tq, dkj);
       }
     }
   });
