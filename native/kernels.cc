@@ -219,7 +219,15 @@ void softmax_rows(const float* x, int64_t rows, int64_t cols, float* y, bool log
 
 void layernorm_forward(const float* x, const float* weight, const float* bias, int64_t rows, int64_t C, float eps,
                        float* y, float* mean, float* rstd) {
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
   parallel_for(rows, 8.0 * static_cast<double>(C), [&](int64_t r0, int64_t r1, int64_t) {
+#if CLIPCAP_X86_KERNELS
+    if (simd) {
+      for (int64_t r = r0; r < r1; ++r)
+        layernorm_row_avx2(x + r * C, weight, bias, C, eps, y + r * C, mean + r, rstd + r);
+      return;
+    }
+#endif
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * C;
       float* yr = y + r * C;
@@ -249,9 +257,17 @@ void layernorm_backward(const float* dy, const float* x, const float* weight, co
   // dweight/dbias: one double partial per chunk of rows, reduced in chunk order below.
   const Split split = plan_split(rows, 10.0 * static_cast<double>(C));
   std::vector<double> partial(static_cast<size_t>(split.chunks * 2 * C), 0.0);
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
   parallel_chunks(rows, split, [&](int64_t r0, int64_t r1, int64_t chunk) {
     double* dw = partial.data() + chunk * 2 * C;
     double* db = dw + C;
+#if CLIPCAP_X86_KERNELS
+    if (simd) {
+      for (int64_t r = r0; r < r1; ++r)
+        layernorm_backward_row_avx2(dy + r * C, x + r * C, weight, mean[r], rstd[r], C, dx + r * C, dw, db);
+      return;
+    }
+#endif
     for (int64_t r = r0; r < r1; ++r) {
       const float* xr = x + r * C;
       const float* dyr = dy + r * C;

@@ -24,6 +24,12 @@ void gelu_backward_avx2(const float* dy, const float* x, int64_t n, float* dx);
 void quick_gelu_avx2(const float* x, int64_t n, float* y);
 void quick_gelu_backward_avx2(const float* dy, const float* x, int64_t n, float* dx);
 void tanh_avx2(const float* x, int64_t n, float* y);
+// One layer-norm row: x, y (C); weight, bias (C); mean and rstd of the row (kernels.h layernorm_forward).
+void layernorm_row_avx2(const float* x, const float* weight, const float* bias, int64_t C, float eps, float* y,
+                        float* mean, float* rstd);
+// Its backward for one row: writes dx (C); adds the row's dweight/dbias terms into dw, db (C doubles).
+void layernorm_backward_row_avx2(const float* dy, const float* x, const float* weight, float mean, float rstd,
+                                 int64_t C, float* dx, double* dw, double* db);
 #endif
 
 }  // namespace clipcap

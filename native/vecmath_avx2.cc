@@ -174,6 +174,135 @@ struct Tanh {
 };
 }  // namespace
 
+namespace {
+// Σ of 8 floats widened to double, added into two 4-double accumulators.
+CLIPCAP_AVX2 void add_pd8(__m256 v, __m256d& a0, __m256d& a1) {
+  a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm256_castps256_ps128(v)));
+  a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)));
+}
+
+// Σ (x - m)² of 8 floats, each difference and square in double.
+CLIPCAP_AVX2 void add_sq_dev_pd8(__m256 v, __m256d m, __m256d& a0, __m256d& a1) {
+  const __m256d d0 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(v)), m);
+  const __m256d d1 = _mm256_sub_pd(_mm256_cvtps_pd(_mm256_extractf128_ps(v, 1)), m);
+  a0 = _mm256_fmadd_pd(d0, d0, a0);
+  a1 = _mm256_fmadd_pd(d1, d1, a1);
+}
+
+// The scalar tails (columns [c0, C)) of the layer-norm rows, compiled for the base target and kept out of
+// line: inside an AVX2 function the compiler may contract a·b + c into an FMA, which would round these
+// columns differently from the portable kernel (kernels.cc), whose expressions they repeat.
+__attribute__((noinline)) void layernorm_tail(const float* x, const float* weight, const float* bias, int64_t c0,
+                                              int64_t C, float mf, float sf, float* y) {
+  for (int64_t c = c0; c < C; ++c) y[c] = (x[c] - mf) * sf * weight[c] + bias[c];
+}
+
+__attribute__((noinline)) void layernorm_backward_tail_sums(const float* dy, const float* x, const float* weight,
+                                                            float mean, float rstd, int64_t c0, int64_t C,
+                                                            double* sum_g, double* sum_gx, double* dw, double* db) {
+  for (int64_t c = c0; c < C; ++c) {
+    const float xhat = (x[c] - mean) * rstd;
+    const float g = dy[c] * weight[c];
+    *sum_g += g;
+    *sum_gx += static_cast<double>(g) * xhat;
+    dw[c] += static_cast<double>(dy[c]) * xhat;
+    db[c] += dy[c];
+  }
+}
+
+__attribute__((noinline)) void layernorm_backward_tail_dx(const float* dy, const float* x, const float* weight,
+                                                          float mean, float rstd, int64_t c0, int64_t C, float mean_g,
+                                                          float mean_gx, float* dx) {
+  for (int64_t c = c0; c < C; ++c) {
+    const float xhat = (x[c] - mean) * rstd;
+    dx[c] = rstd * (dy[c] * weight[c] - mean_g - xhat * mean_gx);
+  }
+}
+
+CLIPCAP_AVX2 double hsum_pd(__m256d a) {
+  alignas(32) double l[4];
+  _mm256_store_pd(l, a);
+  return (l[0] + l[1]) + (l[2] + l[3]);
+}
+}  // namespace
+
+__attribute__((target("avx2,fma"))) void layernorm_row_avx2(const float* x, const float* weight, const float* bias,
+                                                             int64_t C, float eps, float* y, float* mean,
+                                                             float* rstd) {
+  // Mean and variance in double (two passes, as the reference), four accumulators per pass; the tail's
+  // masked lanes load 0 and are left out of the deviations by the mask.
+  __m256d s0 = _mm256_setzero_pd(), s1 = _mm256_setzero_pd(), s2 = _mm256_setzero_pd(), s3 = _mm256_setzero_pd();
+  int64_t c = 0;
+  for (; c + 16 <= C; c += 16) {
+    add_pd8(_mm256_loadu_ps(x + c), s0, s1);
+    add_pd8(_mm256_loadu_ps(x + c + 8), s2, s3);
+  }
+  for (; c < C; c += 8) add_pd8(_mm256_maskload_ps(x + c, tail_mask(C - c < 8 ? C - c : 8)), s0, s1);
+  const double m = hsum_pd(_mm256_add_pd(_mm256_add_pd(s0, s1), _mm256_add_pd(s2, s3))) / static_cast<double>(C);
+  const __m256d md = _mm256_set1_pd(m);
+  __m256d v0 = _mm256_setzero_pd(), v1 = _mm256_setzero_pd(), v2 = _mm256_setzero_pd(), v3 = _mm256_setzero_pd();
+  c = 0;
+  for (; c + 16 <= C; c += 16) {
+    add_sq_dev_pd8(_mm256_loadu_ps(x + c), md, v0, v1);
+    add_sq_dev_pd8(_mm256_loadu_ps(x + c + 8), md, v2, v3);
+  }
+  double var_tail = 0;
+  for (; c < C; ++c) var_tail += (x[c] - m) * (x[c] - m);
+  const double var = (hsum_pd(_mm256_add_pd(_mm256_add_pd(v0, v1), _mm256_add_pd(v2, v3))) + var_tail) / static_cast<double>(C);
+  const double s = 1.0 / std::sqrt(var + static_cast<double>(eps));
+  const float mf = static_cast<float>(m);
+  const float sf = static_cast<float>(s);
+  // y = (x - mean)·rstd·w + b in float, rounded step by step as the portable loop (no FMA contraction).
+  const __m256 mv = _mm256_set1_ps(mf), sv = _mm256_set1_ps(sf);
+  c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), mv), sv);
+    _mm256_storeu_ps(y + c, _mm256_add_ps(_mm256_mul_ps(xh, _mm256_loadu_ps(weight + c)), _mm256_loadu_ps(bias + c)));
+  }
+  layernorm_tail(x, weight, bias, c, C, mf, sf, y);
+  *mean = mf;
+  *rstd = sf;
+}
+
+__attribute__((target("avx2,fma"))) void layernorm_backward_row_avx2(const float* dy, const float* x, const float* weight,
+                                                                      float mean, float rstd, int64_t C, float* dx,
+                                                                      double* dw, double* db) {
+  // Pass 1: Σ g and Σ g·x̂ (g = dy·w, x̂ = (x - mean)·rstd, both float as the portable loop), in double,
+  // and the row's dweight/dbias terms added into the double partials.
+  const __m256 mv = _mm256_set1_ps(mean), sv = _mm256_set1_ps(rstd);
+  __m256d g0 = _mm256_setzero_pd(), g1 = _mm256_setzero_pd(), gx0 = _mm256_setzero_pd(), gx1 = _mm256_setzero_pd();
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 dyv = _mm256_loadu_ps(dy + c);
+    const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), mv), sv);
+    const __m256 g = _mm256_mul_ps(dyv, _mm256_loadu_ps(weight + c));
+    const __m256d glo = _mm256_cvtps_pd(_mm256_castps256_ps128(g)), ghi = _mm256_cvtps_pd(_mm256_extractf128_ps(g, 1));
+    const __m256d xlo = _mm256_cvtps_pd(_mm256_castps256_ps128(xh)), xhi = _mm256_cvtps_pd(_mm256_extractf128_ps(xh, 1));
+    const __m256d dlo = _mm256_cvtps_pd(_mm256_castps256_ps128(dyv)), dhi = _mm256_cvtps_pd(_mm256_extractf128_ps(dyv, 1));
+    g0 = _mm256_add_pd(g0, glo);
+    g1 = _mm256_add_pd(g1, ghi);
+    gx0 = _mm256_fmadd_pd(glo, xlo, gx0);
+    gx1 = _mm256_fmadd_pd(ghi, xhi, gx1);
+    _mm256_storeu_pd(dw + c, _mm256_fmadd_pd(dlo, xlo, _mm256_loadu_pd(dw + c)));
+    _mm256_storeu_pd(dw + c + 4, _mm256_fmadd_pd(dhi, xhi, _mm256_loadu_pd(dw + c + 4)));
+    _mm256_storeu_pd(db + c, _mm256_add_pd(_mm256_loadu_pd(db + c), dlo));
+    _mm256_storeu_pd(db + c + 4, _mm256_add_pd(_mm256_loadu_pd(db + c + 4), dhi));
+  }
+  double sum_g = hsum_pd(_mm256_add_pd(g0, g1)), sum_gx = hsum_pd(_mm256_add_pd(gx0, gx1));
+  layernorm_backward_tail_sums(dy, x, weight, mean, rstd, c, C, &sum_g, &sum_gx, dw, db);
+  // Pass 2: dx = rstd·(g - mean(g) - x̂·mean(g·x̂)), rounded step by step as the portable loop.
+  const float mean_g = static_cast<float>(sum_g / static_cast<double>(C));
+  const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(C));
+  const __m256 mg = _mm256_set1_ps(mean_g), mgx = _mm256_set1_ps(mean_gx);
+  c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 xh = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(x + c), mv), sv);
+    const __m256 g = _mm256_mul_ps(_mm256_loadu_ps(dy + c), _mm256_loadu_ps(weight + c));
+    _mm256_storeu_ps(dx + c, _mm256_mul_ps(sv, _mm256_sub_ps(_mm256_sub_ps(g, mg), _mm256_mul_ps(xh, mgx))));
+  }
+  layernorm_backward_tail_dx(dy, x, weight, mean, rstd, c, C, mean_g, mean_gx, dx);
+}
+
 __attribute__((target("avx2,fma"))) void exp_scale_avx2(const float* x, int64_t n, float shift, float scale,
                                                          float* out) {
   map1(x, n, out, ExpScale{_mm256_set1_ps(shift), _mm256_set1_ps(scale)});

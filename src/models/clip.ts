@@ -30,6 +30,42 @@ import type { StateDict } from '../weights/host.js';
 import type { ClipTextConfig, ClipVisionConfig } from '../config/models.js';
 import { checkWeights, uploadParam } from './weights.js';
 
+/**
+ * q_proj, k_proj and v_proj of one layer as one Linear `${p}self_attn.qkv_proj`: weights (3C, C) and biases
+ * (3C) concatenated [q | k | v] at load time, so the layer runs one (B·T, C)·(C, 3C) GEMM (faster than three
+ * (C, C) ones: A is packed once, and the wider N keeps both threads busy) whose output attention splits
+ * back ('fused_qkv'). The three loaded tensors are freed (the model does not hold the weights twice);
+ * stateDict() splits the fused ones back under the checkpoint's keys.
+ */
+function fuseQkv(get: (name: string) => Parameter, p: string): Linear {
+  const parts = QKV.map((n) => [get(`${p}self_attn.${n}.weight`), get(`${p}self_attn.${n}.bias`)] as const);
+  const b = parts[0][0].value.backend;
+  const weight = new Parameter(
+    `${p}self_attn.${QKV_FUSED}.weight`,
+    b.concat(
+      parts.map(([w]) => w.value),
+      0,
+    ),
+  );
+  const bias = new Parameter(
+    `${p}self_attn.${QKV_FUSED}.bias`,
+    b.concat(
+      parts.map(([, bi]) => bi.value),
+      0,
+    ),
+  );
+  for (const [w, bi] of parts) {
+    w.dispose();
+    bi.dispose();
+  }
+  return new Linear(weight, bias, 'out_in');
+}
+
+const QKV = ['q_proj', 'k_proj', 'v_proj'] as const;
+const QKV_FUSED = 'qkv_proj';
+/** The checkpoint keys fuseQkv replaces. */
+const SEPARATE_QKV = /\.self_attn\.[qkv]_proj\.(weight|bias)$/;
+
 function buildEncoder(
   get: (name: string) => Parameter,
   prefix: string,
@@ -46,13 +82,7 @@ function buildEncoder(
     const ln = (n: string): LayerNorm => new LayerNorm(get(`${p}${n}.weight`), get(`${p}${n}.bias`), eps);
     const lin = (n: string): Linear => new Linear(get(`${p}${n}.weight`), get(`${p}${n}.bias`), 'out_in');
     const attn = new SelfAttention(
-      {
-        kind: 'separate',
-        q: lin('self_attn.q_proj'),
-        k: lin('self_attn.k_proj'),
-        v: lin('self_attn.v_proj'),
-        out: lin('self_attn.out_proj'),
-      },
+      { kind: 'fused_qkv', qkv: fuseQkv(get, p), out: lin('self_attn.out_proj') },
       heads,
       width,
     );
@@ -60,6 +90,45 @@ function buildEncoder(
     blocks.push(new PreLnBlock(ln('layer_norm1'), attn, ln('layer_norm2'), mlp));
   }
   return blocks;
+}
+
+/** The parameters an encoder holds: the checkpoint's, with each layer's q/k/v replaced by the fused qkv_proj. */
+function heldParams(blocks: PreLnBlock[], others: Parameter[]): Parameter[] {
+  const fused = new Set<Parameter>();
+  for (const block of blocks) {
+    const proj = block.attn.proj;
+    if (proj.kind !== 'fused_qkv') continue;
+    fused.add(proj.qkv.weight);
+    if (proj.qkv.bias) fused.add(proj.qkv.bias);
+  }
+  return [...others, ...fused];
+}
+
+/**
+ * The model's weights under the checkpoint's keys (HF CLIPModel names): each fused qkv_proj split back into
+ * q_proj, k_proj and v_proj (rows [0, C), [C, 2C), [2C, 3C) of the weight, the same ranges of the bias).
+ */
+async function encoderStateDict(params: Parameter[]): Promise<StateDict> {
+  const out: StateDict = new Map();
+  for (const p of params) {
+    const data = (await p.value.read()) as Float32Array;
+    const shape = [...p.value.shape];
+    const m = /^(.*self_attn\.)qkv_proj\.(weight|bias)$/.exec(p.name);
+    if (!m) {
+      out.set(p.name, { dtype: 'f32', shape, data });
+      continue;
+    }
+    const rows = shape[0] / 3;
+    const per = data.length / 3;
+    QKV.forEach((n, j) => {
+      out.set(`${m[1]}${n}.${m[2]}`, {
+        dtype: 'f32',
+        shape: [rows, ...shape.slice(1)],
+        data: data.slice(j * per, (j + 1) * per),
+      });
+    });
+  }
+  return out;
 }
 
 /** Run encoder blocks in eval mode, freeing intermediates; x is consumed. */
@@ -134,7 +203,7 @@ export class ClipVisionModel {
     );
     this.postLn = ln('vision_model.post_layernorm');
     this.projection = new Linear(get('visual_projection.weight'), null, 'out_in');
-    this.params = [...names].map(get);
+    this.params = heldParams(this.blocks, [...names].filter((n) => !SEPARATE_QKV.test(n)).map(get));
     // Inference only: every Linear weight prepacked for the GEMM (Linear.pack, Backend.packWeight).
     for (const lin of [this.patch, ...this.blocks.flatMap((bl) => bl.linears()), this.projection]) lin.pack();
   }
@@ -175,8 +244,20 @@ export class ClipVisionModel {
     return this.config.projection_dim;
   }
 
+  /** The tensors the model holds: the checkpoint's, with each layer's q/k/v as one fused qkv_proj. */
   parameters(): Parameter[] {
     return [...this.params];
+  }
+
+  /** The weights under the checkpoint's (HF) keys, q_proj/k_proj/v_proj included: what fromWeights loads. */
+  async stateDict(): Promise<StateDict> {
+    const sd = await encoderStateDict(this.params);
+    // The patch convolution's weight is held as (C, ch·p·p); the checkpoint has it as (C, ch, p, p).
+    const conv = 'vision_model.embeddings.patch_embedding.weight';
+    const w = sd.get(conv);
+    const c = this.config;
+    if (w) sd.set(conv, { ...w, shape: [c.hidden_size, c.num_channels, c.patch_size, c.patch_size] });
+    return sd;
   }
 
   /** Values per image in pixel_values: channels · size · size. */
@@ -293,7 +374,7 @@ export class ClipTextModel {
       c.layer_norm_eps,
     );
     this.projection = new Linear(get('text_projection.weight'), null, 'out_in');
-    this.params = [...names].map(get);
+    this.params = heldParams(this.blocks, [...names].filter((n) => !SEPARATE_QKV.test(n)).map(get));
   }
 
   /** From HF weights (text_model.* and text_projection.weight); every key and shape is checked. */
@@ -322,8 +403,14 @@ export class ClipTextModel {
     return this.config.projection_dim;
   }
 
+  /** The tensors the model holds: the checkpoint's, with each layer's q/k/v as one fused qkv_proj. */
   parameters(): Parameter[] {
     return [...this.params];
+  }
+
+  /** The weights under the checkpoint's (HF) keys, q_proj/k_proj/v_proj included: what fromWeights loads. */
+  stateDict(): Promise<StateDict> {
+    return encoderStateDict(this.params);
   }
 
   /** The pooled position of each row, as HF picks it (see the file comment). */

@@ -48,13 +48,13 @@ export class PreLnBlock {
     const h = this.ln1.forward(x, record);
     const a = this.attn.forward(h, ctx, record, seeds);
     const ad = this.dropAttn.forward(a, seeds, record);
-    const x1 = b.binary('add', x, ad);
+    const x1 = residual(x, ad, record);
     const h2 = this.ln2.forward(x1, record);
     const m = this.mlp.forward(h2, record);
     const md = this.dropMlp.forward(m, seeds, record);
-    const y = b.binary('add', x1, md);
+    const y = residual(x1, md, record);
     if (!record) {
-      for (const t of new Set([h, a, ad, x1, h2, m, md])) b.free(t);
+      for (const t of new Set([h, a, ad, x1, h2, m, md])) if (t !== y) b.free(t);
     }
     return y;
   }
@@ -77,4 +77,16 @@ export class PreLnBlock {
     b.free(dx1);
     return dx;
   }
+}
+
+/**
+ * x + f (the residual add). Without recording, f (a temporary this block made: an output projection or its
+ * dropout) takes the sum in place, saving a (B, T, C) allocation; addition commutes exactly, so the values
+ * are the same as binary('add', x, f). Recording keeps f as the backward may still need it.
+ */
+function residual(x: Tensor, f: Tensor, record: boolean): Tensor {
+  const b = x.backend;
+  if (record || f === x || f.isView) return b.binary('add', x, f);
+  b.addInPlace(f, x);
+  return f;
 }

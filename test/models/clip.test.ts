@@ -67,6 +67,35 @@ describe.each(availableBackends().map((b) => [b.name, b] as const))(
       );
     });
 
+    it('stateDict() gives back every checkpoint key and value, q/k/v split from the fused qkv_proj', async () => {
+      const m = await tinyClip();
+      for (const [model, weights] of [
+        [vision, m.vision.weights],
+        [text, m.text.weights],
+      ] as const) {
+        // the separate q/k/v tensors are not held next to the fused ones
+        const held = model.parameters().map((p) => p.name);
+        expect(held.some((n) => /\.[qkv]_proj\./.test(n))).toBe(false);
+        expect(held.filter((n) => n.includes('.qkv_proj.')).length).toBeGreaterThan(0);
+        const sd = await model.stateDict();
+        const prefix = model === vision ? 'vision_model.' : 'text_model.';
+        const expected = [...weights.keys()].filter(
+          (k) => k.startsWith(prefix) || /_projection\.weight$/.test(k),
+        );
+        expect([...sd.keys()].sort()).toEqual(expected.sort());
+        for (const [k, t] of sd) {
+          const w = weights.get(k);
+          expect(t.shape, k).toEqual(w?.shape);
+          // bit-exact (toEqual is slow on the 1.6M-value token embedding)
+          const [a, e] = [t.data, w?.data ?? new Float32Array()];
+          expect(a.length, k).toBe(e.length);
+          let mismatches = 0;
+          for (let i = 0; i < a.length; i++) if (!Object.is(a[i], e[i])) mismatches++;
+          expect(mismatches, k).toBe(0);
+        }
+      }
+    });
+
     it('text embeddings match clip.text_embeds', async () => {
       const ids = i32(g, 'clip.text_input_ids');
       const shape = get(g, 'clip.text_input_ids').shape as [number, number];
