@@ -111,6 +111,9 @@ void pack_b_trans_avx2(const float* src, int64_t ldb, int64_t kc, float* panel);
 void micro_kernel_portable(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                            bool load_c, const float* bias, int mr, int nr);
 #if CLIPCAP_X86_KERNELS
+// c[j] = alpha·acc[j] (+ c[j]) (+ bias[j]) for j < w: the epilogue of the skinny and GEMV products, so every
+// AVX2 path finishes a row with the same float operations.
+void store_row_avx2(const float* acc, int64_t w, float* c, float alpha, bool load_c, const float* bias);
 void micro_kernel_avx2(int64_t kc, const float* a, const float* b, float* c, int64_t ldc, float alpha,
                        bool load_c, const float* bias, int mr, int nr);
 #endif

@@ -19,6 +19,27 @@ __attribute__((target("avx2,fma"), always_inline)) inline __m256 epilogue(__m256
   if (bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias));
   return r;
 }
+
+// Edge tile of R accumulator rows: spill alpha·acc to a buffer and write only the valid mr x nr corner.
+template <int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void store_edge(const __m256 (*acc)[2], __m256 va, float* c,
+                                                                          int64_t ldc, bool load_c, const float* bias,
+                                                                          int mr, int nr) {
+  alignas(32) float tile[R][kNR];
+  for (int r = 0; r < R; ++r) {
+    _mm256_store_ps(tile[r], _mm256_mul_ps(acc[r][0], va));
+    _mm256_store_ps(tile[r] + 8, _mm256_mul_ps(acc[r][1], va));
+  }
+  for (int r = 0; r < mr; ++r) {
+    float* row = c + r * ldc;
+    for (int j = 0; j < nr; ++j) {
+      float v = tile[r][j];
+      if (load_c) v += row[j];
+      if (bias != nullptr) v += bias[j];
+      row[j] = v;
+    }
+  }
+}
 }  // namespace
 
 namespace {
@@ -44,21 +65,7 @@ __attribute__((target("avx2,fma"))) void micro_kernel_short(int64_t kc, const fl
     a += kMR;
     b += kNR;
   }
-  const __m256 va = _mm256_set1_ps(alpha);
-  alignas(32) float tile[R][kNR];
-  for (int r = 0; r < R; ++r) {
-    _mm256_store_ps(tile[r], _mm256_mul_ps(acc[r][0], va));
-    _mm256_store_ps(tile[r] + 8, _mm256_mul_ps(acc[r][1], va));
-  }
-  for (int r = 0; r < mr; ++r) {
-    float* row = c + r * ldc;
-    for (int j = 0; j < nr; ++j) {
-      float v = tile[r][j];
-      if (load_c) v += row[j];
-      if (bias != nullptr) v += bias[j];
-      row[j] = v;
-    }
-  }
+  store_edge<R>(acc, _mm256_set1_ps(alpha), c, ldc, load_c, bias, mr, nr);
 }
 }  // namespace
 
@@ -121,21 +128,7 @@ __attribute__((target("avx2,fma"))) void micro_kernel_avx2(int64_t kc, const flo
     }
     return;
   }
-  // Edge tile: spill to a buffer and write only the valid corner.
-  alignas(32) float tile[kMR][kNR];
-  for (int r = 0; r < kMR; ++r) {
-    _mm256_store_ps(tile[r], _mm256_mul_ps(acc[r][0], va));
-    _mm256_store_ps(tile[r] + 8, _mm256_mul_ps(acc[r][1], va));
-  }
-  for (int r = 0; r < mr; ++r) {
-    float* row = c + r * ldc;
-    for (int j = 0; j < nr; ++j) {
-      float v = tile[r][j];
-      if (load_c) v += row[j];
-      if (bias != nullptr) v += bias[j];
-      row[j] = v;
-    }
-  }
+  store_edge<kMR>(acc, va, c, ldc, load_c, bias, mr, nr);
 }
 
 namespace {
@@ -159,9 +152,18 @@ __attribute__((target("avx2,fma"), always_inline)) inline void transpose8(__m256
   r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
 }
 
+
+__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+}  // namespace
+
 // c[j] = alpha·acc[j] (+ c[j]) (+ bias[j]) for j < w.
-__attribute__((target("avx2,fma"))) void store_row(const float* acc, int64_t w, float* c, float alpha, bool load_c,
-                                                   const float* bias) {
+__attribute__((target("avx2,fma"))) void store_row_avx2(const float* acc, int64_t w, float* c, float alpha, bool load_c,
+                                                        const float* bias) {
   const __m256 va = _mm256_set1_ps(alpha);
   int64_t j = 0;
   for (; j + 8 <= w; j += 8) {
@@ -177,14 +179,6 @@ __attribute__((target("avx2,fma"))) void store_row(const float* acc, int64_t w, 
     c[j] = v;
   }
 }
-
-__attribute__((target("avx2,fma"))) inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-}  // namespace
 
 __attribute__((target("avx2,fma"))) void pack_b_trans_avx2(const float* src, int64_t ldb, int64_t kc, float* panel) {
   int64_t p = 0;
@@ -249,7 +243,7 @@ __attribute__((target("avx2,fma"))) void skinny_nn_avx2(const SkinnyArgs& s, int
     }
   }
   for (int64_t m = 0; m < M; ++m)
-    store_row(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+    store_row_avx2(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
 }
 
 __attribute__((target("avx2,fma"))) void skinny_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
@@ -293,7 +287,7 @@ __attribute__((target("avx2,fma"))) void skinny_nt_avx2(const SkinnyArgs& s, int
     }
   }
   for (int64_t m = 0; m < M; ++m)
-    store_row(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+    store_row_avx2(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
 }
 
 }  // namespace clipcap

@@ -138,24 +138,6 @@ __attribute__((target("avx2,fma"))) void nt_block(const SkinnyArgs& s, int64_t j
   for (; j < j1; ++j) nt_rows<MM, 1>(s, j, j0, W, acc);
 }
 
-// c[j] = alpha·acc[j] (+ c[j]) (+ bias[j]): gemm_avx2.cc's store_row, same operations.
-__attribute__((target("avx2,fma"))) void store(const float* acc, int64_t w, float* c, float alpha, bool load_c,
-                                               const float* bias) {
-  const __m256 va = _mm256_set1_ps(alpha);
-  int64_t j = 0;
-  for (; j + 8 <= w; j += 8) {
-    __m256 r = _mm256_mul_ps(_mm256_loadu_ps(acc + j), va);
-    if (load_c) r = _mm256_add_ps(r, _mm256_loadu_ps(c + j));
-    if (bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + j));
-    _mm256_storeu_ps(c + j, r);
-  }
-  for (; j < w; ++j) {
-    float v = alpha * acc[j];
-    if (load_c) v += c[j];
-    if (bias != nullptr) v += bias[j];
-    c[j] = v;
-  }
-}
 
 }  // namespace
 
@@ -186,7 +168,7 @@ void gemv_nt_avx2(const SkinnyArgs& s, int64_t j0, int64_t j1, float* acc) {
     default: nt_block<8>(s, j0, j1, acc); break;
   }
   for (int64_t m = 0; m < s.M; ++m)
-    store(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
+    store_row_avx2(acc + m * W, W, s.C + m * s.ldc + j0, s.alpha, s.load_c, s.bias == nullptr ? nullptr : s.bias + j0);
 }
 
 }  // namespace clipcap
