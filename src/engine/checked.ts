@@ -226,19 +226,21 @@ export class DeviceBackend<S> implements Backend {
     const B = packedB ? this.packedB(op, b, transB) : this.s(op, 'B', b, 'f32');
     const alpha = opts.alpha ?? 1;
     this.device.checkScalar(op, 'alpha', alpha, 'real');
-    const shapes = `A ${fmt(a.shape)}${transA ? 'ᵀ' : ''} · B ${fmt(b.shape)}${transB ? 'ᵀ' : ''}`;
-    if (a.rank < 2 || b.rank < 2) throw new ShapeError(`${op}: operands must be at least 2-D: ${shapes}`);
+    // a function: formatting shapes on every product (the hottest op) would cost more than the checks
+    const shapes = (): string =>
+      `A ${fmt(a.shape)}${transA ? 'ᵀ' : ''} · B ${fmt(b.shape)}${transB ? 'ᵀ' : ''}`;
+    if (a.rank < 2 || b.rank < 2) throw new ShapeError(`${op}: operands must be at least 2-D: ${shapes()}`);
 
     const [aRows, aCols] = a.shape.slice(-2);
     const [bRows, bCols] = b.shape.slice(-2);
     const M = transA ? aCols : aRows;
     const K = transA ? aRows : aCols;
     const N = transB ? bRows : bCols;
-    if ((transB ? bCols : bRows) !== K) throw new ShapeError(`${op}: inner dimensions differ: ${shapes}`);
+    if ((transB ? bCols : bRows) !== K) throw new ShapeError(`${op}: inner dimensions differ: ${shapes()}`);
 
     const batchShape = a.shape.slice(0, -2);
     if (b.rank > 2 && !sameShape(b.shape.slice(0, -2), batchShape)) {
-      throw new ShapeError(`${op}: a batched B needs the same leading axes as A: ${shapes}`);
+      throw new ShapeError(`${op}: a batched B needs the same leading axes as A: ${shapes()}`);
     }
     const outShape = [...batchShape, M, N];
 
@@ -650,11 +652,11 @@ export class DeviceBackend<S> implements Backend {
     if (xs.length === 0) throw new ShapeError(`${op}: needs at least one tensor`);
     const first = xs[0];
     const ax = normalizeAxis(op, axis, first.shape);
-    const all = xs.map((t) => fmt(t.shape)).join(', ');
+    const all = (): string => xs.map((t) => fmt(t.shape)).join(', ');
     const srcs = xs.map((t, i) => this.s(op, `xs[${i}]`, t, first.dtype));
     for (const t of xs) {
       const ok = t.rank === first.rank && t.shape.every((dim, i) => i === ax || dim === first.shape[i]);
-      if (!ok) throw new ShapeError(`${op}: shapes ${all} differ outside axis ${ax}`);
+      if (!ok) throw new ShapeError(`${op}: shapes ${all()} differ outside axis ${ax}`);
     }
     const outShape = [...first.shape];
     outShape[ax] = xs.reduce((s, t) => s + t.shape[ax], 0);
@@ -718,14 +720,15 @@ export class DeviceBackend<S> implements Backend {
     const S = this.s(op, 'src', src, dst.dtype);
     const ax = normalizeAxis(op, axis, dst.shape);
     const { outer, dim, inner } = splitAtAxis(dst.shape, ax);
-    const shapes = `src ${fmt(src.shape)} into dst ${fmt(dst.shape)} at offset ${offset} of axis ${ax}`;
+    const shapes = (): string =>
+      `src ${fmt(src.shape)} into dst ${fmt(dst.shape)} at offset ${offset} of axis ${ax}`;
     const fits =
       src.rank === dst.rank &&
       src.shape.every((d, i) => i === ax || d === dst.shape[i]) &&
       Number.isInteger(offset) &&
       offset >= 0 &&
       offset + src.shape[ax] <= dim;
-    if (!fits) throw new ShapeError(`${op}: cannot write ${shapes}`);
+    if (!fits) throw new ShapeError(`${op}: cannot write ${shapes()}`);
     if (this.device.aliases(S, D)) throw new ShapeError(`${op}: src and dst share storage`);
     const len = src.shape[ax] * inner;
     if (len === 0 || outer === 0) return;
@@ -808,9 +811,9 @@ export class DeviceBackend<S> implements Backend {
     const D = this.s(op, 'dst', dst);
     this.writable(op, 'dst', dst);
     const S = this.s(op, 'src', src, dst.dtype);
-    const shapes = `src ${fmt(src.shape)} into dst ${fmt(dst.shape)}`;
+    const shapes = (): string => `src ${fmt(src.shape)} into dst ${fmt(dst.shape)}`;
     if (dst.rank < 2 || src.rank !== dst.rank || !src.shape.every((d, i) => i === 0 || d === dst.shape[i]))
-      throw new ShapeError(`${op}: cannot copy rows of ${shapes} (rank >= 2, equal trailing axes)`);
+      throw new ShapeError(`${op}: cannot copy rows of ${shapes()} (rank >= 2, equal trailing axes)`);
     if (indices.length !== dst.shape[0])
       throw new ShapeError(
         `${op}: ${indices.length} indices for the ${dst.shape[0]} rows of dst ${fmt(dst.shape)}`,
