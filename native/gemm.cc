@@ -343,7 +343,24 @@ void gemm_skinny_nn_split_k(const GemmArgs& g, const float* At, SkinnyKernel ker
   }
 }
 
-// M <= kSkinnyM: tasks are (batch item, block of output columns), computed from unpacked B.
+// A·B with B stored (K, N) that gemm_skinny_nn_split_k computes (B long enough to split, N short enough for the
+// partials).
+bool split_k(const GemmArgs& g) {
+  return !g.transB && g.batch == 1 && g.K >= 2 * kSplitK && g.N >= 64 && g.N <= kSplitMaxN;
+}
+
+// kSkinnyM < M <= kGemvMaxM rows (GPT-2's prefix step) go to gemv_nn_rows_avx2 too: at M = 10 it reads each
+// weight once, where the GEMM reads it, packs it and reads the packed copy (about 2.5x the time per product).
+bool gemv_rows(const GemmArgs& g) {
+#if CLIPCAP_X86_KERNELS
+  return g.M <= kGemvMaxM && !g.packedB && split_k(g) && gemm_kernel() == GemmKernel::kAvx2;
+#else
+  (void)g;
+  return false;
+#endif
+}
+
+// M <= kSkinnyM (or gemv_rows): tasks are (batch item, block of output columns), computed from unpacked B.
 void gemm_skinny(const GemmArgs& g) {
   const int64_t M = g.M, N = g.N, K = g.K;
   // nn wants op(A) as (K, M), nt as (M, K); copy A only when it is stored the other way round (M·K floats).
@@ -370,7 +387,7 @@ void gemm_skinny(const GemmArgs& g) {
 #else
   const SkinnyKernel nnKernel = skinny_nn_portable;
 #endif
-  if (!nt && g.batch == 1 && K >= 2 * kSplitK && N >= 64 && N <= kSplitMaxN) {
+  if (split_k(g)) {
     gemm_skinny_nn_split_k(g, copyA ? At : g.A, nnKernel, parallel);
     return;
   }
@@ -415,7 +432,7 @@ void gemm(const GemmArgs& g) {
     gemm_k0(g);
     return;
   }
-  if (g.M <= kSkinnyM && !g.packedB) {
+  if ((g.M <= kSkinnyM && !g.packedB) || gemv_rows(g)) {
     gemm_skinny(g);
     return;
   }

@@ -83,6 +83,7 @@ template <int MM>
 constexpr int nn_vectors() {
   return MM <= 2 ? 4 : MM == 3 ? 3 : MM <= 6 ? 2 : 1;
 }
+static_assert(kGemvMaxM + 2 <= 16, "kGemvMaxM rows of accumulators, a B vector and a broadcast fit 16 registers");
 
 // Rows of B ahead of the one being read that nt_rows prefetches (past the last row: harmless, prefetches do not
 // fault).
@@ -151,7 +152,15 @@ void gemv_nn_rows_avx2(int64_t M, int64_t K, const float* At, const float* B, in
     case 6: return nn_chunk<6, nn_vectors<6>()>(K, At, B, ldb, N, out);
     case 7: return nn_chunk<7, nn_vectors<7>()>(K, At, B, ldb, N, out);
     case 8: return nn_chunk<8, nn_vectors<8>()>(K, At, B, ldb, N, out);
-    default: break;  // gemm_skinny never passes more than kSkinnyM = 8 rows
+    // 9..kGemvMaxM: GPT-2's prefix step (ClipCap's 10 prefix positions) reads the weight once instead of
+    // packing it for the GEMM.
+    case 9: return nn_chunk<9, 1>(K, At, B, ldb, N, out);
+    case 10: return nn_chunk<10, 1>(K, At, B, ldb, N, out);
+    case 11: return nn_chunk<11, 1>(K, At, B, ldb, N, out);
+    case 12: return nn_chunk<12, 1>(K, At, B, ldb, N, out);
+    case 13: return nn_chunk<13, 1>(K, At, B, ldb, N, out);
+    case 14: return nn_chunk<14, 1>(K, At, B, ldb, N, out);
+    default: break;  // gemm never passes more than kGemvMaxM rows
   }
 }
 

@@ -10,8 +10,12 @@
 
 namespace clipcap {
 
+// Rows up to which gemm() computes A·B (B stored (K, N), unpacked, one batch item) with the split-K GEMV below
+// rather than packing B for the GEMM (kSkinnyM < M <= kGemvMaxM: the AVX2 path only).
+constexpr int64_t kGemvMaxM = 14;
+
 #if CLIPCAP_X86_KERNELS
-// out (M, N) = op(A)[:, k0:k0+K] · B[k0:k0+K, :] for 1 <= M <= kSkinnyM: At is (K, M) contiguous, B has row
+// out (M, N) = op(A)[:, k0:k0+K] · B[k0:k0+K, :] for 1 <= M <= kGemvMaxM: At is (K, M) contiguous, B has row
 // stride ldb, out row stride N. Each out[m, j] = fma(a[K-1], b[K-1], ... fma(a[0], b[0], 0)), in p order, as
 // skinny_nn_avx2 computes every column of its whole vectors (its last N % 8 columns sum four products before
 // adding them; here they are fused one by one too). Walks B eight rows at a time (eight sequential streams) with all M rows'

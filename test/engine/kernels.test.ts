@@ -244,8 +244,15 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     { lead: [2, 3], m: 5, k: 7, n: 3, bBatched: true },
     // Decoding's skinny products (native/gemv.cc), M = 1..8: K >= 256 splits B (K, N) into 128-row chunks
     // (8-row passes, then single rows: K % 8 != 0), N past whole register tiles and vectors (N % 8 != 0);
-    // transposed B takes rows of B in passes of 1 to 4 (N not a multiple) with K % 8 != 0.
-    ...[1, 2, 3, 4, 5, 6, 7, 8].map((m) => ({ lead: [], m, k: 257 + 2 * m, n: 61 + 6 * m, bBatched: false })),
+    // transposed B takes rows of B in passes of 1 to 4 (N not a multiple) with K % 8 != 0. M = 9..14 (GPT-2's
+    // prefix step) takes the split-K GEMV too when B is (K, N); M = 15 is the first past it (the GEMM).
+    ...Array.from({ length: 15 }, (_, i) => i + 1).map((m) => ({
+      lead: [],
+      m,
+      k: 257 + 2 * m,
+      n: 61 + 6 * m,
+      bBatched: false,
+    })),
   ];
   let seed = 100;
   for (const c of cases) {
