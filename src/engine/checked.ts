@@ -121,7 +121,8 @@ export class DeviceBackend<S> implements Backend {
   /** `s(op, key, tensor, 'f32')` for each entry, in order: the keys name the tensors in errors. */
   private f32s<K extends string>(op: string, tensors: Record<K, Tensor>): Record<K, S> {
     const out = {} as Record<K, S>;
-    for (const [what, t] of Object.entries(tensors) as [K, Tensor][]) out[what] = this.s(op, what, t, 'f32');
+    // for-in, not Object.entries: no array of pairs per call (every op of a decoding step comes here)
+    for (const what in tensors) out[what] = this.s(op, what, tensors[what], 'f32');
     return out;
   }
 

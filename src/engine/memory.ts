@@ -80,18 +80,19 @@ function releaseAll(frame: Frame, keep: Set<Allocation>): void {
   }
 }
 
-/** The backend that made an allocation registers how to release it. */
-const releaseFns = new WeakMap<Allocation, (a: Allocation) => void>();
-
 function releaseOf(a: Allocation): (a: Allocation) => void {
-  const r = releaseFns.get(a);
+  const r = a.release;
   if (!r) throw new Error('scope: an allocation without a backend');
   return r;
 }
 
-/** Registers how an allocation is released (every backend calls this once per allocation). @internal */
+/**
+ * Registers how an allocation is released (every backend calls this once per allocation). The function is a
+ * field of the allocation rather than a WeakMap entry: decoding makes hundreds of small tensors per token,
+ * and the WeakMap insert was a tenth of a LayerNorm call's time. @internal
+ */
 export function registerAllocation(a: Allocation, release: (a: Allocation) => void): void {
-  releaseFns.set(a, release);
+  a.release = release;
   const f = frames[frames.length - 1];
   if (f) f.allocations.push(a);
 }

@@ -37,6 +37,8 @@ export class Allocation {
    * values, so only matmul (as B, with this transB) and download may read it. Packed weights are read-only.
    */
   packed: PackedLayout | null = null;
+  /** How the backend that made it releases it (registerAllocation, for scopes). @internal */
+  release: ((a: Allocation) => void) | null = null;
 
   constructor(
     readonly storage: unknown,
