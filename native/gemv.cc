@@ -15,26 +15,57 @@ namespace {
 // eight multiply-adds per accumulator load and store.
 constexpr int kRows = 8;
 
-// out[:, j:j + 8·JV] for the MM rows of A: R rows of B (b, row stride ldb) against At rows a (MM values
-// each), accumulated onto out (or onto zero when `first`: the chunk's first rows).
+// out[G0:G0 + GN, j:j + 8·JV] for rows G0.. of the MM rows of A: R rows of B (b, row stride ldb) against At
+// rows a (MM values each), accumulated onto out (or onto zero when `first`: the chunk's first rows).
+template <int MM, int G0, int GN, int JV, int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void nn_group(const float* __restrict a,
+                                                                       const float* __restrict b, int64_t ldb,
+                                                                       float* __restrict out, int64_t N,
+                                                                       bool first) {
+  __m256 c[GN][JV];
+  for (int m = 0; m < GN; ++m)
+    for (int v = 0; v < JV; ++v)
+      c[m][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(out + (G0 + m) * N + 8 * v);
+  for (int r = 0; r < R; ++r) {
+    __m256 y[JV];
+    for (int v = 0; v < JV; ++v) y[v] = _mm256_loadu_ps(b + r * ldb + 8 * v);
+    for (int m = 0; m < GN; ++m) {
+      const __m256 x = _mm256_broadcast_ss(a + r * MM + G0 + m);
+      for (int v = 0; v < JV; ++v) c[m][v] = _mm256_fmadd_ps(x, y[v], c[m][v]);
+    }
+  }
+  for (int m = 0; m < GN; ++m)
+    for (int v = 0; v < JV; ++v) _mm256_storeu_ps(out + (G0 + m) * N + 8 * v, c[m][v]);
+}
+
+// Every row of A, NG groups from row G0 on (REM rows left): each group a register tile of its own, B's R x 8·JV
+// values read from memory by the first group and from L1 by the rest. Splitting the rows keeps two vectors
+// of columns per tile at M = 7..14 (one vector of 8 accumulators per row leaves the loads of a and the
+// accumulators' loads and stores the bottleneck). Every output is the same chain of multiply-adds.
+template <int MM, int G0, int REM, int NG, int JV, int R>
+__attribute__((target("avx2,fma"), always_inline)) inline void nn_groups(const float* __restrict a,
+                                                                        const float* __restrict b, int64_t ldb,
+                                                                        float* __restrict out, int64_t N,
+                                                                        bool first) {
+  constexpr int GN = (REM + NG - 1) / NG;
+  nn_group<MM, G0, GN, JV, R>(a, b, ldb, out, N, first);
+  if constexpr (NG > 1) nn_groups<MM, G0 + GN, REM - GN, NG - 1, JV, R>(a, b, ldb, out, N, first);
+}
+
+// Row groups per tile: one up to 6 rows (MM·JV accumulators, JV B vectors and a broadcast fit 16 registers),
+// then groups of at most 6 rows with two vectors.
+template <int MM>
+constexpr int nn_groups_of() {
+  return MM <= 6 ? 1 : (MM + 5) / 6;
+}
+
+// out[:, j:j + 8·JV] for the MM rows of A (see nn_group).
 template <int MM, int JV, int R>
 __attribute__((target("avx2,fma"), always_inline)) inline void nn_tile(const float* __restrict a,
                                                                       const float* __restrict b, int64_t ldb,
                                                                       float* __restrict out, int64_t N,
                                                                       bool first) {
-  __m256 c[MM][JV];
-  for (int m = 0; m < MM; ++m)
-    for (int v = 0; v < JV; ++v) c[m][v] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(out + m * N + 8 * v);
-  for (int r = 0; r < R; ++r) {
-    __m256 y[JV];
-    for (int v = 0; v < JV; ++v) y[v] = _mm256_loadu_ps(b + r * ldb + 8 * v);
-    for (int m = 0; m < MM; ++m) {
-      const __m256 x = _mm256_broadcast_ss(a + r * MM + m);
-      for (int v = 0; v < JV; ++v) c[m][v] = _mm256_fmadd_ps(x, y[v], c[m][v]);
-    }
-  }
-  for (int m = 0; m < MM; ++m)
-    for (int v = 0; v < JV; ++v) _mm256_storeu_ps(out + m * N + 8 * v, c[m][v]);
+  nn_groups<MM, 0, MM, (JV > 1 ? nn_groups_of<MM>() : 1), JV, R>(a, b, ldb, out, N, first);
 }
 
 // R rows of B into every column of out: tiles of 8·JV columns, then single vectors, then scalars. With
@@ -81,7 +112,7 @@ __attribute__((target("avx2,fma"))) void nn_chunk(int64_t K, const float* At, co
 // Accumulators per tile: MM·JV registers plus JV for the B row and one broadcast, at most 16.
 template <int MM>
 constexpr int nn_vectors() {
-  return MM <= 2 ? 4 : MM == 3 ? 3 : MM <= 6 ? 2 : 1;
+  return MM <= 2 ? 4 : MM == 3 ? 3 : 2;  // M >= 7: two vectors in row groups (nn_groups)
 }
 static_assert(kGemvMaxM + 2 <= 16, "kGemvMaxM rows of accumulators, a B vector and a broadcast fit 16 registers");
 
@@ -154,12 +185,12 @@ void gemv_nn_rows_avx2(int64_t M, int64_t K, const float* At, const float* B, in
     case 8: return nn_chunk<8, nn_vectors<8>()>(K, At, B, ldb, N, out);
     // 9..kGemvMaxM: GPT-2's prefix step (ClipCap's 10 prefix positions) reads the weight once instead of
     // packing it for the GEMM.
-    case 9: return nn_chunk<9, 1>(K, At, B, ldb, N, out);
-    case 10: return nn_chunk<10, 1>(K, At, B, ldb, N, out);
-    case 11: return nn_chunk<11, 1>(K, At, B, ldb, N, out);
-    case 12: return nn_chunk<12, 1>(K, At, B, ldb, N, out);
-    case 13: return nn_chunk<13, 1>(K, At, B, ldb, N, out);
-    case 14: return nn_chunk<14, 1>(K, At, B, ldb, N, out);
+    case 9: return nn_chunk<9, nn_vectors<9>()>(K, At, B, ldb, N, out);
+    case 10: return nn_chunk<10, nn_vectors<10>()>(K, At, B, ldb, N, out);
+    case 11: return nn_chunk<11, nn_vectors<11>()>(K, At, B, ldb, N, out);
+    case 12: return nn_chunk<12, nn_vectors<12>()>(K, At, B, ldb, N, out);
+    case 13: return nn_chunk<13, nn_vectors<13>()>(K, At, B, ldb, N, out);
+    case 14: return nn_chunk<14, nn_vectors<14>()>(K, At, B, ldb, N, out);
     default: break;  // gemm never passes more than kGemvMaxM rows
   }
 }
