@@ -119,7 +119,7 @@ export async function buildEncoder(
 function benchModel(opts: BenchRunOptions): 'vit-b32' | 'rn50x4' {
   const m = opts.extra.model ?? 'vit-b32';
   if (m !== 'vit-b32' && m !== 'rn50x4')
-    throw new UsageError(`bench clip --model ${String(m)}: use vit-b32 or rn50x4`);
+    throw new UsageError(`bench --model ${String(m)}: use vit-b32 or rn50x4`);
   return m;
 }
 

@@ -78,6 +78,10 @@ export const BENCHES: Record<string, BenchEntry> = {
         flags: '--images <DIR>',
         description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
       },
+      {
+        flags: '--cases <LIST>',
+        description: 'clip: comma-separated cases (bs1, bs16, bs16_decode; default: all)',
+      },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
   },
