@@ -17,12 +17,13 @@ import { register } from '../../src/cli/commands/bench.js';
 import { UsageError } from '../../src/util/errors.js';
 
 // Each test points os.tmpdir() at a fresh empty folder, so "nothing left behind" covers every file the bench
-// writes there (not only its own folder's name), whatever other test files do in the real temp folder.
+// writes there (not only its own folder's name), whatever other test files do in the real temp folder. (Its name
+// does not start with clipcap-bench-: models.test.ts counts those in the real temp folder.)
 let tmp: string;
 let savedTmpdir: string | undefined;
 beforeEach(() => {
   savedTmpdir = process.env.TMPDIR;
-  tmp = mkdtempSync(path.join(os.tmpdir(), 'clipcap-bench-extract-test-'));
+  tmp = mkdtempSync(path.join(os.tmpdir(), 'clipcap-extract-bench-test-'));
   process.env.TMPDIR = tmp;
   expect(os.tmpdir()).toBe(tmp);
 });
