@@ -46,14 +46,13 @@ export const SMOKE_CLIP: ClipVisionConfig = {
 const SYNTHETIC_PHOTOS = 4;
 
 /**
- * Writes SYNTHETIC_PHOTOS deterministic JPEGs into a new temporary directory (smooth gradients with fine
- * hashed texture, so decoding does about the work of a photo): `clipcap bench clip` needs no repository files.
+ * Writes `count` deterministic w x h JPEGs `photo_<p>.jpg` into `dir` (smooth gradients with fine hashed texture,
+ * so decoding does about the work of a photo): the benches that read JPEGs (clip, extract) need no repository
+ * files.
  */
-async function writeSyntheticPhotos(): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'clipcap-bench-'));
-  const w = 640;
-  const h = 480;
-  for (let p = 0; p < SYNTHETIC_PHOTOS; p++) {
+export async function writeSyntheticPhotos(dir: string, count: number, w = 640, h = 480): Promise<string[]> {
+  const files: string[] = [];
+  for (let p = 0; p < count; p++) {
     const px = Buffer.alloc(w * h * 3);
     for (let y = 0; y < h; y++)
       for (let x = 0; x < w; x++)
@@ -62,17 +61,23 @@ async function writeSyntheticPhotos(): Promise<string> {
           const grain = lowbias32((((y * w + x) * 3 + c) * 4 + p) >>> 0) & 31;
           px[(y * w + x) * 3 + c] = (smooth + grain) & 255;
         }
+    const file = path.join(dir, `photo_${p}.jpg`);
     await sharp(px, { raw: { width: w, height: h, channels: 3 } })
       .jpeg({ quality: 90 })
-      .toFile(path.join(dir, `photo_${p}.jpg`));
+      .toFile(file);
+    files.push(file);
   }
-  return dir;
+  return files;
 }
 
 /** The JPEG photos the decode case reads (BATCH paths, repeating as needed): --images DIR, else synthetic ones. */
 async function photoFiles(opts: BenchRunOptions): Promise<{ files: string[]; temp: string | null }> {
   const given = opts.extra.images;
-  const temp = typeof given === 'string' ? null : await writeSyntheticPhotos();
+  let temp: string | null = null;
+  if (typeof given !== 'string') {
+    temp = await mkdtemp(path.join(os.tmpdir(), 'clipcap-bench-'));
+    await writeSyntheticPhotos(temp, SYNTHETIC_PHOTOS);
+  }
   const dir = temp ?? (given as string);
   let names: string[];
   try {
@@ -86,7 +91,11 @@ async function photoFiles(opts: BenchRunOptions): Promise<{ files: string[]; tem
   return { files: Array.from({ length: BATCH }, (_, i) => path.join(dir, names[i % names.length])), temp };
 }
 
-async function buildEncoder(
+/**
+ * The CLIP image tower a bench times: --clip's real weights, else the synthetic full-size ViT-B/32 (or RN50x4 with
+ * --model rn50x4) by the fixture rule, or with --smoke the tiny one.
+ */
+export async function buildEncoder(
   opts: BenchRunOptions,
   backend: Backend,
 ): Promise<{ enc: ImageEncoder; what: string }> {
@@ -110,7 +119,7 @@ async function buildEncoder(
 function benchModel(opts: BenchRunOptions): 'vit-b32' | 'rn50x4' {
   const m = opts.extra.model ?? 'vit-b32';
   if (m !== 'vit-b32' && m !== 'rn50x4')
-    throw new UsageError(`bench clip --model ${String(m)}: use vit-b32 or rn50x4`);
+    throw new UsageError(`bench --model ${String(m)}: use vit-b32 or rn50x4`);
   return m;
 }
 

@@ -18,16 +18,32 @@ export interface BenchEntry {
   run: (opts: BenchRunOptions) => Promise<BenchReport>;
 }
 
-/** Options of both full-size model benches (clip, caption). */
+/** --smoke of the full-size model benches (clip, caption, extract). */
+const SMOKE_OPTION: BenchOptionSpec = {
+  flags: '--smoke',
+  description: 'clip, caption, extract: tiny models, 1 run (checks the bench; numbers mean nothing)',
+};
+
+/** Options of both full-size model benches with a PyTorch peer (clip, caption). */
 const MODEL_BENCH_OPTIONS: readonly BenchOptionSpec[] = [
   {
     flags: '--pytorch',
     description:
       'clip, caption: also time PyTorch (caption: official decoders and a KV cache) in the same run (dev-only: a source checkout and python3 with torch)',
   },
+  SMOKE_OPTION,
+];
+
+/** CLIP's weights (clip, extract). */
+const CLIP_OPTIONS: readonly BenchOptionSpec[] = [
   {
-    flags: '--smoke',
-    description: 'clip, caption: tiny models, 1 run (checks the bench; numbers mean nothing)',
+    flags: '--clip <DIR|HUB_ID>',
+    description: 'clip, extract: real CLIP weights instead of the synthetic ViT-B/32',
+  },
+  {
+    flags: '--model <NAME>',
+    description:
+      'clip, extract: vit-b32 or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px) (default: vit-b32)',
   },
 ];
 
@@ -57,18 +73,14 @@ export const BENCHES: Record<string, BenchEntry> = {
       'full-size CLIP image embeddings/s (ViT-B/32, or RN50x4 with --model rn50x4) at batch 1 and 16, and from JPEG files',
     options: [
       ...MODEL_BENCH_OPTIONS,
-      {
-        flags: '--clip <DIR|HUB_ID>',
-        description: 'clip: real CLIP weights instead of the synthetic ViT-B/32',
-      },
+      ...CLIP_OPTIONS,
       {
         flags: '--images <DIR>',
         description: 'clip: JPEG photos to read (default: synthetic 640x480 JPEGs in a temporary folder)',
       },
       {
-        flags: '--model <NAME>',
-        description:
-          'clip: vit-b32 or rn50x4 (the ResNet CLIP of the Transformer COCO model, 288 px) (default: vit-b32)',
+        flags: '--cases <LIST>',
+        description: 'clip: comma-separated cases (bs1, bs16, bs16_decode; default: all)',
       },
     ],
     run: async (opts) => (await import('./clip.js')).runClipBench(opts),
@@ -98,6 +110,19 @@ export const BENCHES: Record<string, BenchEntry> = {
       },
     ],
     run: async (opts) => (await import('./caption.js')).runCaptionBench(opts),
+  },
+  extract: {
+    description:
+      'clipcap extract end to end in images/s (JPEG decode + preprocessing + CLIP ViT-B/32 + the safetensors output) on synthetic 640x480 and 2048x1536 photos',
+    options: [
+      SMOKE_OPTION,
+      ...CLIP_OPTIONS,
+      {
+        flags: '--cases <LIST>',
+        description: 'extract: comma-separated cases (jpeg_640x480, jpeg_2048x1536; default: both)',
+      },
+    ],
+    run: async (opts) => (await import('./extract.js')).runExtractBench(opts),
   },
   train: {
     description:

@@ -1,28 +1,20 @@
 /**
  * `clipcap extract IMAGES_OR_DIR... --out FILE.safetensors [--captions FILE] [--strict] [--clip ...]
  * [--batch-size N] [--shard i/N]`: CLIP embeddings of images into one file (see DESIGN.md and
- * pipeline/extract.ts). Captions are paired with images strictly by file name (data/captions.ts), before CLIP
+ * pipeline/extract.ts; the file writing is pipeline/extract-file.ts). Captions are paired with images strictly by file name (data/captions.ts), before CLIP
  * loads, and the counts of unpaired captions and images are reported. Extraction is resumable: rows are
  * appended to FILE.partial as batches finish, so a killed run (or a re-run Slurm / Kubernetes shard) continues
  * where it stopped, and a run whose output is already complete for the same inputs and model does nothing.
  */
-import { createHash } from 'node:crypto';
 import { promises as fs } from 'node:fs';
 import path from 'node:path';
 import type { Command } from 'commander';
 import { pairCaptions, readCaptionsFile, type CaptionsFile } from '../../data/captions.js';
 import { expandInputs } from '../../pipeline/inputs.js';
-import {
-  extractEmbeddings,
-  parseShard,
-  shardRange,
-  writeCaptionsSidecar,
-  writeEmbeddings,
-} from '../../pipeline/extract.js';
+import { parseShard, shardRange, writeCaptionsSidecar } from '../../pipeline/extract.js';
+import { extractToFile, type ExtractToFileResult } from '../../pipeline/extract-file.js';
 import { loadImageEncoder, DEFAULT_CLIP } from '../../pipeline/load.js';
 import { UsageError, UserError } from '../../util/errors.js';
-import { writeFileAtomic } from '../../util/atomic.js';
-import { loadSafetensors } from '../../weights/safetensors.js';
 import { processContext, progressBar, type CliContext, type CliIO } from './caption.js';
 import { backendOption, batchSizeOption, clipOption, maxPixelsOption, offlineOption } from '../options.js';
 import type { BackendName } from '../../engine/registry.js';
@@ -41,15 +33,6 @@ interface ExtractCliOptions {
   applyExif?: boolean;
 }
 
-interface Partial {
-  key: string;
-  dim: number;
-  /** Inputs processed (rows written + failures). */
-  done: number;
-  rows: string[];
-  failed: string[];
-}
-
 const verb = (n: number, one: string, many: string): string => (n === 1 ? one : many);
 const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n === 1 ? one : many}`;
 
@@ -57,30 +40,6 @@ const plural = (n: number, one: string, many = `${one}s`): string => `${n} ${n =
 async function recordedModel(spec: string): Promise<string> {
   if (spec.startsWith('bundled:')) return spec;
   return (await fs.stat(spec).catch(() => null)) ? path.resolve(spec) : spec;
-}
-
-async function readPartial(file: string, key: string): Promise<Partial | undefined> {
-  try {
-    const p = JSON.parse(await fs.readFile(file, 'utf8')) as Partial;
-    return p.key === key && Array.isArray(p.rows) && Number.isInteger(p.done) ? p : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-/** Metadata of an existing output, when it is complete for exactly these inputs and model. */
-async function completeOutput(out: string, key: string): Promise<string[] | undefined> {
-  try {
-    const f = await loadSafetensors(out);
-    try {
-      if (f.metadata.inputs_digest !== key) return undefined;
-      return JSON.parse(f.metadata.inputs) as string[];
-    } finally {
-      await f.close();
-    }
-  } catch {
-    return undefined;
-  }
 }
 
 /** Returns the number of images that failed (their rows are left out; the file lists the rows it holds). */
@@ -136,83 +95,34 @@ export async function runExtract(
 
   const clipSpec = o.clip ?? DEFAULT_CLIP;
   const model = await recordedModel(clipSpec);
-  const key = `sha256:${createHash('sha256')
-    .update(JSON.stringify({ model, inputs: mine.map((p) => path.resolve(p)) }))
-    .digest('hex')}`;
-  const partialData = `${o.out}.partial`;
-  const partialState = `${o.out}.partial.json`;
-
-  let rowImages = await completeOutput(o.out, key);
-  if (rowImages) {
+  let bar: ReturnType<typeof progressBar> | undefined;
+  let result: ExtractToFileResult;
+  try {
+    result = await extractToFile(mine, {
+      out: o.out,
+      model,
+      loadEncoder: () => loadImageEncoder(clipSpec, { backend: o.backend, offline: o.offline }),
+      batchSize: o.batchSize,
+      shard,
+      rowOffset: shard ? start : undefined,
+      limitInputPixels: o.maxPixels,
+      applyExif: o.applyExif,
+      // The bar appears once CLIP has loaded (the first call).
+      onProgress: (done, total) => (bar ??= progressBar(io, total, 'extracting')).update(done),
+      log: (line) => io.stderr(`clipcap: ${line}\n`),
+    });
+  } finally {
+    bar?.stop();
+  }
+  if (result.complete) {
     io.stderr(
       `clipcap: ${o.out} is already complete for these ${mine.length} inputs and ${model}; not extracting again\n`,
     );
   } else {
-    const encoder = await loadImageEncoder(clipSpec, { backend: o.backend, offline: o.offline });
-    const D = encoder.projectionDim;
-    let state = await readPartial(partialState, key);
-    if (state && state.dim !== D) state = undefined;
-    if (state) io.stderr(`clipcap: resuming ${o.out}: ${state.done} of ${mine.length} inputs were done\n`);
-    const st: Partial = state ?? { key, dim: D, done: 0, rows: [], failed: [] };
-    await fs.mkdir(path.dirname(path.resolve(o.out)), { recursive: true });
-    const fh = await fs.open(partialData, state ? 'r+' : 'w');
-    try {
-      // Rows past the recorded count belong to a batch that was being written when the run died.
-      await fh.truncate(st.rows.length * D * 4);
-      let pos = st.rows.length * D * 4;
-      const bar = progressBar(io, mine.length, 'extracting');
-      bar.update(st.done);
-      let pending: Float32Array[] = [];
-      const flush = async (done: number): Promise<void> => {
-        for (const r of pending) {
-          await fh.write(new Uint8Array(r.buffer, r.byteOffset, r.byteLength), 0, r.byteLength, pos);
-          pos += r.byteLength;
-        }
-        pending = [];
-        await fh.sync();
-        st.done = done;
-        await writeFileAtomic(partialState, JSON.stringify(st));
-      };
-      try {
-        for await (const r of extractEmbeddings(encoder, mine.slice(st.done), {
-          batchSize: o.batchSize,
-          limitInputPixels: o.maxPixels,
-          applyExif: o.applyExif,
-          onProgress: (d) => bar.update(st.done + d),
-        })) {
-          if (r.embedding) {
-            pending.push(r.embedding);
-            st.rows.push(r.image);
-          } else {
-            io.stderr(`clipcap: ${r.error}\n`);
-            st.failed.push(r.image);
-          }
-          if ((st.rows.length + st.failed.length) % o.batchSize === 0)
-            await flush(st.rows.length + st.failed.length);
-        }
-        await flush(st.rows.length + st.failed.length);
-      } finally {
-        bar.stop();
-        encoder.dispose();
-      }
-    } finally {
-      await fh.close();
-    }
-    const buf = await fs.readFile(partialData);
-    const data = new Float32Array(buf.buffer, buf.byteOffset, buf.byteLength / 4).slice();
-    await writeEmbeddings(
-      o.out,
-      data,
-      D,
-      { model, inputs: st.rows, shard, rowOffset: shard ? start : undefined, inputsDigest: key },
-      encoder.imageSize,
-    );
-    await fs.rm(partialData, { force: true });
-    await fs.rm(partialState, { force: true });
-    failed += st.failed.length;
-    rowImages = st.rows;
-    io.stderr(`clipcap: wrote ${st.rows.length} embeddings (${D}-d) to ${o.out}\n`);
+    failed += result.failed.length;
+    io.stderr(`clipcap: wrote ${result.rows.length} embeddings (${result.dim}-d) to ${o.out}\n`);
   }
+  const rowImages = result.rows;
   if (captions) {
     const p = pairCaptions(captions.entries, rowImages);
     const side = await writeCaptionsSidecar(o.out, p.records);
