@@ -1,9 +1,15 @@
 // Weight-only int8 / bf16 skinny products (see quant.h). Two layouts, as the f32 skinny kernels:
 // - nn (W stored (K, N), GPT-2's Conv1D): tasks take blocks of output columns; each walks K a row at a time,
-//   widening a run of the block's columns to f32 and adding a[m]·w into M accumulator rows (L1-resident);
-//   the scale multiplies each column's sum at the end.
+//   widening a run of the block's columns to f32 and adding a[m]·w into M accumulator rows;
+//   the scale multiplies each column's sum at the end. The AVX2 kernel (as gemv.cc's f32 one) keeps an MM x JV
+//   tile of accumulators in registers over 8 rows of W, so each widened vector of W serves every row of A and
+//   the accumulators are loaded and stored once per 8 rows; each column's sum stays one chain of fused
+//   multiply-adds over p in order, so the values are those of the earlier kernel, bit for bit (the kernel
+//   suite checks it: quantize-suite.ts), and the README's int8 / bf16 accuracy figures hold.
 // - nt (W stored (N, K), the tied LM head): tasks take blocks of output rows of W; each is a dot product of
-//   one contiguous compact row with every row of A, times the row's scale.
+//   one contiguous compact row with every row of A, times the row's scale. The AVX2 kernel reads NB rows of W
+//   against all M rows of A in one pass (8 lanes by p mod 8, then hsum8 and the tail, as before), prefetching
+//   the rows kNtAhead further on.
 // AVX2 versions when the CPU has them (the same switch as the GEMM: simd_avx2()), portable loops otherwise.
 #include "quant.h"
 
@@ -297,8 +303,16 @@ void run(const QuantGemmArgs& g) {
 
 void gemm_quant(const QuantGemmArgs& g) {
   if (g.M <= 0 || g.N <= 0) return;
-  if (g.format == QuantFormat::kInt8) run<int8_t>(g);
-  else run<uint16_t>(g);
+  // The AVX2 kernels are instantiated for 1..kSkinnyM rows (the binding allows no more); more rows would go
+  // in groups, each row's outputs being independent of the others.
+  for (int64_t m0 = 0; m0 < g.M; m0 += kSkinnyM) {
+    QuantGemmArgs part = g;
+    part.M = std::min(kSkinnyM, g.M - m0);
+    part.A = g.A + m0 * g.K;
+    part.C = g.C + m0 * g.N;
+    if (g.format == QuantFormat::kInt8) run<int8_t>(part);
+    else run<uint16_t>(part);
+  }
 }
 
 }  // namespace clipcap
