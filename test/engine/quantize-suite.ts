@@ -10,6 +10,7 @@ import { expect, it } from 'vitest';
 import { ShapeError } from '../../src/engine/backend.js';
 import type { Backend, WeightFormat } from '../../src/engine/backend.js';
 import { NativeBackend } from '../../src/engine/native.js';
+import { quantizeHost } from '../../src/engine/quantize.js';
 import * as naive from './naive.js';
 
 /** The nearest bfloat16 of v (ties to even) by its definition on the f32 bit pattern, as a number. */
@@ -60,6 +61,83 @@ const SHAPES: [number, number, number][] = [
   [3, 768, 300],
   [20, 40, 33],
 ];
+
+/** Bit views of one double, for fusedMulAdd32's round-to-odd step. */
+const f64 = new Float64Array(1);
+const i64 = new BigInt64Array(f64.buffer);
+
+/**
+ * fl32(x·y + z) rounded once (a float32 fused multiply-add), for float32 x, z and a y with at most 24
+ * significant bits: x·y is exact in a double, the double sum is rounded to odd (its error decides the last
+ * bit), and a round-to-odd double of more than 2·24 + 1 bits rounds to the float32 that the exact sum does.
+ */
+function fusedMulAdd32(x: number, y: number, z: number): number {
+  const p = x * y;
+  const s = p + z;
+  const t = s - p;
+  const err = p - (s - t) + (z - t); // exact: s + err = p + z (TwoSum)
+  if (err === 0 || !Number.isFinite(s)) return Math.fround(s);
+  f64[0] = s;
+  if ((i64[0] & 1n) === 0n) i64[0] += err > 0 === s > 0 ? 1n : -1n; // one ulp towards the exact sum
+  return Math.fround(f64[0]);
+}
+
+/**
+ * The native decoding product's values by its summation order (native/quant.cc), bit for bit: C (M, N) =
+ * alpha·A·(q·scale) (+ C) (+ bias) for A (M, K) and the compact weight (q (K, N), or (N, K) with transB).
+ * `fused`: the AVX2 kernels' fused multiply-adds; else the portable loops' separate float32 multiply and add.
+ * nn: one chain over p per output; nt: 8 lanes (p mod 8) reduced as ((l0+l4)+(l2+l6))+((l1+l5)+(l3+l7))
+ * (AVX2) or ((l0+l1)+(l2+l3))+((l4+l5)+(l6+l7)) (portable), then the tail p >= K - K mod 8 in order.
+ * Then per output: ·scale (int8), ·alpha, + C, + bias, each rounded to float32.
+ */
+function quantProductBits(
+  A: Float32Array,
+  q: Int8Array | Uint16Array,
+  scales: Float32Array | null,
+  M: number,
+  K: number,
+  N: number,
+  o: { transB: boolean; fused: boolean; alpha: number; c0: Float32Array | null; bias: Float32Array | null },
+): Float32Array {
+  const f = Math.fround;
+  const wv = new Float32Array(q.length);
+  if (q instanceof Int8Array) wv.set(q);
+  else new Uint32Array(wv.buffer).set(Array.from(q, (h) => h << 16));
+  const madd = o.fused ? fusedMulAdd32 : (x: number, y: number, z: number) => f(z + f(x * y));
+  const out = new Float32Array(M * N);
+  const Kv = K - (K % 8);
+  for (let m = 0; m < M; m++)
+    for (let j = 0; j < N; j++) {
+      const w = (p: number) => wv[o.transB ? j * K + p : p * N + j];
+      const a = (p: number) => A[m * K + p];
+      let v = 0;
+      if (!o.transB) {
+        for (let p = 0; p < K; p++) v = madd(a(p), w(p), v);
+      } else {
+        const l = [0, 0, 0, 0, 0, 0, 0, 0];
+        for (let p = 0; p < Kv; p++) l[p % 8] = madd(a(p), w(p), l[p % 8]);
+        v = o.fused
+          ? f(f(f(l[0] + l[4]) + f(l[2] + l[6])) + f(f(l[1] + l[5]) + f(l[3] + l[7])))
+          : f(f(f(l[0] + l[1]) + f(l[2] + l[3])) + f(f(l[4] + l[5]) + f(l[6] + l[7])));
+        for (let p = Kv; p < K; p++) v = madd(a(p), w(p), v);
+      }
+      if (scales) v = f(v * scales[j]);
+      v = f(v * o.alpha);
+      if (o.c0) v = f(v + o.c0[m * N + j]);
+      if (o.bias) v = f(v + o.bias[j]);
+      out[m * N + j] = v;
+    }
+  return out;
+}
+
+/** Indices where a and b differ as bit patterns (so -0 != 0 and NaNs compare by payload). */
+function bitDiffs(a: Float32Array, b: Float32Array): number[] {
+  const ua = new Uint32Array(a.buffer, a.byteOffset, a.length);
+  const ub = new Uint32Array(b.buffer, b.byteOffset, b.length);
+  const out: number[] = [];
+  for (let i = 0; i < ua.length; i++) if (ua[i] !== ub[i]) out.push(i);
+  return out;
+}
 
 /** The quantizeWeight tests on `be` (called inside the kernel suite's describe for that backend). */
 export function quantizeTests(be: Backend): void {
@@ -136,6 +214,77 @@ export function quantizeTests(be: Backend): void {
           });
         }
       }
+    }
+
+    // The native decoding kernels' exact values: the README's int8 / bf16 accuracy figures were measured with
+    // this summation order, so a faster kernel must keep it bit for bit (native/quant.cc).
+    if (be instanceof NativeBackend) {
+      // (K, N): vector tails in K (nt) and N (nn), several 8-row passes, and one shape large enough for the
+      // thread pool's column blocks (2·M·N·K >= 1e6).
+      const exactShapes: [number, number][] = [
+        [37, 53],
+        [19, 8],
+        [203, 150],
+        [300, 1703],
+      ];
+      for (const format of FORMATS)
+        for (const transB of [false, true])
+          it(`${format}${transB ? ' _tB' : ''} decoding products (M = 1..8) equal the kernel's summation order bit for bit`, async () => {
+            for (const [K, N] of exactShapes) {
+              const seed = K * 7 + N + (transB ? 3 : 0) + (format === 'bf16' ? 11 : 0);
+              const [rows, cols, axis] = transB ? [N, K, 0 as const] : [K, N, 1 as const];
+              const w = naive.randomF32(K * N, seed, -0.5, 0.5);
+              const c = quantizeHost('test', w, rows, cols, format, axis, new Float32Array(K * N));
+              const tw = be.upload(w, [rows, cols]);
+              const qw = be.quantizeWeight(tw, format, axis);
+              be.free(tw);
+              const bias = naive.randomF32(N, seed + 1, -1, 1);
+              const tb = be.upload(bias, [N]);
+              for (let M = 1; M <= 8; M++) {
+                if (K * N > 1e5 && M !== 1 && M !== 5 && M !== 8) continue; // the big shape: a few row counts
+                const x = naive.randomF32(M * K, seed + 2 + M, -1, 1);
+                const c0 = naive.randomF32(M * N, seed + 20 + M, -1, 1);
+                const tx = be.upload(x, [M, K]);
+                for (const kern of be.info().avx2
+                  ? (['avx2', 'portable'] as const)
+                  : (['portable'] as const)) {
+                  // The portable loops' separate multiply and add: x86-64 without FMA (elsewhere the compiler
+                  // may fuse them, so only the AVX2 order is pinned down there).
+                  if (kern === 'portable' && process.arch !== 'x64') continue;
+                  expect(be.setGemmKernel(kern)).toBe(true);
+                  const fused = kern === 'avx2';
+                  for (const [withBias, accumulate, alpha] of [
+                    [false, false, 1],
+                    [true, true, -0.75],
+                    [true, false, 1],
+                    [false, true, 1],
+                  ] as const) {
+                    const out = be.upload(c0, [M, N]);
+                    be.matmul(tx, qw, { transB, alpha, bias: withBias ? tb : undefined, out, accumulate });
+                    const want = quantProductBits(x, c.data, c.scales, M, K, N, {
+                      transB,
+                      fused,
+                      alpha,
+                      c0: accumulate ? c0 : null,
+                      bias: withBias ? bias : null,
+                    });
+                    const got = await be.download(out);
+                    if (!(got instanceof Float32Array))
+                      throw new Error('a float32 product downloads as float32');
+                    const diffs = bitDiffs(got, want);
+                    expect(
+                      diffs.slice(0, 5),
+                      `${kern} M=${M} K=${K} N=${N} bias=${withBias} acc=${accumulate}`,
+                    ).toEqual([]);
+                    be.free(out);
+                  }
+                }
+                be.free(tx);
+              }
+              be.setGemmKernel(be.info().avx2 ? 'avx2' : 'portable');
+              for (const u of [tb, qw]) be.free(u);
+            }
+          });
     }
 
     it('a quantized weight is read-only and bad arguments throw ShapeError', async () => {
