@@ -358,6 +358,23 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// attentionQkv(qkv, keyMask|null, out, B, T, T, T, C, nHead, scale, causal, dropoutP, dropoutSeedUint32):
+// self-attention with q, k and v the column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C), read in place.
+Napi::Value AttentionQkv(const Napi::CallbackInfo& info) {
+  need_args(info, 13, "attentionQkv");
+  AttentionArgs a = attention_geometry(info, 3);
+  if (a.Tq != a.Tk || a.kv_len != a.Tk) fail(info, "attentionQkv: self-attention needs Tq = Tk = kvLength");
+  const int64_t nq = checked_mul(info, checked_mul(info, a.B, a.Tq), a.C);
+  const float* qkv = f32(info, 0, "qkv", checked_mul(info, nq, 3));
+  a.q = qkv;
+  a.k = qkv + a.C;
+  a.v = qkv + 2 * a.C;
+  a.ldq = a.ldkv = 3 * a.C;
+  a.key_mask = f32(info, 1, "keyMask", checked_mul(info, a.B, a.Tk), true);
+  attention_forward(a, f32(info, 2, "out", nq), nullptr);
+  return info.Env().Undefined();
+}
+
 // attentionBackward(dout, q, k, v, probs, dq, dk, dv, B, Tq, Tk, kvLen, C, nHead, scale, causal, dropoutP,
 //                   dropoutSeedUint32)
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info) {

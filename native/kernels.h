@@ -79,6 +79,9 @@ struct AttentionArgs {
   const float* v = nullptr;  // (B, Tk, C)
   const float* key_mask = nullptr;  // (B, Tk) or null: 0 = masked
   int64_t B = 0, Tq = 0, Tk = 0, kv_len = 0, C = 0, n_head = 1;
+  // Row strides of q and of k/v (forward only; 0 = C, contiguous rows): 3C when q, k and v are the column
+  // blocks [q | k | v] of one fused (B, T, 3C) projection, read in place instead of sliced out.
+  int64_t ldq = 0, ldkv = 0;
   float scale = 1.0f;
   bool causal = false;
   // Probability dropout (0 = none): probability ((b * n_head + h) * Tq + i) * Tk + j is kept, scaled by

@@ -176,6 +176,7 @@ export const OPS = [
   'layerNormBackward',
   'attention',
   'attentionBackward',
+  'attentionQkv',
   'embedding',
   'embeddingBackward',
   'crossEntropy',
@@ -269,6 +270,14 @@ export interface Backend {
     saved: AttentionSaved,
     opts: AttentionOptions,
   ): AttentionGrads;
+
+  /**
+   * Self-attention from one fused projection, forward only (inference): qkv (B, T, 3C) holds [q | k | v]
+   * per row (channels [0, C), [C, 2C), [2C, 3C)), read in place instead of sliced into three tensors.
+   * Returns (B, T, C) with the values of attention(q, k, v, opts) for those three blocks. opts.kvLength is
+   * not allowed (T keys, all in use). A device may decline it (supports('attentionQkv')): models then slice.
+   */
+  attentionQkv(qkv: Tensor, opts: AttentionOptions): Tensor;
 
   // ---- embeddings ----
   /** ids (…) i32, table (V, C) -> (…, C). Out-of-range ids throw. */

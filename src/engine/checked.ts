@@ -60,6 +60,7 @@ export class DeviceBackend<S> implements Backend {
   supports(op: OpName): boolean {
     if (!OPS.includes(op)) return false;
     if (op === 'packWeight' && (!this.device.packWeight || !this.device.readPacked)) return false;
+    if (op === 'attentionQkv' && !this.device.attentionQkv) return false;
     return this.device.supports ? this.device.supports(op) : true;
   }
 
@@ -386,13 +387,22 @@ export class DeviceBackend<S> implements Backend {
 
   // ---------------------------------------------------------------- attention
 
-  private attentionDims(op: string, q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): AttentionDims {
+  /** `blockChannels`: attentionQkv's C, where q, k and v are the thirds of one (B, T, 3C) tensor. */
+  private attentionDims(
+    op: string,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    opts: AttentionOptions,
+    blockChannels?: number,
+  ): AttentionDims {
     requireRank(op, 'q', q, 3);
     requireRank(op, 'k', k, 3);
     requireSameShape(op, 'k', k, 'v', v);
-    const [batch, tq, channels] = q.shape;
+    const [batch, tq] = q.shape;
+    const channels = blockChannels ?? q.shape[2];
     const tk = k.shape[1];
-    if (k.shape[0] !== batch || k.shape[2] !== channels) {
+    if (k.shape[0] !== batch || k.shape[2] !== q.shape[2]) {
       throw new ShapeError(
         `${op}: q ${fmt(q.shape)} and k/v ${fmt(k.shape)} need the same batch and channels`,
       );
@@ -456,6 +466,32 @@ export class DeviceBackend<S> implements Backend {
     const S = saved ? saved.tensors.map((t, i) => this.s(op, `saved[${i}]`, t)) : null;
     this.device.attention(qkv, mask, this.s(op, 'out', out), S, d);
     return saved ? { out, saved } : { out };
+  }
+
+  /**
+   * Self-attention over the column blocks [q | k | v] of one fused projection qkv (B, T, 3C), forward only:
+   * the values of attention(q, k, v, opts) without slicing the three out (see Backend.attentionQkv).
+   */
+  attentionQkv(qkv: Tensor, opts: AttentionOptions): Tensor {
+    const op = 'attentionQkv';
+    this.need(op);
+    const QKV = this.s(op, 'qkv', qkv, 'f32');
+    requireRank(op, 'qkv', qkv, 3);
+    const c3 = qkv.shape[2];
+    if (c3 % 3 !== 0) throw new ShapeError(`${op}: qkv ${fmt(qkv.shape)} has no 3·C channels`);
+    if (opts.kvLength !== undefined)
+      throw new ShapeError(`${op}: kvLength is not an option of self-attention over qkv (use attention)`);
+    // The geometry of attention(q, k, v) for (B, T, C) blocks, checked as that call checks it.
+    const d = this.attentionDims(op, qkv, qkv, qkv, opts, c3 / 3);
+    const mask = this.keyMask(op, opts, d);
+    const out = this.alloc([d.batch, d.tq, d.channels]);
+    (this.device.attentionQkv as NonNullable<Device<S>['attentionQkv']>)(
+      QKV,
+      mask,
+      this.s(op, 'out', out),
+      d,
+    );
+    return out;
   }
 
   /**

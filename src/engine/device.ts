@@ -175,6 +175,11 @@ export interface Device<S> {
     grads: AttentionGradArrays<S>,
     d: AttentionDims,
   ): void;
+  /**
+   * Optional (a device without it declines 'attentionQkv'): out (B, T, C) = attention with q, k and v the
+   * column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C); d.tq = d.tk = d.kvLen = T. Forward only.
+   */
+  attentionQkv?(qkv: S, keyMask: S | null, out: S, d: AttentionDims): void;
   /** out (n, C) = rows ids[i] of table (V, C); throws when an id is out of range. */
   embedding(ids: S, n: number, table: S, out: S, V: number, C: number): void;
   /** dtable[ids[i]] += dy[i]; throws when an id is out of range. */

@@ -100,6 +100,8 @@ export interface HostKernels {
     grads: AttentionGradArrays<F32>,
     d: AttentionDims,
   ): void;
+  /** out (B, T, C): attention over the column blocks [q | k | v] of qkv (B, T, 3C); tq = tk = kvLen = T. */
+  attentionQkv(qkv: F32, keyMask: F32 | null, out: F32, d: AttentionDims): void;
   /** out (ids.length, C) = rows ids[i] of table (V, C); ids are in range. */
   embedding(ids: I32, table: F32, out: F32, V: number, C: number): void;
   /** dtable[ids[i]] += dy[i]; ids are in range. */
@@ -318,6 +320,10 @@ export class HostDevice implements Device<Storage> {
       grads as AttentionGradArrays<F32>,
       d,
     );
+  }
+
+  attentionQkv(qkv: Storage, keyMask: Storage | null, out: Storage, d: AttentionDims): void {
+    this.k.attentionQkv(f32(qkv), keyMask as F32 | null, f32(out), d);
   }
 
   embedding(ids: Storage, _n: number, table: Storage, out: Storage, V: number, C: number): void {

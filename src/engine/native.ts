@@ -110,6 +110,7 @@ interface NativeAddon extends Pick<
     probs: F32 | null,
     ...geometry: AttentionGeometry
   ): void;
+  attentionQkv(qkv: F32, keyMask: F32 | null, out: F32, ...geometry: AttentionGeometry): void;
   attentionBackward(
     dout: F32,
     q: F32,
@@ -346,6 +347,7 @@ function nativeKernels(addon: NativeAddon): HostKernels {
       addon.attention(q, k, v, keyMask, out, probs, ...geometry(d)),
     attentionBackward: (dout, { q, k, v }, probs, { dq, dk, dv }, d) =>
       addon.attentionBackward(dout, q, k, v, probs, dq, dk, dv, ...geometry(d)),
+    attentionQkv: (qkv, keyMask, out, d) => addon.attentionQkv(qkv, keyMask, out, ...geometry(d)),
     embedding: (ids, table, out, V, C) => addon.embedding(ids, table, out, V, C),
     embeddingBackward: (dy, ids, dtable, V, C) => addon.embeddingBackward(dy, ids, dtable, V, C),
     // the addon also returns the count, which host-backend.ts has already made

@@ -230,6 +230,19 @@ const referenceKernels: HostKernels = {
     }
   },
 
+  /** attention with q, k and v copied out of the column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C). */
+  attentionQkv(QKV, mask, O, d) {
+    const C = d.channels;
+    const rows = d.batch * d.tq;
+    const [q, k, v] = [0, 1, 2].map((part) => {
+      const x = new Float32Array(rows * C);
+      for (let r = 0; r < rows; r++)
+        x.set(QKV.subarray(r * 3 * C + part * C, r * 3 * C + (part + 1) * C), r * C);
+      return x;
+    });
+    this.attention({ q, k, v }, mask, O, null, d);
+  },
+
   /**
    * From the forward's probabilities P (masking is already in them: disallowed keys have p = 0):
    * dV = Pᵀ·dO; dP = dO·Vᵀ; dS = P ⊙ (dP - rowsum(P ⊙ dP)); dQ = scale·dS·K; dK = scale·dSᵀ·Q.

@@ -14,7 +14,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import type { Backend } from '../../src/engine/backend.js';
-import { AttentionSaved, ShapeError } from '../../src/engine/backend.js';
+import { AttentionSaved, ShapeError, UnsupportedOpError } from '../../src/engine/backend.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import * as naive from './naive.js';
 import { AsyncTestBackend } from './async-backend.js';
@@ -679,6 +679,45 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       await check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
     });
   }
+
+  // attentionQkv: the same self-attention cases with q, k and v as the column blocks of one (B, T, 3C) tensor.
+  const selfCases = cases.filter(([, c]) => c.tq === c.tk && c.kvLength === undefined);
+  for (const [name, c] of selfCases) {
+    const s0 = (seed += 10);
+    it(`attentionQkv (fused [q | k | v] input), ${name}`, async () => {
+      const s = attnSetup(be, rand, c, s0);
+      const qkv = be.concat([s.q, s.k, s.v], 2); // (B, T, 3C)
+      const opts = { ...attnOpts(s), kvLength: undefined };
+      if (!be.supports('attentionQkv')) {
+        expect(() => be.attentionQkv(qkv, opts)).toThrow(UnsupportedOpError);
+        return;
+      }
+      const ref = naive.attentionNaive(
+        await be.download(s.q),
+        await be.download(s.k),
+        await be.download(s.v),
+        c,
+      );
+      const out = be.attentionQkv(qkv, opts);
+      expect(out.shape).toEqual([c.batch, c.tq, c.channels]);
+      await check(`attentionQkv out: ${name}`, out, ref.out);
+      // the same numbers as attention over the three separate tensors
+      expect(Array.from(await be.download(out))).toEqual(
+        Array.from(await be.download(be.attention(s.q, s.k, s.v, opts).out)),
+      );
+    });
+  }
+
+  it('attentionQkv rejects bad shapes and kvLength', () => {
+    if (!be.supports('attentionQkv')) return;
+    expect(() => be.attentionQkv(rand([2, 3, 8], 1), { nHead: 2 })).toThrow(ShapeError); // 8 is not 3·C
+    expect(() => be.attentionQkv(rand([6, 8], 1), { nHead: 2 })).toThrow(ShapeError); // rank 2
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 3 })).toThrow(ShapeError); // C 4, 3 heads
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 2, kvLength: 3 })).toThrow(ShapeError);
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 2, keyMask: rand([2, 4], 2) })).toThrow(
+      ShapeError,
+    );
+  });
 
   it('dropout p = 0 is bit-identical to no dropout (forward, saved state and backward)', async () => {
     const c = { batch: 2, tq: 5, tk: 5, channels: 12, nHead: 3, causal: true };
