@@ -21,6 +21,9 @@ void sum_rows(const float* x, int64_t rows, int64_t cols, float* out, bool accum
 // ---- activations ----
 enum class Activation { kGelu, kQuickGelu, kRelu, kTanh };
 void activation_forward(Activation act, const float* x, int64_t n, float* y);
+// y = f(x) on the calling thread only (the GEMM's fused epilogue, GemmArgs::post): the same value per element
+// as activation_forward, which runs this on each of its chunks. x may equal y.
+void activation_serial(Activation act, const float* x, int64_t n, float* y);
 // dx = dy * f'(saved): saved is the forward's input x, except for tanh where it is the output y.
 void activation_backward(Activation act, const float* dy, const float* saved, int64_t n, float* dx);
 

@@ -45,6 +45,12 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Scale of the product: out = alpha·A·B (+ bias). Default 1. */
   alpha?: number;
+  /**
+   * An activation applied to every output after the bias: out = f(alpha·A·B + bias), the values of
+   * activation(kind, matmul(...)) in one pass (not with accumulate). A device may decline it
+   * (supports('matmulActivation')): models then call activation after matmul.
+   */
+  activation?: ActivationKind;
 }
 
 export interface AttentionOptions {
@@ -167,6 +173,8 @@ export type BinaryKind = 'add' | 'mul';
 /** Every op of the interface, for `supports`. */
 export const OPS = [
   'matmul',
+  // matmul with MatmulOptions.activation
+  'matmulActivation',
   'binary',
   'addInPlace',
   'sumRows',

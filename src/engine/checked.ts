@@ -29,7 +29,7 @@ import type {
   TopKResult,
   WeightFormat,
 } from './backend.js';
-import type { AttentionDims, Conv2dDims, Device, LossArgs } from './device.js';
+import type { AttentionDims, Conv2dDims, Device, GemmArgs, LossArgs } from './device.js';
 import { registerAllocation } from './memory.js';
 import { Allocation, Tensor, shapeSize } from './tensor.js';
 import type { DType, PackedLayout } from './tensor.js';
@@ -61,6 +61,7 @@ export class DeviceBackend<S> implements Backend {
     if (!OPS.includes(op)) return false;
     if (op === 'packWeight' && (!this.device.packWeight || !this.device.readPacked)) return false;
     if (op === 'attentionQkv' && !this.device.attentionQkv) return false;
+    if (op === 'matmulActivation' && !this.device.gemmActivation) return false;
     return this.device.supports ? this.device.supports(op) : true;
   }
 
@@ -251,6 +252,12 @@ export class DeviceBackend<S> implements Backend {
       bias = this.s(op, 'bias', opts.bias, 'f32');
     }
     if (opts.accumulate && !opts.out) throw new ShapeError(`${op}: accumulate needs an out tensor`);
+    const act = opts.activation;
+    if (act !== undefined) {
+      this.need('matmulActivation');
+      if (!ACTIVATIONS.includes(act)) throw new ShapeError(`${op}: unknown activation ${String(act)}`);
+      if (opts.accumulate) throw new ShapeError(`${op}: an activation cannot be applied while accumulating`);
+    }
     let out: Tensor;
     if (opts.out) {
       requireShape(op, 'out', opts.out, outShape);
@@ -263,7 +270,7 @@ export class DeviceBackend<S> implements Backend {
     } else {
       out = this.alloc(outShape);
     }
-    this.device.gemm({
+    const g: GemmArgs<S> = {
       A,
       B,
       C: this.s(op, 'out', out, 'f32'),
@@ -278,7 +285,9 @@ export class DeviceBackend<S> implements Backend {
       alpha,
       accumulate: opts.accumulate ?? false,
       packedB,
-    });
+    };
+    if (act !== undefined) (this.device.gemmActivation as NonNullable<Device<S>['gemmActivation']>)(g, act);
+    else this.device.gemm(g);
     return out;
   }
 

@@ -150,6 +150,11 @@ export interface Device<S> {
 
   // ---- compute ----
   gemm(g: GemmArgs<S>): void;
+  /**
+   * Optional (a device without it declines 'matmulActivation'): gemm (never accumulating), then C = f(C)
+   * elementwise, with the values activation(kind) gives.
+   */
+  gemmActivation?(g: GemmArgs<S>, kind: ActivationKind): void;
   /** y (n) = a (n) op b (nb), b repeating over a (nb divides n). */
   binary(kind: BinaryKind, a: S, b: S, y: S, n: number, nb: number): void;
   /** a += alpha·b, in place (n elements). */

@@ -60,6 +60,8 @@ export interface HostKernels {
    */
   checkScalar(op: string, what: string, value: number, kind: 'real' | 'int32'): void;
   gemm(g: GemmArgs<F32>): void;
+  /** gemm (not accumulating), then C = f(C) elementwise as activation computes it. */
+  gemmActivation(g: GemmArgs<F32>, kind: ActivationKind): void;
   /** y[i] = a[i] + b[i mod b.length] (or ·): b broadcasts over a's leading axes. */
   binary(kind: BinaryKind, a: F32, b: F32, y: F32): void;
   /** a += alpha·b, in place. */
@@ -242,6 +244,10 @@ export class HostDevice implements Device<Storage> {
 
   gemm(g: GemmArgs<Storage>): void {
     this.k.gemm(g as GemmArgs<F32>);
+  }
+
+  gemmActivation(g: GemmArgs<Storage>, kind: ActivationKind): void {
+    this.k.gemmActivation(g as GemmArgs<F32>, kind);
   }
 
   binary(kind: BinaryKind, a: Storage, b: Storage, y: Storage): void {

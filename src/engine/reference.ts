@@ -115,6 +115,12 @@ const referenceKernels: HostKernels = {
     }
   },
 
+  /** The definition: the product, then the activation over it. */
+  gemmActivation(g, kind) {
+    this.gemm(g);
+    this.activation(kind, g.C, g.C);
+  },
+
   activation(kind, X, Y) {
     const { f } = ACTIVATIONS[kind];
     for (let i = 0; i < X.length; i++) Y[i] = f(X[i]);

@@ -351,6 +351,54 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     );
   });
 
+  // matmul with a fused activation (MatmulOptions.activation): f(A·B + bias), the blocked path (several
+  // depth blocks, edge tiles, a prepacked B), the skinny one (M <= 8) and a batched B.
+  type FusedCase = [string, naive.MatmulCase, boolean];
+  const fusedCases: FusedCase[] = [
+    ['(7,33)·(33,19)+b', { batch: 1, m: 7, k: 33, n: 19 }, false],
+    ['(3,64)·(100,64)ᵀ+b (skinny)', { batch: 1, m: 3, k: 64, n: 100, transB: true }, false],
+    ['(2,9,20)·(2,20,13)+b (batched B)', { batch: 2, m: 9, k: 20, n: 13, bBatched: true }, false],
+    ['(100,768)·(1000,768)ᵀ+b, B packed', { batch: 1, m: 100, k: 768, n: 1000, transB: true }, true],
+  ];
+  const acts = ['quickGelu', 'gelu', 'relu', 'tanh'] as const;
+  fusedCases.forEach(([name, mc, packed], ci) => {
+    it(`matmul with a fused activation: ${name}`, async () => {
+      const aShape = mc.batch > 1 ? [mc.batch, mc.m, mc.k] : [mc.m, mc.k];
+      const bShape = mc.batch > 1 ? [mc.batch, mc.k, mc.n] : mc.transB ? [mc.n, mc.k] : [mc.k, mc.n];
+      const x = rand(aShape, 600 + ci, -2, 2);
+      const w = rand(bShape, 610 + ci, -0.1, 0.1);
+      const bias = rand([mc.n], 620 + ci);
+      const B = packed && be.supports('packWeight') ? be.packWeight(w, { transB: true }) : w;
+      const opts = { transB: mc.transB, bias };
+      if (!be.supports('matmulActivation')) {
+        expect(() => be.matmul(x, B, { ...opts, activation: 'quickGelu' })).toThrow(UnsupportedOpError);
+        return;
+      }
+      const prod = naive.matmulNaive(await be.download(x), await be.download(w), mc, await be.download(bias));
+      for (const act of packed ? (['quickGelu'] as const) : acts) {
+        const y = be.matmul(x, B, { ...opts, activation: act });
+        expect(y.shape).toEqual([...aShape.slice(0, -1), mc.n]);
+        await check(`matmul+${act} ${name}`, y, naive.mapNaive(prod, naive.activations[act].f));
+        // the same numbers as the two ops
+        const two = be.activation(act, be.matmul(x, B, opts));
+        expect(Array.from(await be.download(y)), `matmul+${act} ${name} vs activation(matmul)`).toEqual(
+          Array.from(await be.download(two)),
+        );
+      }
+    });
+  });
+
+  it('a fused activation is refused while accumulating, and an unknown one', () => {
+    if (!be.supports('matmulActivation')) return;
+    const out = rand([3, 5], 3);
+    expect(() =>
+      be.matmul(rand([3, 4], 1), rand([4, 5], 2), { out, accumulate: true, activation: 'relu' }),
+    ).toThrow(ShapeError);
+    expect(() =>
+      be.matmul(rand([3, 4], 1), rand([4, 5], 2), { activation: 'swish' as unknown as 'relu' }),
+    ).toThrow(ShapeError);
+  });
+
   it('rejects mismatched shapes with ShapeError', async () => {
     expect(() => be.matmul(rand([3, 4], 1), rand([5, 6], 2))).toThrow(ShapeError);
     expect(() => be.matmul(rand([3, 4], 1), rand([6, 4], 2))).toThrow(ShapeError); // needs transB
