@@ -158,9 +158,12 @@ const i32 = (s: Storage): I32 => s as I32;
  * up to POOL_MAX_BYTES in all: a model run allocates the same activation shapes over and over, and a fresh
  * large Float32Array costs a page fault per 4 KiB when first written plus an munmap when dropped (with the
  * kernels' threads running, each munmap also interrupts them to flush their TLBs). Zeroing a reused buffer
- * costs a fraction of that. Smaller arrays are V8's business.
+ * costs a fraction of that. Smaller arrays are V8's business. The floor, 16 Ki elements (64 KiB), takes in a
+ * one-image CLIP activation (50, 768), 37.5 Ki elements: outside the pool each of the five a layer makes
+ * costs tens of microseconds to allocate, touch and detach (a few percent of a batch-1 forward). GPT-2
+ * decoding's (beams, 768 or 3072) rows stay below it.
  */
-const POOL_MIN_ELEMENTS = 64 * 1024;
+const POOL_MIN_ELEMENTS = 16 * 1024;
 const POOL_MAX_BYTES = 128 * 2 ** 20;
 
 /** The host device: typed-array storage, arithmetic from `kernels`. */
