@@ -149,6 +149,16 @@ export class DeviceBackend<S> implements Backend {
     return this.wrap(this.device.alloc(shapeSize(shape), dtype), shape, dtype);
   }
 
+  /**
+   * A new f32 tensor for an op that writes every element before reading any (Device.allocOutput: a device
+   * may skip zeroing it); a zero-filled one where the device has no such allocation.
+   */
+  private allocOutput(shape: readonly number[]): Tensor {
+    const size = shapeSize(shape);
+    const s = this.device.allocOutput ? this.device.allocOutput(size, 'f32') : this.device.alloc(size, 'f32');
+    return this.wrap(s, shape, 'f32');
+  }
+
   private noAlias(op: string, out: S, what: string, ...inputs: S[]): void {
     for (const x of inputs) {
       if (this.device.aliases(out, x))
@@ -268,7 +278,7 @@ export class DeviceBackend<S> implements Backend {
         throw new ShapeError(`${op}: out must not share storage with A or B`);
       }
     } else {
-      out = this.alloc(outShape);
+      out = this.allocOutput(outShape); // gemm writes every element of C when not accumulating
     }
     const g: GemmArgs<S> = {
       A,
@@ -493,7 +503,7 @@ export class DeviceBackend<S> implements Backend {
     // The geometry of attention(q, k, v) for (B, T, C) blocks, checked as that call checks it.
     const d = this.attentionDims(op, qkv, qkv, qkv, opts, c3 / 3);
     const mask = this.keyMask(op, opts, d);
-    const out = this.alloc([d.batch, d.tq, d.channels]);
+    const out = this.allocOutput([d.batch, d.tq, d.channels]); // every row of every head is written
     (this.device.attentionQkv as NonNullable<Device<S>['attentionQkv']>)(
       QKV,
       mask,

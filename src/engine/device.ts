@@ -13,7 +13,10 @@
 import type { ActivationKind, BinaryKind, OpName, WeightFormat } from './backend.js';
 import type { DType } from './tensor.js';
 
-/** matmul resolved: per batch bt, C[bt] (M, N) = alpha·op(A[bt])·op(B or B[bt]) + bias (+ C[bt]). */
+/**
+ * matmul resolved: per batch bt, C[bt] (M, N) = alpha·op(A[bt])·op(B or B[bt]) + bias (+ C[bt]). Without
+ * accumulate, C may hold anything (allocOutput): the device writes every element without reading it.
+ */
 export interface GemmArgs<S> {
   /** (batches, M, K), or (batches, K, M) with transA. */
   A: S;
@@ -136,6 +139,12 @@ export interface Device<S> {
   // ---- memory ----
   /** A zero-filled allocation of `size` elements. */
   alloc(size: number, dtype: DType): S;
+  /**
+   * Optional: an allocation of `size` elements whose contents are unspecified (a reused buffer is not
+   * zeroed), for an output the op writes in full before reading it: gemm's C when not accumulating and
+   * attentionQkv's out. Without it those get alloc's zeros.
+   */
+  allocOutput?(size: number, dtype: DType): S;
   /** A copy of host data. */
   upload(data: Float32Array | Int32Array): S;
   /** A host copy of the first `size` elements (all of them). */

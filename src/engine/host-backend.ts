@@ -180,12 +180,21 @@ export class HostDevice implements Device<Storage> {
   ) {}
 
   alloc(size: number, dtype: DType): Storage {
+    return this.take(size, dtype, true);
+  }
+
+  /** A pooled buffer is handed out as it was released (both host kernel sets write gemm's C in full). */
+  allocOutput(size: number, dtype: DType): Storage {
+    return this.take(size, dtype, false);
+  }
+
+  private take(size: number, dtype: DType, zero: boolean): Storage {
     if (dtype === 'i32') return new Int32Array(size);
     if (size < POOL_MIN_ELEMENTS) return new Float32Array(size);
     const reused = this.pool.get(size)?.pop();
     if (reused) {
       this.pooledBytes -= reused.byteLength;
-      return reused.fill(0); // alloc promises zeros
+      return zero ? reused.fill(0) : reused; // alloc promises zeros
     }
     const fresh = new Float32Array(size);
     this.poolable.add(fresh);

@@ -388,6 +388,27 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     });
   });
 
+  // Outputs a device writes in full may come unzeroed (Device.allocOutput: the host devices reuse released
+  // buffers as they were): a NaN-filled buffer of the output's size is released first, so a kernel that
+  // skipped an element, or read C before writing it, shows NaN.
+  for (const [m, k, n] of [
+    [64, 40, 256],
+    [8, 33, 2048],
+    [1, 0, 16384],
+  ]) {
+    it(`matmul writes all of an output it did not zero: (${m},${k})·(${k},${n})`, async () => {
+      const junk = be.zeros([m, n]);
+      be.fill(junk, NaN);
+      be.free(junk);
+      const x = rand([m, k], 640);
+      const w = rand([k, n], 641);
+      const bias = rand([n], 642);
+      const mc = { batch: 1, m, k, n };
+      const want = naive.matmulNaive(await be.download(x), await be.download(w), mc, await be.download(bias));
+      await check(`matmul into a reused buffer (${m},${k})·(${k},${n})`, be.matmul(x, w, { bias }), want);
+    });
+  }
+
   it('a fused activation is refused while accumulating, and an unknown one', () => {
     if (!be.supports('matmulActivation')) return;
     const out = rand([3, 5], 3);
@@ -755,6 +776,23 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       );
     });
   }
+
+  it('attentionQkv writes all of an output it did not zero', async () => {
+    const c = { batch: 2, tq: 64, tk: 64, channels: 128, nHead: 4 }; // out: 16 Ki elements, pooled
+    const s = attnSetup(be, rand, c, 395);
+    const qkv = be.concat([s.q, s.k, s.v], 2);
+    if (!be.supports('attentionQkv')) return;
+    const junk = be.zeros([2, 64, 128]);
+    be.fill(junk, NaN);
+    be.free(junk);
+    const ref = naive.attentionNaive(
+      await be.download(s.q),
+      await be.download(s.k),
+      await be.download(s.v),
+      c,
+    );
+    await check('attentionQkv out into a reused buffer', be.attentionQkv(qkv, { nHead: 4 }), ref.out);
+  });
 
   it('attentionQkv rejects bad shapes and kvLength', () => {
     if (!be.supports('attentionQkv')) return;
