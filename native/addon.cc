@@ -31,6 +31,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
       {"layerNormBackward", LayerNormBackward},
       {"attention", Attention},
       {"attentionBackward", AttentionBackward},
+      {"attentionQkv", AttentionQkv},
       {"embedding", Embedding},
       {"embeddingBackward", EmbeddingBackward},
       {"crossEntropy", CrossEntropy},

@@ -238,6 +238,8 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
   const double cost = 4.0 * static_cast<double>(std::min(a.Tq, kQueryBlock)) * a.kv_len * hd;
   const float keep_scale = dropout_keep_scale(a);
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
+  const int64_t ldq = a.ldq > 0 ? a.ldq : a.C;
+  const int64_t ldkv = a.ldkv > 0 ? a.ldkv : a.C;
   parallel_for(tasks, cost, [&](int64_t t0, int64_t t1, int64_t) {
     std::vector<float>& p = t_scores;
     std::vector<float>& w = t_weights;
@@ -250,14 +252,14 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
       const int64_t h = (t / qblocks) % a.n_head;
       const int64_t b = t / (qblocks * a.n_head);
       const int64_t i1 = std::min(a.Tq, (qb + 1) * kQueryBlock);
-      const float* kb = a.k + b * a.Tk * a.C + h * hd;  // key j of this head at kb + j·C
-      const float* vb = a.v + b * a.Tk * a.C + h * hd;
+      const float* kb = a.k + b * a.Tk * ldkv + h * hd;  // key j of this head at kb + j·ldkv
+      const float* vb = a.v + b * a.Tk * ldkv + h * hd;
       const float* mask = a.key_mask == nullptr ? nullptr : a.key_mask + b * a.Tk;
       for (int64_t i = qb * kQueryBlock; i < i1; ++i) {
-        const float* qi = a.q + (b * a.Tq + i) * a.C + h * hd;
+        const float* qi = a.q + (b * a.Tq + i) * ldq + h * hd;
         const int64_t last = key_limit(a, i);
         // Scores of the keys in range; -inf marks a disallowed key.
-        if (last > 0) ops.scores(qi, kb, a.C, last, a.scale, p.data());
+        if (last > 0) ops.scores(qi, kb, ldkv, last, a.scale, p.data());
         std::fill(p.begin() + std::max<int64_t>(last, 0), p.begin() + a.kv_len, kNegInf);
         if (mask != nullptr)
           for (int64_t j = 0; j < last; ++j)
@@ -279,7 +281,7 @@ void attention_forward(const AttentionArgs& a, float* out, float* probs) {
             w[j] = p[j] == 0.0f ? 0.0f : p[j] * dropout_factor(a, keep_scale, pbase + j);
           wj = w.data();
         }
-        ops.weighted_sum(wj, vb, a.C, a.kv_len, acc.data());
+        ops.weighted_sum(wj, vb, ldkv, a.kv_len, acc.data());
         std::memcpy(out + (b * a.Tq + i) * a.C + h * hd, acc.data(), sizeof(float) * static_cast<size_t>(hd));
         if (probs != nullptr) {
           float* pr = probs + pbase;

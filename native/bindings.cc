@@ -127,12 +127,23 @@ Napi::Value SetConvKernel(const Napi::CallbackInfo& info) {
   return Napi::Boolean::New(info.Env(), ok);
 }
 
+namespace {
+// GemmArgs::post for an activation fused into the product: ctx points at the Activation.
+void post_activation(const void* ctx, float* row, int64_t n) {
+  activation_serial(*static_cast<const Activation*>(ctx), row, n, row);
+}
+}  // namespace
+
 // gemm(A, B, C, bias|null, M, N, K, transA, transB, alpha, accumulate, batch, strideA, strideB, strideC,
-//      packedB)
+//      packedB[, activation])
 // Operands are contiguous matrices: lda = transA ? M : K, ldb = transB ? K : N, ldc = N. With packedB, B is
-// packB's layout of op(B) (packed_b_buffer_size(K, N) floats), shared by every batch.
+// packB's layout of op(B) (packed_b_buffer_size(K, N) floats), shared by every batch. With an activation
+// kind (as activation() takes it), C = f(result), applied in the GEMM's epilogue.
 Napi::Value Gemm(const Napi::CallbackInfo& info) {
-  need_args(info, 16, "gemm");
+  if (info.Length() != 17) need_args(info, 16, "gemm");
+  Activation act = Activation::kGelu;
+  const bool fused = info.Length() == 17;
+  if (fused) act = activation_kind(info, 16);
   const bool packedB = flag(info, 15, "packedB");
   GemmArgs g;
   g.M = integer(info, 4, "M");
@@ -166,6 +177,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   g.lda = g.transA ? g.M : g.K;
   g.ldb = g.transB ? g.K : g.N;
   g.ldc = g.N;
+  if (fused) {
+    g.post = post_activation;
+    g.post_ctx = &act;
+  }
   gemm(g);
   return info.Env().Undefined();
 }
@@ -355,6 +370,23 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   float* out = f32(info, 4, "out", nq);
   float* probs = f32(info, 5, "probs", checked_mul(info, checked_mul(info, a.B * a.n_head, a.Tq), a.Tk), true);
   attention_forward(a, out, probs);
+  return info.Env().Undefined();
+}
+
+// attentionQkv(qkv, keyMask|null, out, B, T, T, T, C, nHead, scale, causal, dropoutP, dropoutSeedUint32):
+// self-attention with q, k and v the column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C), read in place.
+Napi::Value AttentionQkv(const Napi::CallbackInfo& info) {
+  need_args(info, 13, "attentionQkv");
+  AttentionArgs a = attention_geometry(info, 3);
+  if (a.Tq != a.Tk || a.kv_len != a.Tk) fail(info, "attentionQkv: self-attention needs Tq = Tk = kvLength");
+  const int64_t nq = checked_mul(info, checked_mul(info, a.B, a.Tq), a.C);
+  const float* qkv = f32(info, 0, "qkv", checked_mul(info, nq, 3));
+  a.q = qkv;
+  a.k = qkv + a.C;
+  a.v = qkv + 2 * a.C;
+  a.ldq = a.ldkv = 3 * a.C;
+  a.key_mask = f32(info, 1, "keyMask", checked_mul(info, a.B, a.Tk), true);
+  attention_forward(a, f32(info, 2, "out", nq), nullptr);
   return info.Env().Undefined();
 }
 

@@ -26,6 +26,7 @@ Napi::Value LayerNorm(const Napi::CallbackInfo& info);
 Napi::Value LayerNormBackward(const Napi::CallbackInfo& info);
 Napi::Value Attention(const Napi::CallbackInfo& info);
 Napi::Value AttentionBackward(const Napi::CallbackInfo& info);
+Napi::Value AttentionQkv(const Napi::CallbackInfo& info);
 Napi::Value Embedding(const Napi::CallbackInfo& info);
 Napi::Value EmbeddingBackward(const Napi::CallbackInfo& info);
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info);

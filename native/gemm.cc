@@ -428,6 +428,15 @@ void gemm_skinny(const GemmArgs& g) {
 
 void gemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
+  if (g.post != nullptr && (g.K <= 0 || (g.M <= kSkinnyM && !g.packedB))) {
+    // The skinny and empty products run unchanged; the epilogue then goes over C once (small: M <= 8 rows).
+    GemmArgs plain = g;
+    plain.post = nullptr;
+    gemm(plain);
+    for (int64_t b = 0; b < g.batch; ++b)
+      for (int64_t i = 0; i < g.M; ++i) g.post(g.post_ctx, g.C + b * g.strideC + i * g.ldc, g.N);
+    return;
+  }
   if (g.K <= 0) {
     gemm_k0(g);
     return;
@@ -531,6 +540,9 @@ void gemm(const GemmArgs& g) {
             kernel(kc, ap, bp, C + i * g.ldc + j0 + jp, g.ldc, g.alpha, loadC, bias, mr, nr);
           }
         }
+        // After the last depth block this MC x NT block of C is final and still in L2: the fused epilogue.
+        if (g.post != nullptr && p0 + kc >= K)
+          for (int64_t i = i0; i < i1; ++i) g.post(g.post_ctx, C + i * g.ldc + j0, ntile);
       }
     }
   };

@@ -38,6 +38,11 @@ struct GemmArgs {
   int64_t strideA = 0, strideB = 0, strideC = 0;
   // B is a buffer pack_b filled with op(B) (ldb, transB and strideB are then unused: one B for every batch).
   bool packedB = false;
+  // Optional epilogue applied in place to every finished output row segment, post(post_ctx, row, n), after
+  // alpha, bias and accumulation: an elementwise function (an activation) fused into the product, run on
+  // each tile of C while it is still in cache. It must give each element the value it would give it alone.
+  void (*post)(const void* post_ctx, float* row, int64_t n) = nullptr;
+  const void* post_ctx = nullptr;
 };
 
 void gemm(const GemmArgs& args);

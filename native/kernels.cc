@@ -116,36 +116,43 @@ void sum_rows(const float* x, int64_t rows, int64_t cols, float* out, bool accum
 
 // ---------------------------------------------------------------- activations
 
+void activation_serial(Activation act, const float* x, int64_t n, float* y) {
+  const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
+  (void)simd;
+  const int64_t begin = 0, end = n;
+#if CLIPCAP_X86_KERNELS
+  if (simd && act != Activation::kRelu) {
+    const int64_t len = end - begin;
+    if (act == Activation::kGelu) gelu_avx2(x + begin, len, y + begin);
+    if (act == Activation::kQuickGelu) quick_gelu_avx2(x + begin, len, y + begin);
+    if (act == Activation::kTanh) tanh_avx2(x + begin, len, y + begin);
+    return;
+  }
+#endif
+  switch (act) {
+    case Activation::kGelu:
+      // GPT-2 gelu_new: 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))
+      for (int64_t i = begin; i < end; ++i) {
+        const float v = x[i];
+        y[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + kGeluCoef * v * v * v)));
+      }
+      break;
+    case Activation::kQuickGelu:
+      for (int64_t i = begin; i < end; ++i) y[i] = x[i] * sigmoid(kQuickGeluCoef * x[i]);
+      break;
+    case Activation::kRelu:
+      for (int64_t i = begin; i < end; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
+      break;
+    case Activation::kTanh:
+      for (int64_t i = begin; i < end; ++i) y[i] = std::tanh(x[i]);
+      break;
+  }
+}
+
 void activation_forward(Activation act, const float* x, int64_t n, float* y) {
   const bool simd = CLIPCAP_X86_KERNELS && simd_avx2();
   parallel_for(n, act == Activation::kRelu ? 1.0 : simd ? 4.0 : 20.0, [&](int64_t begin, int64_t end, int64_t) {
-#if CLIPCAP_X86_KERNELS
-    if (simd && act != Activation::kRelu) {
-      const int64_t len = end - begin;
-      if (act == Activation::kGelu) gelu_avx2(x + begin, len, y + begin);
-      if (act == Activation::kQuickGelu) quick_gelu_avx2(x + begin, len, y + begin);
-      if (act == Activation::kTanh) tanh_avx2(x + begin, len, y + begin);
-      return;
-    }
-#endif
-    switch (act) {
-      case Activation::kGelu:
-        // GPT-2 gelu_new: 0.5·x·(1 + tanh(sqrt(2/π)·(x + 0.044715·x³)))
-        for (int64_t i = begin; i < end; ++i) {
-          const float v = x[i];
-          y[i] = 0.5f * v * (1.0f + std::tanh(kSqrt2OverPi * (v + kGeluCoef * v * v * v)));
-        }
-        break;
-      case Activation::kQuickGelu:
-        for (int64_t i = begin; i < end; ++i) y[i] = x[i] * sigmoid(kQuickGeluCoef * x[i]);
-        break;
-      case Activation::kRelu:
-        for (int64_t i = begin; i < end; ++i) y[i] = x[i] > 0.0f ? x[i] : 0.0f;
-        break;
-      case Activation::kTanh:
-        for (int64_t i = begin; i < end; ++i) y[i] = std::tanh(x[i]);
-        break;
-    }
+    activation_serial(act, x + begin, end - begin, y + begin);
   });
 }
 

@@ -21,6 +21,9 @@ void sum_rows(const float* x, int64_t rows, int64_t cols, float* out, bool accum
 // ---- activations ----
 enum class Activation { kGelu, kQuickGelu, kRelu, kTanh };
 void activation_forward(Activation act, const float* x, int64_t n, float* y);
+// y = f(x) on the calling thread only (the GEMM's fused epilogue, GemmArgs::post): the same value per element
+// as activation_forward, which runs this on each of its chunks. x may equal y.
+void activation_serial(Activation act, const float* x, int64_t n, float* y);
 // dx = dy * f'(saved): saved is the forward's input x, except for tanh where it is the output y.
 void activation_backward(Activation act, const float* dy, const float* saved, int64_t n, float* dx);
 
@@ -79,6 +82,9 @@ struct AttentionArgs {
   const float* v = nullptr;  // (B, Tk, C)
   const float* key_mask = nullptr;  // (B, Tk) or null: 0 = masked
   int64_t B = 0, Tq = 0, Tk = 0, kv_len = 0, C = 0, n_head = 1;
+  // Row strides of q and of k/v (forward only; 0 = C, contiguous rows): 3C when q, k and v are the column
+  // blocks [q | k | v] of one fused (B, T, 3C) projection, read in place instead of sliced out.
+  int64_t ldq = 0, ldkv = 0;
   float scale = 1.0f;
   bool causal = false;
   // Probability dropout (0 = none): probability ((b * n_head + h) * Tq + i) * Tk + j is kept, scaled by

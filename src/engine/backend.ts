@@ -45,6 +45,12 @@ export interface MatmulOptions {
   accumulate?: boolean;
   /** Scale of the product: out = alpha·A·B (+ bias). Default 1. */
   alpha?: number;
+  /**
+   * An activation applied to every output after the bias: out = f(alpha·A·B + bias), the values of
+   * activation(kind, matmul(...)) in one pass (not with accumulate). A device may decline it
+   * (supports('matmulActivation')): models then call activation after matmul.
+   */
+  activation?: ActivationKind;
 }
 
 export interface AttentionOptions {
@@ -167,6 +173,8 @@ export type BinaryKind = 'add' | 'mul';
 /** Every op of the interface, for `supports`. */
 export const OPS = [
   'matmul',
+  // matmul with MatmulOptions.activation
+  'matmulActivation',
   'binary',
   'addInPlace',
   'sumRows',
@@ -176,6 +184,7 @@ export const OPS = [
   'layerNormBackward',
   'attention',
   'attentionBackward',
+  'attentionQkv',
   'embedding',
   'embeddingBackward',
   'crossEntropy',
@@ -269,6 +278,14 @@ export interface Backend {
     saved: AttentionSaved,
     opts: AttentionOptions,
   ): AttentionGrads;
+
+  /**
+   * Self-attention from one fused projection, forward only (inference): qkv (B, T, 3C) holds [q | k | v]
+   * per row (channels [0, C), [C, 2C), [2C, 3C)), read in place instead of sliced into three tensors.
+   * Returns (B, T, C) with the values of attention(q, k, v, opts) for those three blocks. opts.kvLength is
+   * not allowed (T keys, all in use). A device may decline it (supports('attentionQkv')): models then slice.
+   */
+  attentionQkv(qkv: Tensor, opts: AttentionOptions): Tensor;
 
   // ---- embeddings ----
   /** ids (…) i32, table (V, C) -> (…, C). Out-of-range ids throw. */

@@ -29,7 +29,7 @@ import type {
   TopKResult,
   WeightFormat,
 } from './backend.js';
-import type { AttentionDims, Conv2dDims, Device, LossArgs } from './device.js';
+import type { AttentionDims, Conv2dDims, Device, GemmArgs, LossArgs } from './device.js';
 import { registerAllocation } from './memory.js';
 import { Allocation, Tensor, shapeSize } from './tensor.js';
 import type { DType, PackedLayout } from './tensor.js';
@@ -60,6 +60,8 @@ export class DeviceBackend<S> implements Backend {
   supports(op: OpName): boolean {
     if (!OPS.includes(op)) return false;
     if (op === 'packWeight' && (!this.device.packWeight || !this.device.readPacked)) return false;
+    if (op === 'attentionQkv' && !this.device.attentionQkv) return false;
+    if (op === 'matmulActivation' && !this.device.gemmActivation) return false;
     return this.device.supports ? this.device.supports(op) : true;
   }
 
@@ -146,6 +148,16 @@ export class DeviceBackend<S> implements Backend {
   /** A new zero-filled tensor. */
   private alloc(shape: readonly number[], dtype: DType = 'f32'): Tensor {
     return this.wrap(this.device.alloc(shapeSize(shape), dtype), shape, dtype);
+  }
+
+  /**
+   * A new f32 tensor for an op that writes every element before reading any (Device.allocOutput: a device
+   * may skip zeroing it); a zero-filled one where the device has no such allocation.
+   */
+  private allocOutput(shape: readonly number[]): Tensor {
+    const size = shapeSize(shape);
+    const s = this.device.allocOutput ? this.device.allocOutput(size, 'f32') : this.device.alloc(size, 'f32');
+    return this.wrap(s, shape, 'f32');
   }
 
   private noAlias(op: string, out: S, what: string, ...inputs: S[]): void {
@@ -251,6 +263,12 @@ export class DeviceBackend<S> implements Backend {
       bias = this.s(op, 'bias', opts.bias, 'f32');
     }
     if (opts.accumulate && !opts.out) throw new ShapeError(`${op}: accumulate needs an out tensor`);
+    const act = opts.activation;
+    if (act !== undefined) {
+      this.need('matmulActivation');
+      if (!ACTIVATIONS.includes(act)) throw new ShapeError(`${op}: unknown activation ${String(act)}`);
+      if (opts.accumulate) throw new ShapeError(`${op}: an activation cannot be applied while accumulating`);
+    }
     let out: Tensor;
     if (opts.out) {
       requireShape(op, 'out', opts.out, outShape);
@@ -261,9 +279,9 @@ export class DeviceBackend<S> implements Backend {
         throw new ShapeError(`${op}: out must not share storage with A or B`);
       }
     } else {
-      out = this.alloc(outShape);
+      out = this.allocOutput(outShape); // gemm writes every element of C when not accumulating
     }
-    this.device.gemm({
+    const g: GemmArgs<S> = {
       A,
       B,
       C: this.s(op, 'out', out, 'f32'),
@@ -278,7 +296,9 @@ export class DeviceBackend<S> implements Backend {
       alpha,
       accumulate: opts.accumulate ?? false,
       packedB,
-    });
+    };
+    if (act !== undefined) (this.device.gemmActivation as NonNullable<Device<S>['gemmActivation']>)(g, act);
+    else this.device.gemm(g);
     return out;
   }
 
@@ -387,13 +407,22 @@ export class DeviceBackend<S> implements Backend {
 
   // ---------------------------------------------------------------- attention
 
-  private attentionDims(op: string, q: Tensor, k: Tensor, v: Tensor, opts: AttentionOptions): AttentionDims {
+  /** `blockChannels`: attentionQkv's C, where q, k and v are the thirds of one (B, T, 3C) tensor. */
+  private attentionDims(
+    op: string,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    opts: AttentionOptions,
+    blockChannels?: number,
+  ): AttentionDims {
     requireRank(op, 'q', q, 3);
     requireRank(op, 'k', k, 3);
     requireSameShape(op, 'k', k, 'v', v);
-    const [batch, tq, channels] = q.shape;
+    const [batch, tq] = q.shape;
+    const channels = blockChannels ?? q.shape[2];
     const tk = k.shape[1];
-    if (k.shape[0] !== batch || k.shape[2] !== channels) {
+    if (k.shape[0] !== batch || k.shape[2] !== q.shape[2]) {
       throw new ShapeError(
         `${op}: q ${fmt(q.shape)} and k/v ${fmt(k.shape)} need the same batch and channels`,
       );
@@ -457,6 +486,32 @@ export class DeviceBackend<S> implements Backend {
     const S = saved ? saved.tensors.map((t, i) => this.s(op, `saved[${i}]`, t)) : null;
     this.device.attention(qkv, mask, this.s(op, 'out', out), S, d);
     return saved ? { out, saved } : { out };
+  }
+
+  /**
+   * Self-attention over the column blocks [q | k | v] of one fused projection qkv (B, T, 3C), forward only:
+   * the values of attention(q, k, v, opts) without slicing the three out (see Backend.attentionQkv).
+   */
+  attentionQkv(qkv: Tensor, opts: AttentionOptions): Tensor {
+    const op = 'attentionQkv';
+    this.need(op);
+    const QKV = this.s(op, 'qkv', qkv, 'f32');
+    requireRank(op, 'qkv', qkv, 3);
+    const c3 = qkv.shape[2];
+    if (c3 % 3 !== 0) throw new ShapeError(`${op}: qkv ${fmt(qkv.shape)} has no 3·C channels`);
+    if (opts.kvLength !== undefined)
+      throw new ShapeError(`${op}: kvLength is not an option of self-attention over qkv (use attention)`);
+    // The geometry of attention(q, k, v) for (B, T, C) blocks, checked as that call checks it.
+    const d = this.attentionDims(op, qkv, qkv, qkv, opts, c3 / 3);
+    const mask = this.keyMask(op, opts, d);
+    const out = this.allocOutput([d.batch, d.tq, d.channels]); // every row of every head is written
+    (this.device.attentionQkv as NonNullable<Device<S>['attentionQkv']>)(
+      QKV,
+      mask,
+      this.s(op, 'out', out),
+      d,
+    );
+    return out;
   }
 
   /**

@@ -13,7 +13,10 @@
 import type { ActivationKind, BinaryKind, OpName, WeightFormat } from './backend.js';
 import type { DType } from './tensor.js';
 
-/** matmul resolved: per batch bt, C[bt] (M, N) = alpha·op(A[bt])·op(B or B[bt]) + bias (+ C[bt]). */
+/**
+ * matmul resolved: per batch bt, C[bt] (M, N) = alpha·op(A[bt])·op(B or B[bt]) + bias (+ C[bt]). Without
+ * accumulate, C may hold anything (allocOutput): the device writes every element without reading it.
+ */
 export interface GemmArgs<S> {
   /** (batches, M, K), or (batches, K, M) with transA. */
   A: S;
@@ -136,6 +139,12 @@ export interface Device<S> {
   // ---- memory ----
   /** A zero-filled allocation of `size` elements. */
   alloc(size: number, dtype: DType): S;
+  /**
+   * Optional: an allocation of `size` elements whose contents are unspecified (a reused buffer is not
+   * zeroed), for an output the op writes in full before reading it: gemm's C when not accumulating and
+   * attentionQkv's out. Without it those get alloc's zeros.
+   */
+  allocOutput?(size: number, dtype: DType): S;
   /** A copy of host data. */
   upload(data: Float32Array | Int32Array): S;
   /** A host copy of the first `size` elements (all of them). */
@@ -150,6 +159,11 @@ export interface Device<S> {
 
   // ---- compute ----
   gemm(g: GemmArgs<S>): void;
+  /**
+   * Optional (a device without it declines 'matmulActivation'): gemm (never accumulating), then C = f(C)
+   * elementwise, with the values activation(kind) gives.
+   */
+  gemmActivation?(g: GemmArgs<S>, kind: ActivationKind): void;
   /** y (n) = a (n) op b (nb), b repeating over a (nb divides n). */
   binary(kind: BinaryKind, a: S, b: S, y: S, n: number, nb: number): void;
   /** a += alpha·b, in place (n elements). */
@@ -175,6 +189,11 @@ export interface Device<S> {
     grads: AttentionGradArrays<S>,
     d: AttentionDims,
   ): void;
+  /**
+   * Optional (a device without it declines 'attentionQkv'): out (B, T, C) = attention with q, k and v the
+   * column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C); d.tq = d.tk = d.kvLen = T. Forward only.
+   */
+  attentionQkv?(qkv: S, keyMask: S | null, out: S, d: AttentionDims): void;
   /** out (n, C) = rows ids[i] of table (V, C); throws when an id is out of range. */
   embedding(ids: S, n: number, table: S, out: S, V: number, C: number): void;
   /** dtable[ids[i]] += dy[i]; throws when an id is out of range. */

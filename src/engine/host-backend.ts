@@ -60,6 +60,8 @@ export interface HostKernels {
    */
   checkScalar(op: string, what: string, value: number, kind: 'real' | 'int32'): void;
   gemm(g: GemmArgs<F32>): void;
+  /** gemm (not accumulating), then C = f(C) elementwise as activation computes it. */
+  gemmActivation(g: GemmArgs<F32>, kind: ActivationKind): void;
   /** y[i] = a[i] + b[i mod b.length] (or ·): b broadcasts over a's leading axes. */
   binary(kind: BinaryKind, a: F32, b: F32, y: F32): void;
   /** a += alpha·b, in place. */
@@ -100,6 +102,8 @@ export interface HostKernels {
     grads: AttentionGradArrays<F32>,
     d: AttentionDims,
   ): void;
+  /** out (B, T, C): attention over the column blocks [q | k | v] of qkv (B, T, 3C); tq = tk = kvLen = T. */
+  attentionQkv(qkv: F32, keyMask: F32 | null, out: F32, d: AttentionDims): void;
   /** out (ids.length, C) = rows ids[i] of table (V, C); ids are in range. */
   embedding(ids: I32, table: F32, out: F32, V: number, C: number): void;
   /** dtable[ids[i]] += dy[i]; ids are in range. */
@@ -154,9 +158,12 @@ const i32 = (s: Storage): I32 => s as I32;
  * up to POOL_MAX_BYTES in all: a model run allocates the same activation shapes over and over, and a fresh
  * large Float32Array costs a page fault per 4 KiB when first written plus an munmap when dropped (with the
  * kernels' threads running, each munmap also interrupts them to flush their TLBs). Zeroing a reused buffer
- * costs a fraction of that. Smaller arrays are V8's business.
+ * costs a fraction of that. Smaller arrays are V8's business. The floor, 16 Ki elements (64 KiB), takes in a
+ * one-image CLIP activation (50, 768), 37.5 Ki elements: outside the pool each of the five a layer makes
+ * costs tens of microseconds to allocate, touch and detach (a few percent of a batch-1 forward). GPT-2
+ * decoding's (beams, 768 or 3072) rows stay below it.
  */
-const POOL_MIN_ELEMENTS = 64 * 1024;
+const POOL_MIN_ELEMENTS = 16 * 1024;
 const POOL_MAX_BYTES = 128 * 2 ** 20;
 
 /** The host device: typed-array storage, arithmetic from `kernels`. */
@@ -173,12 +180,21 @@ export class HostDevice implements Device<Storage> {
   ) {}
 
   alloc(size: number, dtype: DType): Storage {
+    return this.take(size, dtype, true);
+  }
+
+  /** A pooled buffer is handed out as it was released (both host kernel sets write gemm's C in full). */
+  allocOutput(size: number, dtype: DType): Storage {
+    return this.take(size, dtype, false);
+  }
+
+  private take(size: number, dtype: DType, zero: boolean): Storage {
     if (dtype === 'i32') return new Int32Array(size);
     if (size < POOL_MIN_ELEMENTS) return new Float32Array(size);
     const reused = this.pool.get(size)?.pop();
     if (reused) {
       this.pooledBytes -= reused.byteLength;
-      return reused.fill(0); // alloc promises zeros
+      return zero ? reused.fill(0) : reused; // alloc promises zeros
     }
     const fresh = new Float32Array(size);
     this.poolable.add(fresh);
@@ -246,6 +262,10 @@ export class HostDevice implements Device<Storage> {
 
   gemm(g: GemmArgs<Storage>): void {
     this.k.gemm(g as GemmArgs<F32>);
+  }
+
+  gemmActivation(g: GemmArgs<Storage>, kind: ActivationKind): void {
+    this.k.gemmActivation(g as GemmArgs<F32>, kind);
   }
 
   binary(kind: BinaryKind, a: Storage, b: Storage, y: Storage): void {
@@ -324,6 +344,10 @@ export class HostDevice implements Device<Storage> {
       grads as AttentionGradArrays<F32>,
       d,
     );
+  }
+
+  attentionQkv(qkv: Storage, keyMask: Storage | null, out: Storage, d: AttentionDims): void {
+    this.k.attentionQkv(f32(qkv), keyMask as F32 | null, f32(out), d);
   }
 
   embedding(ids: Storage, _n: number, table: Storage, out: Storage, V: number, C: number): void {

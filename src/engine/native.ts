@@ -26,6 +26,7 @@ import type {
   AttentionDims,
   CompactWeight,
   Conv2dDims,
+  GemmArgs,
   HostKernels,
 } from './host-backend.js';
 import { requireInteger } from './checks.js';
@@ -78,6 +79,8 @@ interface NativeAddon extends Pick<
     strideC: number,
     /** B is packB's layout of op(B), shared by every batch (strideB unused). */
     packedB: boolean,
+    /** Optional: C = f(result), fused into the GEMM's epilogue. */
+    activation?: Activation,
   ): void;
   /** native/gemm.cc: out (packedSize floats) = op(W) packed as the blocked GEMM reads B; W (rows, cols). */
   packB(W: F32, rows: number, cols: number, transB: boolean, out: F32): void;
@@ -110,6 +113,7 @@ interface NativeAddon extends Pick<
     probs: F32 | null,
     ...geometry: AttentionGeometry
   ): void;
+  attentionQkv(qkv: F32, keyMask: F32 | null, out: F32, ...geometry: AttentionGeometry): void;
   attentionBackward(
     dout: F32,
     q: F32,
@@ -297,6 +301,62 @@ const SKINNY_ROWS = 8;
 function nativeKernels(addon: NativeAddon): HostKernels {
   // Compact copies of quantized weights, by their f32 storage (read-only, so they cannot go stale).
   const compact = new WeakMap<F32, CompactWeight>();
+  /** A product, with an activation fused into its epilogue when `act` is given. */
+  const gemmWith = (g: GemmArgs<F32>, act?: ActivationKind): void => {
+    const { A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate, packedB } = g;
+    const q = sharedB && !transA && batches * M <= SKINNY_ROWS ? compact.get(B) : undefined;
+    // A decoding step (a few rows) streams the compact weight; int8 needs its channels to be the outputs.
+    if (q && (q.format === 'bf16' || q.channelAxis === (transB ? 0 : 1))) {
+      const format = q.format === 'int8' ? 0 : 1;
+      addon.gemmQuant(A, q.data, q.scales, C, bias, batches * M, N, K, transB, alpha, accumulate, format);
+      // the quantized product has no epilogue: the activation in place (elementwise, the same values)
+      if (act !== undefined) addon.activation(ACTIVATION_IDS[act], C, C);
+      return;
+    }
+    const fused: [] | [Activation] = act === undefined ? [] : [ACTIVATION_IDS[act]];
+    if (sharedB && !transA) {
+      // A shared B: A's rows of every batch are one (batches·M, K) matrix, which blocks better.
+      addon.gemm(
+        A,
+        B,
+        C,
+        bias,
+        batches * M,
+        N,
+        K,
+        false,
+        transB,
+        alpha,
+        accumulate,
+        1,
+        0,
+        0,
+        0,
+        packedB,
+        ...fused,
+      );
+    } else {
+      const strideB = sharedB ? 0 : K * N;
+      const strides = [M * K, strideB, M * N] as const;
+      addon.gemm(
+        A,
+        B,
+        C,
+        bias,
+        M,
+        N,
+        K,
+        transA,
+        transB,
+        alpha,
+        accumulate,
+        batches,
+        ...strides,
+        packedB,
+        ...fused,
+      );
+    }
+  };
   return {
     keepCompact(values, c) {
       compact.set(values, c);
@@ -308,20 +368,11 @@ function nativeKernels(addon: NativeAddon): HostKernels {
       if (kind === 'int32') requireInteger(op, what, value, -(2 ** 31), 2 ** 31 - 1);
       else requireFinite(op, what, value);
     },
-    gemm({ A, B, C, bias, batches, M, N, K, transA, transB, sharedB, alpha, accumulate, packedB }) {
-      const q = sharedB && !transA && batches * M <= SKINNY_ROWS ? compact.get(B) : undefined;
-      // A decoding step (a few rows) streams the compact weight; int8 needs its channels to be the outputs.
-      if (q && (q.format === 'bf16' || q.channelAxis === (transB ? 0 : 1))) {
-        const format = q.format === 'int8' ? 0 : 1;
-        addon.gemmQuant(A, q.data, q.scales, C, bias, batches * M, N, K, transB, alpha, accumulate, format);
-      } else if (sharedB && !transA) {
-        // A shared B: A's rows of every batch are one (batches·M, K) matrix, which blocks better.
-        addon.gemm(A, B, C, bias, batches * M, N, K, false, transB, alpha, accumulate, 1, 0, 0, 0, packedB);
-      } else {
-        const strideB = sharedB ? 0 : K * N;
-        const strides = [M * K, strideB, M * N] as const;
-        addon.gemm(A, B, C, bias, M, N, K, transA, transB, alpha, accumulate, batches, ...strides, packedB);
-      }
+    gemm(g) {
+      gemmWith(g);
+    },
+    gemmActivation(g, kind) {
+      gemmWith(g, kind);
     },
     // Prepacked weights: the blocked GEMM's B panels (native/gemm.h pack_b), N rounded up to 16 columns.
     packWeight(w, rows, cols, transB) {
@@ -346,6 +397,7 @@ function nativeKernels(addon: NativeAddon): HostKernels {
       addon.attention(q, k, v, keyMask, out, probs, ...geometry(d)),
     attentionBackward: (dout, { q, k, v }, probs, { dq, dk, dv }, d) =>
       addon.attentionBackward(dout, q, k, v, probs, dq, dk, dv, ...geometry(d)),
+    attentionQkv: (qkv, keyMask, out, d) => addon.attentionQkv(qkv, keyMask, out, ...geometry(d)),
     embedding: (ids, table, out, V, C) => addon.embedding(ids, table, out, V, C),
     embeddingBackward: (dy, ids, dtable, V, C) => addon.embeddingBackward(dy, ids, dtable, V, C),
     // the addon also returns the count, which host-backend.ts has already made

@@ -115,6 +115,12 @@ const referenceKernels: HostKernels = {
     }
   },
 
+  /** The definition: the product, then the activation over it. */
+  gemmActivation(g, kind) {
+    this.gemm(g);
+    this.activation(kind, g.C, g.C);
+  },
+
   activation(kind, X, Y) {
     const { f } = ACTIVATIONS[kind];
     for (let i = 0; i < X.length; i++) Y[i] = f(X[i]);
@@ -228,6 +234,19 @@ const referenceKernels: HostKernels = {
         }
       }
     }
+  },
+
+  /** attention with q, k and v copied out of the column blocks [0, C), [C, 2C), [2C, 3C) of qkv (B, T, 3C). */
+  attentionQkv(QKV, mask, O, d) {
+    const C = d.channels;
+    const rows = d.batch * d.tq;
+    const [q, k, v] = [0, 1, 2].map((part) => {
+      const x = new Float32Array(rows * C);
+      for (let r = 0; r < rows; r++)
+        x.set(QKV.subarray(r * 3 * C + part * C, r * 3 * C + (part + 1) * C), r * C);
+      return x;
+    });
+    this.attention({ q, k, v }, mask, O, null, d);
   },
 
   /**

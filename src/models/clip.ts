@@ -86,7 +86,8 @@ function buildEncoder(
       heads,
       width,
     );
-    const mlp = new FeedForward(lin('mlp.fc1'), lin('mlp.fc2'), kind);
+    // quick_gelu runs in fc1's GEMM epilogue at inference (where the backend supports it)
+    const mlp = new FeedForward(lin('mlp.fc1'), lin('mlp.fc2'), kind, true);
     blocks.push(new PreLnBlock(ln('layer_norm1'), attn, ln('layer_norm2'), mlp));
   }
   return blocks;

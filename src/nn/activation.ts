@@ -11,6 +11,11 @@ export class Activation {
 
   constructor(readonly kind: ActivationKind) {}
 
+  /** The backend's name for this activation (what matmul's fused `activation` option takes). */
+  get kernel(): BackendActivation {
+    return KERNEL[this.kind];
+  }
+
   forward(x: Tensor, record = false): Tensor {
     const y = x.backend.activation(KERNEL[this.kind], x);
     if (record) this.saved = this.kind === 'tanh' ? y : x;

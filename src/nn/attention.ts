@@ -64,8 +64,20 @@ export class SelfAttention {
    */
   forward(x: Tensor, ctx: AttentionContext, record = false, seeds: SeedSequence | null = null): Tensor {
     const b = x.backend;
-    const [q, k, v] = this.project(x, record);
     const opts: AttentionOptions = { nHead: this.nHead, causal: ctx.causal, keyMask: ctx.keyMask };
+    const p = this.proj;
+    if (p.kind === 'fused_qkv' && !record && !ctx.cache && b.supports('attentionQkv')) {
+      // Inference over one fused projection: attention reads q, k and v in place from its (B, T, 3C)
+      // output instead of three sliced copies.
+      if (seeds && this.probDropout > 0) opts.dropout = { p: this.probDropout, seed: seeds.next() };
+      const qkv = p.qkv.forward(x); // (B, T, 3C)
+      const att = b.attentionQkv(qkv, opts);
+      b.free(qkv);
+      const y = p.out.forward(att);
+      b.free(att);
+      return y;
+    }
+    const [q, k, v] = this.project(x, record);
     if (seeds && this.probDropout > 0) opts.dropout = { p: this.probDropout, seed: seeds.next() };
     let att: Tensor;
     if (ctx.cache) {

@@ -8,6 +8,7 @@
  */
 import type { Tensor } from '../engine/tensor.js';
 import { ShapeError } from '../engine/backend.js';
+import type { ActivationKind as BackendActivation } from '../engine/backend.js';
 import type { Parameter } from './parameter.js';
 
 export type LinearLayout = 'out_in' | 'in_out';
@@ -48,8 +49,13 @@ export class Linear {
     w.requiresGrad = false;
   }
 
-  /** x: (..., in) -> (..., out). With `record`, keeps x for backward. */
-  forward(x: Tensor, record = false): Tensor {
+  /**
+   * x: (..., in) -> (..., out). With `record`, keeps x for backward. With `activation` (inference only: the
+   * backend must support 'matmulActivation'), returns f(x·W + b) from one fused product.
+   */
+  forward(x: Tensor, record = false, activation?: BackendActivation): Tensor {
+    if (activation !== undefined && record)
+      throw new Error(`${this.weight.name}: a fused activation cannot record for backward`);
     if (x.cols !== this.inFeatures)
       throw new ShapeError(`${this.weight.name}: input has ${x.cols} features, expected ${this.inFeatures}`);
     const b = x.backend;
@@ -57,6 +63,7 @@ export class Linear {
     const y = b.matmul(x2, this.weight.value, {
       transB: this.layout === 'out_in',
       bias: this.bias?.value,
+      ...(activation !== undefined ? { activation } : {}),
     });
     if (record) this.savedX = x2;
     return y.reshape([...x.shape.slice(0, -1), this.outFeatures]);

@@ -6,10 +6,16 @@ import type { Linear } from './linear.js';
 export class FeedForward {
   readonly act: Activation;
 
+  /**
+   * @param fuseActivation inference runs the activation inside fc1's product (matmul's `activation`
+   *   option) where the backend supports 'matmulActivation': the same values, one pass over the hidden
+   *   activations fewer.
+   */
   constructor(
     readonly fc1: Linear,
     readonly fc2: Linear,
     activation: ActivationKind,
+    readonly fuseActivation = false,
   ) {
     this.act = new Activation(activation);
   }
@@ -17,6 +23,12 @@ export class FeedForward {
   /** x: (..., C) -> (..., C) */
   forward(x: Tensor, record = false): Tensor {
     const b = x.backend;
+    if (this.fuseActivation && !record && b.supports('matmulActivation')) {
+      const a = this.fc1.forward(x, false, this.act.kernel); // (..., hidden) after the activation
+      const y = this.fc2.forward(a);
+      b.free(a);
+      return y;
+    }
     const h = this.fc1.forward(x, record);
     const a = this.act.forward(h, record);
     const y = this.fc2.forward(a, record);

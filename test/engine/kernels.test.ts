@@ -14,7 +14,7 @@
 import { afterAll, describe, expect, it } from 'vitest';
 import { availableBackends } from '../../src/engine/index.js';
 import type { Backend } from '../../src/engine/backend.js';
-import { AttentionSaved, ShapeError } from '../../src/engine/backend.js';
+import { AttentionSaved, ShapeError, UnsupportedOpError } from '../../src/engine/backend.js';
 import { Tensor } from '../../src/engine/tensor.js';
 import * as naive from './naive.js';
 import { AsyncTestBackend } from './async-backend.js';
@@ -358,6 +358,75 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
     );
   });
 
+  // matmul with a fused activation (MatmulOptions.activation): f(A·B + bias), the blocked path (several
+  // depth blocks, edge tiles, a prepacked B), the skinny one (M <= 8) and a batched B.
+  type FusedCase = [string, naive.MatmulCase, boolean];
+  const fusedCases: FusedCase[] = [
+    ['(7,33)·(33,19)+b', { batch: 1, m: 7, k: 33, n: 19 }, false],
+    ['(3,64)·(100,64)ᵀ+b (skinny)', { batch: 1, m: 3, k: 64, n: 100, transB: true }, false],
+    ['(2,9,20)·(2,20,13)+b (batched B)', { batch: 2, m: 9, k: 20, n: 13, bBatched: true }, false],
+    ['(100,768)·(1000,768)ᵀ+b, B packed', { batch: 1, m: 100, k: 768, n: 1000, transB: true }, true],
+  ];
+  const acts = ['quickGelu', 'gelu', 'relu', 'tanh'] as const;
+  fusedCases.forEach(([name, mc, packed], ci) => {
+    it(`matmul with a fused activation: ${name}`, async () => {
+      const aShape = mc.batch > 1 ? [mc.batch, mc.m, mc.k] : [mc.m, mc.k];
+      const bShape = mc.batch > 1 ? [mc.batch, mc.k, mc.n] : mc.transB ? [mc.n, mc.k] : [mc.k, mc.n];
+      const x = rand(aShape, 600 + ci, -2, 2);
+      const w = rand(bShape, 610 + ci, -0.1, 0.1);
+      const bias = rand([mc.n], 620 + ci);
+      const B = packed && be.supports('packWeight') ? be.packWeight(w, { transB: true }) : w;
+      const opts = { transB: mc.transB, bias };
+      if (!be.supports('matmulActivation')) {
+        expect(() => be.matmul(x, B, { ...opts, activation: 'quickGelu' })).toThrow(UnsupportedOpError);
+        return;
+      }
+      const prod = naive.matmulNaive(await be.download(x), await be.download(w), mc, await be.download(bias));
+      for (const act of packed ? (['quickGelu'] as const) : acts) {
+        const y = be.matmul(x, B, { ...opts, activation: act });
+        expect(y.shape).toEqual([...aShape.slice(0, -1), mc.n]);
+        await check(`matmul+${act} ${name}`, y, naive.mapNaive(prod, naive.activations[act].f));
+        // the same numbers as the two ops
+        const two = be.activation(act, be.matmul(x, B, opts));
+        expect(Array.from(await be.download(y)), `matmul+${act} ${name} vs activation(matmul)`).toEqual(
+          Array.from(await be.download(two)),
+        );
+      }
+    });
+  });
+
+  // Outputs a device writes in full may come unzeroed (Device.allocOutput: the host devices reuse released
+  // buffers as they were): a NaN-filled buffer of the output's size is released first, so a kernel that
+  // skipped an element, or read C before writing it, shows NaN.
+  for (const [m, k, n] of [
+    [64, 40, 256],
+    [8, 33, 2048],
+    [1, 0, 16384],
+  ]) {
+    it(`matmul writes all of an output it did not zero: (${m},${k})·(${k},${n})`, async () => {
+      const junk = be.zeros([m, n]);
+      be.fill(junk, NaN);
+      be.free(junk);
+      const x = rand([m, k], 640);
+      const w = rand([k, n], 641);
+      const bias = rand([n], 642);
+      const mc = { batch: 1, m, k, n };
+      const want = naive.matmulNaive(await be.download(x), await be.download(w), mc, await be.download(bias));
+      await check(`matmul into a reused buffer (${m},${k})·(${k},${n})`, be.matmul(x, w, { bias }), want);
+    });
+  }
+
+  it('a fused activation is refused while accumulating, and an unknown one', () => {
+    if (!be.supports('matmulActivation')) return;
+    const out = rand([3, 5], 3);
+    expect(() =>
+      be.matmul(rand([3, 4], 1), rand([4, 5], 2), { out, accumulate: true, activation: 'relu' }),
+    ).toThrow(ShapeError);
+    expect(() =>
+      be.matmul(rand([3, 4], 1), rand([4, 5], 2), { activation: 'swish' as unknown as 'relu' }),
+    ).toThrow(ShapeError);
+  });
+
   it('rejects mismatched shapes with ShapeError', async () => {
     expect(() => be.matmul(rand([3, 4], 1), rand([5, 6], 2))).toThrow(ShapeError);
     expect(() => be.matmul(rand([3, 4], 1), rand([6, 4], 2))).toThrow(ShapeError); // needs transB
@@ -686,6 +755,62 @@ function attentionTests(be: Backend, check: Check, rand: Rand): void {
       await check(`attentionBackward dv: ${name}`, grads.dv, g.dv);
     });
   }
+
+  // attentionQkv: the same self-attention cases with q, k and v as the column blocks of one (B, T, 3C) tensor.
+  const selfCases = cases.filter(([, c]) => c.tq === c.tk && c.kvLength === undefined);
+  for (const [name, c] of selfCases) {
+    const s0 = (seed += 10);
+    it(`attentionQkv (fused [q | k | v] input), ${name}`, async () => {
+      const s = attnSetup(be, rand, c, s0);
+      const qkv = be.concat([s.q, s.k, s.v], 2); // (B, T, 3C)
+      const opts = { ...attnOpts(s), kvLength: undefined };
+      if (!be.supports('attentionQkv')) {
+        expect(() => be.attentionQkv(qkv, opts)).toThrow(UnsupportedOpError);
+        return;
+      }
+      const ref = naive.attentionNaive(
+        await be.download(s.q),
+        await be.download(s.k),
+        await be.download(s.v),
+        c,
+      );
+      const out = be.attentionQkv(qkv, opts);
+      expect(out.shape).toEqual([c.batch, c.tq, c.channels]);
+      await check(`attentionQkv out: ${name}`, out, ref.out);
+      // the same numbers as attention over the three separate tensors
+      expect(Array.from(await be.download(out))).toEqual(
+        Array.from(await be.download(be.attention(s.q, s.k, s.v, opts).out)),
+      );
+    });
+  }
+
+  it('attentionQkv writes all of an output it did not zero', async () => {
+    const c = { batch: 2, tq: 64, tk: 64, channels: 128, nHead: 4 }; // out: 16 Ki elements, pooled
+    const s = attnSetup(be, rand, c, 395);
+    const qkv = be.concat([s.q, s.k, s.v], 2);
+    if (!be.supports('attentionQkv')) return;
+    const junk = be.zeros([2, 64, 128]);
+    be.fill(junk, NaN);
+    be.free(junk);
+    const ref = naive.attentionNaive(
+      await be.download(s.q),
+      await be.download(s.k),
+      await be.download(s.v),
+      c,
+    );
+    await check('attentionQkv out into a reused buffer', be.attentionQkv(qkv, { nHead: 4 }), ref.out);
+  });
+
+  it('attentionQkv rejects bad shapes and kvLength', () => {
+    if (!be.supports('attentionQkv')) return;
+    expect(() => be.attentionQkv(rand([2, 3, 8], 1), { nHead: 2 })).toThrow(ShapeError); // 8 is not 3·C
+    expect(() => be.attentionQkv(rand([6, 8], 1), { nHead: 2 })).toThrow(ShapeError); // rank 2
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 3 })).toThrow(ShapeError); // C 4, 3 heads
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 2, kvLength: 3 })).toThrow(ShapeError);
+    expect(() => be.attentionQkv(rand([2, 3, 12], 1), { nHead: 2, keyMask: rand([2, 4], 2) })).toThrow(
+      ShapeError,
+    );
+  });
 
   it('dropout p = 0 is bit-identical to no dropout (forward, saved state and backward)', async () => {
     const c = { batch: 2, tq: 5, tk: 5, channels: 12, nHead: 3, causal: true };

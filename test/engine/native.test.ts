@@ -189,6 +189,34 @@ describe('native GEMM vs reference', () => {
     }
   });
 
+  it('a fused activation (blocked, packed, skinny and K = 0 paths, both micro-kernels) equals activation(matmul)', () => {
+    const acts = ['quickGelu', 'gelu', 'relu', 'tanh'] as const;
+    for (const [m, k, n] of [
+      [50, 768, 300],
+      [37, 300, 50],
+      [3, 70, 45],
+      [4, 0, 5],
+    ]) {
+      const a = pair([m, k], 11 + m, -2, 2)[0];
+      const w = pair([n, k], 12 + m, -0.1, 0.1)[0]; // transB: the nn.Linear weight layout
+      const bias = pair([n], 13 + m)[0];
+      const packed = nat.packWeight(w, { transB: true });
+      for (const kern of kernels()) {
+        nat.setGemmKernel(kern);
+        for (const act of acts) {
+          for (const [B, how] of [
+            [w, 'plain'],
+            [packed, 'packed'],
+          ] as const) {
+            const fused = hostRead(nat.matmul(a, B, { transB: true, bias, activation: act }));
+            const two = hostRead(nat.activation(act, nat.matmul(a, B, { transB: true, bias })));
+            expect(Array.from(fused), `${m}x${k}x${n} ${how} ${act} (${kern})`).toEqual(Array.from(two));
+          }
+        }
+      }
+    }
+  });
+
   it('K = 0 gives bias (or leaves out unchanged plus bias when accumulating)', () => {
     const a = nat.zeros([4, 0]);
     const b = nat.zeros([0, 3]);
