@@ -428,8 +428,9 @@ void gemm_skinny(const GemmArgs& g) {
 
 void gemm(const GemmArgs& g) {
   if (g.batch <= 0 || g.M <= 0 || g.N <= 0) return;
-  if (g.post != nullptr && (g.K <= 0 || (g.M <= kSkinnyM && !g.packedB))) {
-    // The skinny and empty products run unchanged; the epilogue then goes over C once (small: M <= 8 rows).
+  const bool skinny = (g.M <= kSkinnyM && !g.packedB) || gemv_rows(g);
+  if (g.post != nullptr && (g.K <= 0 || skinny)) {
+    // The skinny and empty products run unchanged; the epilogue then goes over C once (small: M <= 14 rows).
     GemmArgs plain = g;
     plain.post = nullptr;
     gemm(plain);
@@ -441,7 +442,7 @@ void gemm(const GemmArgs& g) {
     gemm_k0(g);
     return;
   }
-  if ((g.M <= kSkinnyM && !g.packedB) || gemv_rows(g)) {
+  if (skinny) {
     gemm_skinny(g);
     return;
   }

@@ -359,11 +359,15 @@ function matmulTests(be: Backend, check: Check, rand: Rand): void {
   });
 
   // matmul with a fused activation (MatmulOptions.activation): f(A·B + bias), the blocked path (several
-  // depth blocks, edge tiles, a prepacked B), the skinny one (M <= 8) and a batched B.
+  // depth blocks, edge tiles, a prepacked B), the skinny ones (M <= 8, and the split-K GEMV up to 14 rows) and a
+  // batched B.
   type FusedCase = [string, naive.MatmulCase, boolean];
   const fusedCases: FusedCase[] = [
     ['(7,33)·(33,19)+b', { batch: 1, m: 7, k: 33, n: 19 }, false],
     ['(3,64)·(100,64)ᵀ+b (skinny)', { batch: 1, m: 3, k: 64, n: 100, transB: true }, false],
+    // GPT-2's c_fc in decoding and in its 10-row prefix step: the split-K GEMV (native/gemv.cc)
+    ['(1,300)·(300,70)+b (split-K GEMV)', { batch: 1, m: 1, k: 300, n: 70 }, false],
+    ['(10,300)·(300,70)+b (split-K GEMV, 9-14 rows)', { batch: 1, m: 10, k: 300, n: 70 }, false],
     ['(2,9,20)·(2,20,13)+b (batched B)', { batch: 2, m: 9, k: 20, n: 13, bBatched: true }, false],
     ['(100,768)·(1000,768)ᵀ+b, B packed', { batch: 1, m: 100, k: 768, n: 1000, transB: true }, true],
   ];
