@@ -95,6 +95,20 @@ async function photoFiles(opts: BenchRunOptions): Promise<{ files: string[]; tem
  * The CLIP image tower a bench times: --clip's real weights, else the synthetic full-size ViT-B/32 (or RN50x4 with
  * --model rn50x4) by the fixture rule, or with --smoke the tiny one.
  */
+/** The `images_per_s` result of a case that handled `images` images per run (logged as it is made). */
+export function imagesPerSecond(
+  id: string,
+  backend: string,
+  images: number,
+  t: { seconds: number[]; peakRssMb: number },
+  runs: number,
+  log: (line: string) => void,
+): BenchResult {
+  const value = images / median(t.seconds);
+  log(`${id}: ${backend} ${value.toFixed(2)} images/s, peak RSS ${t.peakRssMb.toFixed(0)} MiB`);
+  return { case: id, backend, metric: 'images_per_s', value, runs, peak_rss_mb: t.peakRssMb };
+}
+
 export async function buildEncoder(
   opts: BenchRunOptions,
   backend: Backend,
@@ -181,16 +195,7 @@ async function runWithPhotos(
   try {
     for (const c of cases.filter((x) => !wanted || wanted.includes(x.id))) {
       const t = await timeAsync(c.fn, runs, warmup);
-      const value = c.n / median(t.seconds);
-      opts.log(`${c.id}: ${eng.name} ${value.toFixed(2)} images/s, peak RSS ${t.peakRssMb.toFixed(0)} MiB`);
-      results.push({
-        case: c.id,
-        backend: eng.name,
-        metric: 'images_per_s',
-        value,
-        runs,
-        peak_rss_mb: t.peakRssMb,
-      });
+      results.push(imagesPerSecond(c.id, eng.name, c.n, t, runs, opts.log));
     }
   } finally {
     enc.dispose(); // before PyTorch runs: the two should not share the memory

@@ -23,9 +23,9 @@ import { expandInputs } from '../pipeline/inputs.js';
 import { extractToFile } from '../pipeline/extract-file.js';
 import type { ImageEncoder } from '../pipeline/parts.js';
 import { UsageError } from '../util/errors.js';
-import { buildEncoder, writeSyntheticPhotos } from './clip.js';
+import { buildEncoder, imagesPerSecond, writeSyntheticPhotos } from './clip.js';
 import { benchEngine, runsOf, timeAsync } from './common.js';
-import { machineInfo, median } from './report.js';
+import { machineInfo } from './report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from './report.js';
 
 const DEFAULT_RUNS = 5;
@@ -99,16 +99,7 @@ export async function runExtractBench(opts: BenchRunOptions): Promise<BenchRepor
         await rm(out);
       };
       const t = await timeAsync(extract, runs, warmup);
-      const value = images / median(t.seconds);
-      opts.log(`${c.id}: ${eng.name} ${value.toFixed(2)} images/s, peak RSS ${t.peakRssMb.toFixed(0)} MiB`);
-      results.push({
-        case: c.id,
-        backend: eng.name,
-        metric: 'images_per_s',
-        value,
-        runs,
-        peak_rss_mb: t.peakRssMb,
-      });
+      results.push(imagesPerSecond(c.id, eng.name, images, t, runs, opts.log));
     }
     // extract must leave nothing but its output (removed after each run): no FILE.partial*, no atomic temp files
     const left = (await readdir(temp)).filter((n) => !cases.some((c) => c.id === n));
