@@ -5,15 +5,14 @@
  * folder (photos and each run's safetensors output) is gone afterwards. No timing assertions: the machine is
  * shared.
  */
-import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
-import { Command } from 'commander';
+import { afterEach, beforeEach, describe, expect, it } from 'vitest';
 import { mkdtempSync, readdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { EXTRACT_CASES, runExtractBench } from '../../src/bench/extract.js';
 import { BENCHES } from '../../src/bench/registry.js';
 import type { BenchReport } from '../../src/bench/report.js';
-import { register } from '../../src/cli/commands/bench.js';
+import { benchCli as cli } from './cli.js';
 import { UsageError } from '../../src/util/errors.js';
 
 // Each test points os.tmpdir() at a fresh empty folder, so "nothing left behind" covers every file the bench
@@ -32,25 +31,6 @@ afterEach(() => {
   else process.env.TMPDIR = savedTmpdir;
   rmSync(tmp, { recursive: true, force: true });
 });
-
-/** `clipcap bench ARGS...` through the CLI; its stdout. */
-async function cli(args: readonly string[]): Promise<string> {
-  const program = new Command().exitOverride();
-  register(program);
-  let out = '';
-  const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
-    out += String(s);
-    return true;
-  });
-  const errSpy = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-  try {
-    await program.parseAsync(['bench', ...args], { from: 'user' });
-  } finally {
-    spy.mockRestore();
-    errSpy.mockRestore();
-  }
-  return out;
-}
 
 describe('bench extract --smoke', () => {
   it('reports images/s with peak RSS for every case in the DESIGN.md JSON shape, and leaves no temp files', async () => {

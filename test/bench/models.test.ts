@@ -5,8 +5,7 @@
  * its weight rule checked against fullsize_rule_check.json); without one, --pytorch must fail with one clear
  * line. No timing assertions: the machine is shared.
  */
-import { describe, expect, it, vi } from 'vitest';
-import { Command } from 'commander';
+import { describe, expect, it } from 'vitest';
 import { readdirSync } from 'node:fs';
 import os from 'node:os';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +15,7 @@ import { findTorchPython, mergeTorchResults } from '../../bench/peers.js';
 import { BENCHES } from '../../src/bench/registry.js';
 import { formatTable, higherIsBetter, speedup } from '../../src/bench/report.js';
 import type { BenchReport, BenchResult, BenchRunOptions } from '../../src/bench/report.js';
-import { register } from '../../src/cli/commands/bench.js';
+import { benchCli } from './cli.js';
 import { UsageError, UserError } from '../../src/util/errors.js';
 import { syntheticValues } from '../../src/models/synthetic.js';
 
@@ -234,22 +233,7 @@ describe('bench helpers', () => {
 
   it('the registry lists clip and caption, and the CLI passes their options through (--format json)', async () => {
     expect(Object.keys(BENCHES)).toEqual(expect.arrayContaining(['clip', 'caption']));
-    const program = new Command().exitOverride();
-    register(program);
-    let out = '';
-    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((s: string | Uint8Array) => {
-      out += String(s);
-      return true;
-    });
-    const errSpy = vi.spyOn(process.stderr, 'write').mockImplementation(() => true);
-    try {
-      await program.parseAsync(['bench', 'clip', '--smoke', '--format', 'json', '--images', FIX + 'images'], {
-        from: 'user',
-      });
-    } finally {
-      spy.mockRestore();
-      errSpy.mockRestore();
-    }
+    const out = await benchCli(['clip', '--smoke', '--format', 'json', '--images', FIX + 'images']);
     const r = JSON.parse(out) as BenchReport;
     checkReport(r, 'clip', CLIP_CASES, ['ours']);
     expect(r.machine.images).toBe(FIX + 'images');
